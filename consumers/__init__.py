@@ -1,0 +1,1 @@
+"""The running application: Faust app factory, agents, metrics and the `streamrec` CLI."""
