@@ -1,0 +1,156 @@
+"""The three thin Faust agents and the HTTP views: decode at the edge, call a handler, produce."""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+import faust
+from faust.web import Request, Response, View
+
+from streamrec.consumers.handlers import (
+    CatalogHandler,
+    IngestHandler,
+    Origin,
+    RecommendHandler,
+    dead_letter,
+)
+from streamrec.consumers.metrics import CONTENT_TYPE, WorkerMetrics
+from streamrec.models.pipeline import Pipeline
+from streamrec.models.state import UserState
+from streamrec.stream.messages import DeadLetter, Event
+from streamrec.stream.settings import Settings
+from streamrec.stream.validation import Rejection
+
+log = logging.getLogger(__name__)
+
+USER_STATE_TABLE = "user-state"
+CATALOG_BATCH = 64  # items embedded per encoder pass
+CATALOG_WAIT_S = 0.5  # wait at most this long to fill a catalogue batch
+
+
+def _origin(event: Any) -> Origin:
+    message = event.message
+    return Origin(topic=message.topic, partition=message.partition, offset=message.offset)
+
+
+def register_agents(
+    app: faust.App, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics
+) -> None:
+    topics = settings.topics
+
+    def raw_topic(name: str) -> Any:
+        return app.topic(name, key_serializer="raw", value_serializer="raw")
+
+    events_topic = raw_topic(topics.events)
+    by_user_topic = raw_topic(topics.events_by_user)
+    items_topic = raw_topic(topics.items)
+    recommendations_topic = raw_topic(topics.recommendations)
+    dlq_topic = raw_topic(topics.dlq)
+
+    # use_partitioner=True: writes inside stream.take() go to the key's partition
+    # (faust-streaming issue 497); keys are user ids, as on events.by-user.
+    user_states = app.Table(
+        USER_STATE_TABLE,
+        default=None,
+        partitions=settings.partitions,
+        key_serializer="raw",
+        value_serializer="json",
+        use_partitioner=True,
+    )
+
+    ingest_handler = IngestHandler(settings, metrics)
+    validator = ingest_handler.validator
+    recommend_handler = RecommendHandler(settings, pipeline, metrics)
+    catalog_handler = CatalogHandler(settings, metrics)
+
+    async def send_dead_letter(letter: DeadLetter) -> None:
+        await dlq_topic.send(value=letter.to_bytes())
+
+    @app.agent(events_topic, name="ingest")
+    async def ingest(stream: faust.StreamT) -> None:
+        """events -> validated, de-duplicated, re-keyed by user -> events.by-user (or the DLQ)."""
+        async for event in stream.events():
+            outcome = ingest_handler.handle(event.value, _origin(event), time.time())
+            if isinstance(outcome, DeadLetter):
+                await send_dead_letter(outcome)
+            elif outcome is not None:
+                await by_user_topic.send(key=outcome.user_id.encode(), value=outcome.to_bytes())
+
+    @app.agent(by_user_topic, name="recommend")
+    async def recommend(stream: faust.StreamT) -> None:
+        """Micro-batches of events -> user state -> one fresh list per user -> recommendations."""
+        async for batch in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
+            events = []
+            for event in batch:  # written by ingest, so valid; checked anyway at this edge
+                parsed = validator.parse(event.value, now=time.time())
+                if isinstance(parsed, Rejection):
+                    await send_dead_letter(dead_letter(parsed, event.value, _origin(event)))
+                else:
+                    events.append(parsed)
+            if events:
+                await publish_recommendations(events)
+
+    async def publish_recommendations(events: list[Event]) -> None:
+        states = {
+            user_id: _restore(user_states.get(user_id.encode()), settings)
+            for user_id in {event.user_id for event in events}
+        }
+        messages, new_states = recommend_handler.handle(events, states)
+        for user_id, state in new_states.items():
+            user_states[user_id.encode()] = state.to_dict()
+        started = time.perf_counter()
+        pending = [
+            await recommendations_topic.send(key=m.user_id.encode(), value=m.to_bytes())
+            for m in messages
+        ]
+        # The batch's offsets are acked only after the agent body returns: wait for delivery.
+        await asyncio.gather(*pending)
+        metrics.stage_latency.labels(stage="publish").observe(time.perf_counter() - started)
+        recommend_handler.observe_published(messages)
+
+    @app.agent(items_topic, name="catalog")
+    async def catalog(stream: faust.StreamT) -> None:
+        """items -> text embedded by the encoder -> upserted into the item index."""
+        async for batch in stream.take_events(CATALOG_BATCH, within=CATALOG_WAIT_S):
+            items = []
+            for event in batch:
+                parsed = catalog_handler.parse(event.value, _origin(event))
+                if isinstance(parsed, DeadLetter):
+                    await send_dead_letter(parsed)
+                else:
+                    items.append(parsed)
+            if not items:
+                continue
+            started = time.perf_counter()
+            indexed = await asyncio.to_thread(pipeline.catalog.embed, items)
+            embedded = time.perf_counter()
+            pipeline.index.upsert(indexed)
+            metrics.stage_latency.labels(stage="embed").observe(embedded - started)
+            metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
+            metrics.batch_size.labels(agent="catalog").observe(len(items))
+            metrics.items_indexed.inc(len(indexed))
+
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
+
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            return self.json({"status": "ok", "model_version": pipeline.recommender.model_version})
+
+    app.page("/metrics")(MetricsView)
+    app.page("/healthz")(HealthView)
+
+
+def _restore(stored: Any, settings: Settings) -> UserState | None:
+    """The table's plain-data state back into a `UserState`; unreadable state starts afresh."""
+    if stored is None:
+        return None
+    try:
+        return UserState.from_dict(stored, max_history=settings.history_length)
+    except (ValueError, TypeError, KeyError) as exc:
+        log.warning("dropping unreadable user state, starting afresh: %s", exc)
+        return None

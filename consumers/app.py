@@ -1,0 +1,97 @@
+"""The Faust app factory: nothing is built at import time; `create_app(settings)` builds it all."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from faust.transport.drivers import aiokafka as faust_aiokafka
+
+from streamrec.consumers.metrics import WorkerMetrics
+from streamrec.models.pipeline import Pipeline
+from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def _transport_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Transport]:
+    """Faust's aiokafka driver hard-codes `fetch_max_wait_ms=1500`; this makes it a setting.
+
+    Real Kafka answers a fetch as soon as data is there, but some brokers (Tansu) only answer
+    when the wait runs out, which would add up to 1.5 s per hop.
+    """
+
+    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            if hasattr(consumer, "_fetch_max_wait_ms"):
+                consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            else:  # pragma: no cover - a future aiokafka renamed it
+                log.warning("cannot set fetch_max_wait_ms on this aiokafka version")
+            return consumer
+
+    class Consumer(faust_aiokafka.Consumer):
+        def _new_consumer_thread(self) -> ConsumerThread:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+    class Transport(faust_aiokafka.Transport):
+        pass
+
+    Transport.Consumer = Consumer
+    return Transport
+
+
+class StreamrecApp(faust.App):
+    """A Faust app whose transport honours `Settings.fetch_max_wait_ms`."""
+
+    def __init__(self, *args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> None:
+        self.fetch_max_wait_ms = fetch_max_wait_ms
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> Any:
+        transport_class = _transport_with_fetch_wait(self.fetch_max_wait_ms)
+        return transport_class(self.conf.broker_consumer, self)
+
+
+def _credentials(settings: Settings) -> Any:
+    options = settings.kafka_client_options()
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=settings.sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:
+    """Build the worker app: topics, the user-state table, metrics views and the three agents."""
+    from streamrec.consumers.agents import register_agents
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = StreamrecApp(
+        settings.app_id,
+        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        broker=settings.broker,
+        broker_credentials=_credentials(settings),
+        store=settings.table_store,
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=settings.metrics_port > 0,
+        web_port=settings.metrics_port or 6066,
+        web_bind=settings.metrics_host,
+        web_host=settings.metrics_host,
+        producer_acks=-1,
+        loghandlers=[],
+    )
+    pipeline = pipeline or Pipeline.from_settings(settings)
+    metrics = WorkerMetrics()
+    metrics.set_model_version(pipeline.recommender.model_version)
+    register_agents(app, settings, pipeline, metrics)
+    return app

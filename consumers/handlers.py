@@ -1,0 +1,149 @@
+"""The decisions the agents make, as plain objects the tests can drive without a broker.
+
+Agents stay a few lines each: read, call a handler, produce what it returns.
+"""
+
+from __future__ import annotations
+
+import time
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+from streamrec.consumers.metrics import WorkerMetrics
+from streamrec.models.pipeline import Pipeline
+from streamrec.models.recommender import UserBatch
+from streamrec.models.state import UserState
+from streamrec.stream.messages import DeadLetter, Event, Item, Recommendation
+from streamrec.stream.settings import Settings
+from streamrec.stream.validation import EventValidator, RecentIds, Rejection, parse_item
+
+DLQ_RAW_LIMIT_BYTES = 256 * 1024  # the DLQ keeps at most this much of an oversized message
+
+
+@dataclass(frozen=True)
+class Origin:
+    """Where a message came from, for its dead letter."""
+
+    topic: str
+    partition: int
+    offset: int
+
+
+def dead_letter(rejection: Rejection, raw: bytes | None, origin: Origin) -> DeadLetter:
+    body = raw or b""
+    error = rejection.error
+    if len(body) > DLQ_RAW_LIMIT_BYTES:
+        error += f" (raw truncated to {DLQ_RAW_LIMIT_BYTES} of {len(body)} bytes)"
+        body = body[:DLQ_RAW_LIMIT_BYTES]
+    text, encoding = DeadLetter.encode_raw(body)
+    return DeadLetter(
+        reason=rejection.reason,
+        error=error,
+        raw=text,
+        raw_encoding=encoding,
+        topic=origin.topic,
+        partition=origin.partition,
+        offset=origin.offset,
+        received_at=time.time(),
+    )
+
+
+class IngestHandler:
+    """bytes -> a valid, first-seen `Event`, a `DeadLetter`, or None for a duplicate."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
+        self.validator = EventValidator(
+            max_bytes=settings.max_message_bytes,
+            min_ts=settings.min_event_ts,
+            max_future_skew_s=settings.max_future_skew_s,
+        )
+        self.seen = RecentIds(settings.dedup_capacity)
+        self.metrics = metrics
+
+    def handle(self, raw: bytes | None, origin: Origin, now: float) -> Event | DeadLetter | None:
+        result = self.validator.parse(raw, now)
+        if isinstance(result, Rejection):
+            self.metrics.events.labels(type="unknown", outcome="dead_letter").inc()
+            self.metrics.dead_letters.labels(topic=origin.topic, reason=result.reason).inc()
+            return dead_letter(result, raw, origin)
+        if self.seen.check_and_add(result.event_id):
+            self.metrics.events.labels(type=result.type, outcome="duplicate").inc()
+            return None
+        self.metrics.events.labels(type=result.type, outcome="accepted").inc()
+        self.metrics.dedup_size.set(len(self.seen))
+        return result
+
+
+class RecommendHandler:
+    """A micro-batch of valid events -> updated user states and one list per user."""
+
+    def __init__(self, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.pipeline = pipeline
+        self.metrics = metrics
+
+    def handle(
+        self, events: Sequence[Event], states: dict[str, UserState | None]
+    ) -> tuple[list[Recommendation], dict[str, UserState]]:
+        """`states` holds each user's stored state (None when new); returns the new states too."""
+        started = time.perf_counter()
+        by_user: dict[str, list[Event]] = {}
+        for event in events:  # coalesce: one list per user per batch, events in order
+            by_user.setdefault(event.user_id, []).append(event)
+        batch = [
+            UserBatch(
+                state=states.get(user_id)
+                or UserState(
+                    user_id,
+                    max_history=self.settings.history_length,
+                ),
+                events=user_events,
+            )
+            for user_id, user_events in by_user.items()
+        ]
+        recommender = self.pipeline.recommender
+        recommender.learn(batch)
+        learned = time.perf_counter()
+        ranked = recommender.recommend([user.state for user in batch])
+        ranked_at = time.perf_counter()
+        self.metrics.stage_latency.labels(stage="state").observe(learned - started)
+        self.metrics.stage_latency.labels(stage="rank").observe(ranked_at - learned)
+        self.metrics.batch_size.labels(agent="recommend").observe(len(events))
+        generated_at = time.time()
+        messages = []
+        for user, ranked_list in zip(batch, ranked):
+            trigger = user.events[-1]
+            messages.append(
+                Recommendation(
+                    user_id=ranked_list.user_id,
+                    items=ranked_list.items,
+                    model_version=recommender.model_version,
+                    trigger_event_id=trigger.event_id,
+                    generated_at=generated_at,
+                    latency_ms=round(max(0.0, generated_at - trigger.ts) * 1000.0, 3),
+                )
+            )
+        return messages, {user.state.user_id: user.state for user in batch}
+
+    def observe_published(self, messages: Sequence[Recommendation]) -> None:
+        """Record end-to-end latency (event ts -> on the topic) once the lists are produced."""
+        now = time.time()
+        for message in messages:
+            ts = message.generated_at - message.latency_ms / 1000.0
+            self.metrics.end_to_end_latency.observe(max(0.0, now - ts))
+        self.metrics.recommendations.inc(len(messages))
+
+
+class CatalogHandler:
+    """Raw `items` values -> parsed items (bad ones as dead letters)."""
+
+    def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
+        self.max_bytes = settings.max_message_bytes
+        self.metrics = metrics
+
+    def parse(self, raw: bytes | None, origin: Origin) -> Item | DeadLetter:
+        result = parse_item(raw, self.max_bytes)
+        if isinstance(result, Rejection):
+            self.metrics.dead_letters.labels(topic=origin.topic, reason=result.reason).inc()
+            return dead_letter(result, raw, origin)
+        return result

@@ -1,0 +1,76 @@
+"""Prometheus metrics of one worker, on a registry of its own (no module-global state)."""
+
+from __future__ import annotations
+
+from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+LATENCY_BUCKETS_S = (
+    0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
+)
+STAGE_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
+BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
+
+CONTENT_TYPE = CONTENT_TYPE_LATEST
+
+
+class WorkerMetrics:
+    """Every metric a worker exports; names follow Prometheus conventions."""
+
+    def __init__(self) -> None:
+        self.registry = CollectorRegistry()
+        r = self.registry
+        self.events = Counter(
+            "streamrec_events_total",
+            "Events consumed, by type and outcome (accepted, duplicate, dead_letter).",
+            ["type", "outcome"],
+            registry=r,
+        )
+        self.dead_letters = Counter(
+            "streamrec_dead_letters_total",
+            "Messages routed to the dead-letter topic, by source topic and reason.",
+            ["topic", "reason"],
+            registry=r,
+        )
+        self.recommendations = Counter(
+            "streamrec_recommendations_total", "Recommendation lists produced.", registry=r
+        )
+        self.items_indexed = Counter(
+            "streamrec_items_indexed_total", "Catalogue items embedded and upserted.", registry=r
+        )
+        self.end_to_end_latency = Histogram(
+            "streamrec_end_to_end_latency_seconds",
+            "Event ts -> its recommendation produced.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.stage_latency = Histogram(
+            "streamrec_stage_latency_seconds",
+            "Time spent per pipeline stage (state, rank, publish, embed, upsert).",
+            ["stage"],
+            buckets=STAGE_BUCKETS_S,
+            registry=r,
+        )
+        self.batch_size = Histogram(
+            "streamrec_batch_size",
+            "Events per micro-batch, by agent.",
+            ["agent"],
+            buckets=BATCH_BUCKETS,
+            registry=r,
+        )
+        self.model_info = Gauge(
+            "streamrec_model_info",
+            "The serving model version (value 1 on the current version's label).",
+            ["version"],
+            registry=r,
+        )
+        self.dedup_size = Gauge(
+            "streamrec_dedup_ids", "Event ids remembered for de-duplication.", registry=r
+        )
+
+    def set_model_version(self, version: str) -> None:
+        self.model_info.clear()
+        self.model_info.labels(version=version).set(1)
+
+    def exposition(self) -> bytes:
+        return generate_latest(self.registry)

@@ -1,0 +1,284 @@
+"""The pure event -> recommendation pipeline that workers, the evaluator and benchmarks all call.
+
+One call handles one micro-batch: learn every user's new events, retrieve candidates from the
+item index (neighbours of recent items and of the user vector, consumed items excluded, trending
+items for users without a usable history), score all candidates in one batched pass, keep top-K
+with a reason per item. No Faust, no Kafka: state comes in and goes out as plain objects.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streamrec.models.index import IndexedItem, ItemIndex
+from streamrec.models.popularity import TrendingItems
+from streamrec.models.scoring import Scorer, ScoringBatch
+from streamrec.models.state import EVENT_WEIGHTS, UserState
+from streamrec.stream.messages import Event, RecommendedItem
+from streamrec.stream.settings import Settings
+
+TRENDING_REASON = "trending"
+_MIN_WEIGHT = 1e-6
+
+
+@dataclass(frozen=True)
+class RecommenderConfig:
+    """Knobs of the pipeline (a subset of `Settings`)."""
+
+    k: int = 10  # items per list
+    seed_items: int = 5  # most recent distinct items used as retrieval queries
+    neighbours_per_item: int = 20  # neighbours fetched per query
+    profile_items: int = 20  # most recent items that make up the user vector
+    recency_half_life_s: float = 86_400.0  # an event this old counts half as much
+
+    @classmethod
+    def from_settings(cls, settings: Settings) -> "RecommenderConfig":
+        return cls(
+            k=settings.k,
+            seed_items=settings.seed_items,
+            neighbours_per_item=settings.neighbours_per_item,
+            profile_items=min(settings.history_length, 20),
+            recency_half_life_s=settings.recency_half_life_s,
+        )
+
+
+@dataclass
+class UserBatch:
+    """One user's slice of a micro-batch: their state and the new events (oldest first)."""
+
+    state: UserState
+    events: Sequence[Event]
+
+
+@dataclass
+class RankedList:
+    """The top-K list for one user, and the newest event that triggered it."""
+
+    user_id: str
+    items: list[RecommendedItem]
+    trigger: Event | None
+
+
+@dataclass
+class _Profile:
+    """What retrieval and scoring need of one user."""
+
+    history: list[IndexedItem] = field(default_factory=list)  # newest first
+    weights: list[float] = field(default_factory=list)
+    seeds: list[IndexedItem] = field(default_factory=list)
+
+
+class Recommender:
+    """State update -> candidates -> one batched scoring pass -> top-K with reasons.
+
+    >>> # See tests/unit/test_recommender.py for runnable end-to-end use.
+    """
+
+    def __init__(
+        self,
+        index: ItemIndex,
+        scorer: Scorer,
+        trending: TrendingItems,
+        config: RecommenderConfig | None = None,
+    ) -> None:
+        self.index = index
+        self.scorer = scorer
+        self.trending = trending
+        self.config = config or RecommenderConfig()
+
+    @property
+    def model_version(self) -> str:
+        return self.scorer.version
+
+    def learn(self, users: Sequence[UserBatch]) -> None:
+        """Apply every new event to its user's state and to the trending counts."""
+        for user in users:
+            for event in user.events:
+                user.state.learn(event)
+                self.trending.learn(event.item_id, event.ts, EVENT_WEIGHTS[event.type])
+
+    def process_batch(self, users: Sequence[UserBatch]) -> list[RankedList]:
+        """Learn the batch's events, then rank for every user in it (one list per user)."""
+        self.learn(users)
+        ranked = self.recommend([user.state for user in users])
+        for ranked_list, user in zip(ranked, users):
+            ranked_list.trigger = user.events[-1] if user.events else None
+        return ranked
+
+    def recommend(self, states: Sequence[UserState]) -> list[RankedList]:
+        """Top-K lists for the given users as they are now (no learning)."""
+        profiles = self._profiles(states)
+        candidates = self._retrieve(states, profiles)
+        return [
+            RankedList(state.user_id, items, None)
+            for state, items in zip(states, self._rank(states, profiles, candidates))
+        ]
+
+    # --- stages -----------------------------------------------------------------------
+    def _profiles(self, states: Sequence[UserState]) -> list[_Profile]:
+        """Fetch the vectors of every user's recent items in one index call."""
+        cfg = self.config
+        recent_per_user = []
+        for state in states:
+            seen: dict[str, tuple[str, float]] = {}
+            for interaction in reversed(state.recent):  # newest first
+                if interaction.item_id not in seen:
+                    seen[interaction.item_id] = (interaction.type, interaction.ts)
+                if len(seen) >= cfg.profile_items:
+                    break
+            recent_per_user.append(seen)
+        wanted = sorted({item for recent in recent_per_user for item in recent})
+        known = self.index.get(wanted) if wanted else {}
+        profiles = []
+        for state, recent in zip(states, recent_per_user):
+            now = state.last_ts or 0.0
+            profile = _Profile()
+            for item_id, (kind, ts) in recent.items():
+                item = known.get(item_id)
+                if item is None:  # seen in events before its catalogue entry: skip
+                    continue
+                age = max(0.0, now - ts)
+                decay = math.pow(0.5, age / cfg.recency_half_life_s)
+                profile.history.append(item)
+                profile.weights.append(max(EVENT_WEIGHTS.get(kind, 1.0) * decay, _MIN_WEIGHT))
+            profile.seeds = profile.history[: cfg.seed_items]
+            profiles.append(profile)
+        return profiles
+
+    def _retrieve(
+        self, states: Sequence[UserState], profiles: Sequence[_Profile]
+    ) -> list[dict[str, tuple[IndexedItem, bool]]]:
+        """Candidates per user: id -> (item, retrieved as a neighbour?)."""
+        cfg = self.config
+        queries: list[np.ndarray] = []  # each (D,)
+        owners: list[int] = []
+        for row, profile in enumerate(profiles):
+            for seed in profile.seeds:
+                queries.append(seed.vector)
+                owners.append(row)
+            if len(profile.history) > 1:
+                queries.append(_user_vector(profile))
+                owners.append(row)
+        candidates: list[dict[str, tuple[IndexedItem, bool]]] = [{} for _ in states]
+        if queries:
+            results = self.index.search_batch(
+                np.stack(queries),  # (Q, D)
+                limit=max(cfg.neighbours_per_item, cfg.k),  # enough to fill a list
+                exclude=[states[row].consumed for row in owners],
+            )
+            for row, neighbours in zip(owners, results):
+                for neighbour in neighbours:
+                    candidates[row][neighbour.item.item_id] = (neighbour.item, True)
+        self._add_trending(states, candidates)
+        return candidates
+
+    def _add_trending(
+        self,
+        states: Sequence[UserState],
+        candidates: list[dict[str, tuple[IndexedItem, bool]]],
+    ) -> None:
+        """Top trending items (those in the catalogue) join every user's candidates."""
+        cfg = self.config
+        # Ask for enough that k survive after removing a user's consumed items.
+        longest = max((len(state.consumed) for state in states), default=0)
+        top = self.trending.top(cfg.k + min(longest, 4 * cfg.k))
+        known = self.index.get([item_id for item_id, _ in top]) if top else {}
+        for state, user_candidates in zip(states, candidates):
+            added = 0
+            for item_id, _ in top:
+                if added >= cfg.k:
+                    break
+                if item_id in known and not state.has_consumed(item_id):
+                    user_candidates.setdefault(item_id, (known[item_id], False))
+                    added += 1
+
+    def _rank(
+        self,
+        states: Sequence[UserState],
+        profiles: Sequence[_Profile],
+        candidates: Sequence[dict[str, tuple[IndexedItem, bool]]],
+    ) -> list[list[RecommendedItem]]:
+        cfg = self.config
+        warm = [row for row, profile in enumerate(profiles) if profile.history]
+        lists: list[list[RecommendedItem]] = [[] for _ in states]
+        for row, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
+            if not profile.history:  # cold user: trending order, trending reason
+                ordered = sorted(
+                    user_candidates, key=lambda item_id: -self.trending.score(item_id)
+                )
+                lists[row] = [
+                    RecommendedItem(
+                        item_id=item_id,
+                        score=round(self.trending.score(item_id), 6),
+                        reason=TRENDING_REASON,
+                    )
+                    for item_id in ordered[: cfg.k]
+                ]
+        if not warm:
+            return lists
+        batch, ids = _pad([profiles[row] for row in warm], [candidates[row] for row in warm])
+        scores = self.scorer.score(batch)  # (B, C)
+        # For the reason: which history item each candidate is most like.
+        similarity = torch.einsum("bcd,bld->bcl", batch.candidates, batch.history)  # (B, C, L)
+        similarity = similarity.masked_fill(batch.history_weights[:, None, :] <= 0, -2.0)
+        closest = similarity.argmax(dim=-1)  # (B, C)
+        top = torch.topk(scores, k=min(cfg.k, scores.shape[1]), dim=-1)
+        for b, row in enumerate(warm):
+            ranked = []
+            for score, column in zip(top.values[b].tolist(), top.indices[b].tolist()):
+                if not math.isfinite(score):
+                    break
+                item_id = ids[b][column]
+                _, from_neighbours = candidates[row][item_id]
+                reason = (
+                    f"similar to {profiles[row].history[int(closest[b, column])].title}"
+                    if from_neighbours
+                    else TRENDING_REASON
+                )
+                ranked.append(RecommendedItem(item_id=item_id, score=round(score, 6), reason=reason))
+            lists[row] = ranked
+        return lists
+
+
+def _user_vector(profile: _Profile) -> np.ndarray:
+    """Weighted mean of the user's recent item vectors, normalised; (D,)."""
+    vectors = np.stack([item.vector for item in profile.history])  # (L, D)
+    weights = np.asarray(profile.weights, dtype=np.float32)  # (L,)
+    mean = weights @ vectors  # (D,)
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm if norm > 0 else mean).astype(np.float32)
+
+
+def _pad(
+    profiles: Sequence[_Profile], candidates: Sequence[dict[str, tuple[IndexedItem, bool]]]
+) -> tuple[ScoringBatch, list[list[str]]]:
+    """Pack users into padded tensors; also return candidate ids per row."""
+    dim = profiles[0].history[0].vector.shape[0]
+    n_users = len(profiles)
+    max_history = max(len(p.history) for p in profiles)
+    max_candidates = max(1, max(len(c) for c in candidates))
+    history = np.zeros((n_users, max_history, dim), dtype=np.float32)  # (B, L, D)
+    weights = np.zeros((n_users, max_history), dtype=np.float32)  # (B, L)
+    cand = np.zeros((n_users, max_candidates, dim), dtype=np.float32)  # (B, C, D)
+    mask = np.zeros((n_users, max_candidates), dtype=bool)  # (B, C)
+    ids: list[list[str]] = []
+    for b, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
+        history[b, : len(profile.history)] = np.stack([item.vector for item in profile.history])
+        weights[b, : len(profile.weights)] = profile.weights
+        row_ids = list(user_candidates)
+        if row_ids:
+            cand[b, : len(row_ids)] = np.stack([user_candidates[i][0].vector for i in row_ids])
+            mask[b, : len(row_ids)] = True
+        ids.append(row_ids)
+    batch = ScoringBatch(
+        history=torch.from_numpy(history),
+        history_weights=torch.from_numpy(weights),
+        candidates=torch.from_numpy(cand),
+        candidate_mask=torch.from_numpy(mask),
+    )
+    return batch, ids

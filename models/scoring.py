@@ -1,0 +1,64 @@
+"""The `Scorer` interface of the core and its first implementation, content similarity.
+
+A scorer sees one micro-batch at once as padded tensors and returns one score per candidate, in
+a single batched torch pass. The learned ranker (its own issue) plugs in behind the same interface.
+
+>>> import torch
+>>> hist = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])            # (B=1, L=2, D=2)
+>>> batch = ScoringBatch(
+...     history=hist, history_weights=torch.tensor([[3.0, 1.0]]),
+...     candidates=torch.tensor([[[1.0, 0.0], [0.0, 1.0], [0.0, 0.0]]]),  # (B=1, C=3, D=2)
+...     candidate_mask=torch.tensor([[True, True, False]]))
+>>> scores = ContentScorer().score(batch)                       # (B=1, C=3)
+>>> bool(scores[0, 0] > scores[0, 1]), bool(scores[0, 2] == float("-inf"))
+(True, True)
+"""
+
+from __future__ import annotations
+
+from dataclasses import dataclass
+from typing import Protocol
+
+import torch
+
+CONTENT_SCORER_VERSION = "content-v1"
+
+
+@dataclass(frozen=True)
+class ScoringBatch:
+    """One micro-batch of users, padded to the longest history and candidate list."""
+
+    history: torch.Tensor  # (B, L, D) vectors of each user's recent items, zeros where padded
+    history_weights: torch.Tensor  # (B, L) event-type x recency weight, 0 where padded
+    candidates: torch.Tensor  # (B, C, D) candidate item vectors, zeros where padded
+    candidate_mask: torch.Tensor  # (B, C) True where a real candidate sits
+
+
+class Scorer(Protocol):
+    """Anything that ranks candidates for a batch of users."""
+
+    version: str  # goes into every recommendation's `model_version`
+
+    def score(self, batch: ScoringBatch) -> torch.Tensor:
+        """Scores (B, C); padded candidates get -inf."""
+        ...
+
+
+class ContentScorer:
+    """Cosine similarity between a candidate and the user's weighted mean of recent items."""
+
+    version = CONTENT_SCORER_VERSION
+
+    def __init__(self, device: torch.device | str = "cpu") -> None:
+        self.device = torch.device(device)
+
+    @torch.inference_mode()
+    def score(self, batch: ScoringBatch) -> torch.Tensor:
+        history = batch.history.to(self.device)  # (B, L, D)
+        weights = batch.history_weights.to(self.device)  # (B, L)
+        candidates = batch.candidates.to(self.device)  # (B, C, D)
+        user = torch.einsum("bl,bld->bd", weights, history)  # (B, D)
+        user = torch.nn.functional.normalize(user, dim=-1)
+        scores = torch.einsum("bd,bcd->bc", user, candidates)  # (B, C)
+        mask = batch.candidate_mask.to(self.device)
+        return scores.masked_fill(~mask, float("-inf")).cpu()

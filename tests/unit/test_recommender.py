@@ -1,0 +1,112 @@
+"""The pure core: candidates, exclusion of consumed items, reasons, batching, cold start.
+
+The item index here is a brute-force in-memory stand-in (pure logic under test); the real
+Qdrant backends are covered by tests/integration/test_index_contract.py and the e2e test.
+"""
+
+from __future__ import annotations
+
+import numpy as np
+import pytest
+
+from streamrec.models.index import IndexedItem
+from streamrec.models.popularity import TrendingItems
+from streamrec.models.recommender import TRENDING_REASON, Recommender, RecommenderConfig, UserBatch
+from streamrec.models.scoring import ContentScorer
+from streamrec.models.state import UserState
+from streamrec.stream.messages import Event
+from tests.fakes import BruteForceIndex
+
+DIM = 8
+T0 = 1_750_000_000.0
+
+
+def _clustered_catalogue(n_clusters: int = 3, per_cluster: int = 10, seed: int = 0) -> BruteForceIndex:
+    """Items in tight clusters: cluster c's items point near axis c."""
+    rng = np.random.default_rng(seed)
+    index = BruteForceIndex(DIM)
+    for c in range(n_clusters):
+        for j in range(per_cluster):
+            v = np.zeros(DIM, dtype=np.float32)
+            v[c] = 1.0
+            v += rng.normal(0, 0.05, DIM).astype(np.float32)
+            v /= np.linalg.norm(v)
+            index.upsert([IndexedItem(item_id=f"c{c}-{j}", vector=v, title=f"cluster {c} item {j}")])
+    return index
+
+
+def _event(user: str, item: str, n: int, kind: str = "view") -> Event:
+    return Event(event_id=f"{user}-{n}", user_id=user, item_id=item, type=kind, ts=T0 + n)
+
+
+def _recommender(index: BruteForceIndex, k: int = 5) -> Recommender:
+    return Recommender(
+        index=index,
+        scorer=ContentScorer(),
+        trending=TrendingItems(half_life_s=3600.0),
+        config=RecommenderConfig(k=k, seed_items=3, neighbours_per_item=10, profile_items=10),
+    )
+
+
+def test_recommends_similar_unconsumed_items_with_reasons() -> None:
+    rec = _recommender(_clustered_catalogue())
+    user = UserBatch(UserState("alice"), [_event("alice", f"c1-{j}", j) for j in range(3)])
+    [ranked] = rec.process_batch([user])
+    ids = [item.item_id for item in ranked.items]
+    assert len(ids) == 5
+    assert all(i.startswith("c1-") for i in ids), ids  # her cluster
+    assert not set(ids) & {"c1-0", "c1-1", "c1-2"}  # nothing she consumed
+    assert all(item.reason and item.reason.startswith("similar to cluster 1") for item in ranked.items)
+    scores = [item.score for item in ranked.items]
+    assert scores == sorted(scores, reverse=True)
+    assert ranked.trigger is not None and ranked.trigger.event_id == "alice-2"
+
+
+def test_cold_user_gets_trending_items() -> None:
+    rec = _recommender(_clustered_catalogue())
+    # Others made c2-0 and c2-1 popular.
+    crowd = [UserBatch(UserState(f"u{n}"), [_event(f"u{n}", f"c2-{n % 2}", n, "purchase")]) for n in range(6)]
+    rec.process_batch(crowd)
+    # A newcomer whose only item is not in the catalogue: no usable history.
+    [ranked] = rec.process_batch([UserBatch(UserState("bob"), [_event("bob", "not-in-catalogue", 99)])])
+    assert [item.item_id for item in ranked.items][:2] in (["c2-0", "c2-1"], ["c2-1", "c2-0"])
+    assert all(item.reason == TRENDING_REASON for item in ranked.items)
+
+
+def test_batched_lists_equal_one_by_one_lists() -> None:
+    """Padding users of different history lengths into one tensor must not change results."""
+    histories = {
+        "a": ["c0-1"],
+        "b": ["c1-1", "c1-2", "c1-3", "c1-4"],
+        "c": ["c2-5", "c0-3"],
+        "d": ["unknown-item", "c1-7"],
+    }
+
+    def run(together: bool) -> dict[str, list[str]]:
+        rec = _recommender(_clustered_catalogue())
+        users = [
+            UserBatch(UserState(u), [_event(u, item, n) for n, item in enumerate(items)])
+            for u, items in histories.items()
+        ]
+        if together:
+            ranked = rec.process_batch(users)
+        else:
+            rec.learn(users)
+            ranked = [rec.recommend([user.state])[0] for user in users]
+        return {r.user_id: [i.item_id for i in r.items] for r in ranked}
+
+    assert run(together=True) == run(together=False)
+
+
+def test_empty_catalogue_and_no_history_yield_empty_lists_not_errors() -> None:
+    rec = _recommender(BruteForceIndex(DIM))
+    [ranked] = rec.process_batch([UserBatch(UserState("zed"), [_event("zed", "x", 1)])])
+    assert ranked.items == []
+
+
+@pytest.mark.parametrize("k", [1, 3, 12])
+def test_list_length_is_k_when_enough_candidates(k: int) -> None:
+    rec = _recommender(_clustered_catalogue(), k=k)
+    [ranked] = rec.process_batch([UserBatch(UserState("al"), [_event("al", "c0-0", 1)])])
+    assert len(ranked.items) == k
+    assert len({i.item_id for i in ranked.items}) == k
