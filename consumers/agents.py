@@ -56,8 +56,7 @@ def register_agents(
         USER_STATE_TABLE,
         default=None,
         partitions=settings.partitions,
-        key_serializer="raw",
-        value_serializer="json",
+        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
         use_partitioner=True,
     )
 

@@ -11,7 +11,8 @@ LATENCY_BUCKETS_S = (
 STAGE_BUCKETS_S = (0.0001, 0.0005, 0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 1.0, 5.0)
 BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 
-CONTENT_TYPE = CONTENT_TYPE_LATEST
+# aiohttp wants the charset apart from the content type
+CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
 
 
 class WorkerMetrics:
