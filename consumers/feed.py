@@ -73,7 +73,9 @@ async def produce_synthetic(
     async with EventProducer(settings) as producer:
         if with_items:
             await send_items(producer, world.items(ts=time.time()))
-        events = world.events(n_events, start_ts=time.time(), rate_per_s=max(rate, 1.0))
+        # A fresh event-id stream per run, so a second run is not dropped as duplicates.
+        run = int(time.time() * 1000)
+        events = world.events(n_events, start_ts=time.time(), rate_per_s=max(rate, 1.0), stream=run)
         return await send_paced(producer, events, rate, retime=True, total=n_events)
 
 
