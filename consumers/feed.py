@@ -97,15 +97,22 @@ async def produce_dataset(
         return await send_paced(producer, events, rate, retime=not keep_timestamps, total=limit)
 
 
-def format_recommendation(rec: Recommendation, titles: dict[str, str] | None = None) -> str:
-    """One line per list: `user <- item (reason), ...  [version, latency]`."""
+def format_recommendation(rec: Recommendation, titles: dict[str, str] | None = None, shown: int = 3) -> str:
+    """One line per list: `user <- first (why) | second | third +N  [version, latency]`."""
     titles = titles or {}
-    shown = ", ".join(
-        f"{titles.get(item.item_id, item.item_id)}" + (f" ({item.reason})" if item.reason else "")
-        for item in rec.items[:3]
-    )
-    more = f" +{len(rec.items) - 3} more" if len(rec.items) > 3 else ""
-    return f"{rec.user_id} <- {shown}{more}  [{rec.model_version}, {rec.latency_ms:.0f} ms]"
+    labels = []
+    for position, item in enumerate(rec.items[:shown]):
+        label = _shorten(titles.get(item.item_id, item.item_id))
+        if position == 0 and item.reason:
+            label += f" ({_shorten(item.reason)})"
+        labels.append(label)
+    more = f" +{len(rec.items) - shown}" if len(rec.items) > shown else ""
+    body = " | ".join(labels) if labels else "(nothing to recommend yet)"
+    return f"{rec.user_id} <- {body}{more}  [{rec.model_version}, {rec.latency_ms:.0f} ms]"
+
+
+def _shorten(text: str, limit: int = 48) -> str:
+    return text if len(text) <= limit else text[: limit - 1] + "…"
 
 
 async def open_reader(settings: Settings, topic: str, from_beginning: bool) -> AIOKafkaConsumer:

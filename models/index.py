@@ -8,6 +8,7 @@ One contract test suite (tests/integration/test_index_contract.py) runs against 
 
 from __future__ import annotations
 
+import functools
 import uuid
 from collections.abc import Collection, Sequence
 from dataclasses import dataclass
@@ -22,6 +23,7 @@ from streamrec.stream.settings import Settings
 POINT_NAMESPACE = uuid.UUID("5f1d7c1e-9a52-4f0c-8f0e-2b8f6a1c9d33")
 
 
+@functools.lru_cache(maxsize=1 << 18)
 def point_id(item_id: str) -> str:
     return str(uuid.uuid5(POINT_NAMESPACE, item_id))
 
@@ -37,7 +39,9 @@ class IndexedItem:
 
 @dataclass(frozen=True)
 class Neighbour:
-    item: IndexedItem
+    """A search hit: ids and scores only; `get` the vectors of the few you keep."""
+
+    item_id: str
     score: float  # cosine similarity to the query
 
 
@@ -60,7 +64,7 @@ class ItemIndex(Protocol):
         limit: int,
         exclude: Sequence[Collection[str]] | None = None,
     ) -> list[list[Neighbour]]:
-        """For each query (Q, D): up to `limit` nearest items, best first, none in exclude[q]."""
+        """For each query (Q, D): up to `limit` nearest item ids, best first, none in exclude[q]."""
         ...
 
     def count(self) -> int: ...
@@ -156,16 +160,13 @@ class EdgeItemIndex:
                 edge.QueryRequest(
                     limit=limit,
                     query=edge.Query.Nearest(query.tolist()),
-                    with_vector=True,
-                    with_payload=True,
+                    with_vector=False,
+                    with_payload=["item_id"],
                     filter=condition,
                 )
             )
         results = self._shard.query_batch(edge.QueryBatchRequest(requests))
-        return [
-            [Neighbour(_from_point(p.payload, p.vector), float(p.score)) for p in points]
-            for points in results
-        ]
+        return [[Neighbour(str(p.payload["item_id"]), float(p.score)) for p in points] for points in results]
 
     def count(self) -> int:
         return int(self._shard.count(self._edge.CountRequest(exact=True)))
@@ -249,13 +250,13 @@ class ClientItemIndex:
                     query=query.tolist(),
                     limit=limit,
                     filter=condition,
-                    with_vector=True,
-                    with_payload=True,
+                    with_vector=False,
+                    with_payload=["item_id"],
                 )
             )
         responses = self._client.query_batch_points(self.collection, requests=requests)
         return [
-            [Neighbour(_from_point(p.payload, p.vector), float(p.score)) for p in response.points]
+            [Neighbour(str(p.payload["item_id"]), float(p.score)) for p in response.points]
             for response in responses
         ]
 

@@ -171,9 +171,13 @@ class Recommender:
                 limit=max(cfg.neighbours_per_item, cfg.k),  # enough to fill a list
                 exclude=[states[row].consumed for row in owners],
             )
+            # One fetch of the vectors of every distinct neighbour in the batch.
+            found = self.index.get(sorted({n.item_id for hits in results for n in hits}))
             for row, neighbours in zip(owners, results):
                 for neighbour in neighbours:
-                    candidates[row][neighbour.item.item_id] = (neighbour.item, True)
+                    item = found.get(neighbour.item_id)
+                    if item is not None:
+                        candidates[row][item.item_id] = (item, True)
         self._add_trending(states, candidates)
         return candidates
 

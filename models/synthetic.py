@@ -66,7 +66,8 @@ class SyntheticWorld:
         self._by_category: dict[str, list[str]] = {c.name: [] for c in self.categories}
         for n in range(n_items):
             category = self.categories[n % n_categories]
-            title = f"{rng.choice(category.brands)} {rng.choice(category.adjectives)} {rng.choice(category.nouns)}"
+            model = f"{category.name[0]}{100 + n // n_categories}"  # makes every title unique
+            title = f"{rng.choice(category.brands)} {model} {rng.choice(category.adjectives)} {rng.choice(category.nouns)}"
             text = f"{title}. Category: {category.name}."
             item_id = f"i{n:05d}"
             self._items.append((item_id, title, category.name, text))

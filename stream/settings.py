@@ -84,7 +84,7 @@ class Settings(BaseSettings):
     # --- recommend ---------------------------------------------------------------------
     k: int = Field(10, ge=1, le=1_000)  # items per recommendation list
     batch_size: int = Field(256, ge=1, le=100_000)  # micro-batch: at most this many events
-    batch_wait_s: float = Field(0.05, gt=0, le=60)  # micro-batch: at most this long (s)
+    batch_wait_s: float = Field(0.02, gt=0, le=60)  # micro-batch: at most this long (s)
     history_length: int = Field(50, ge=1, le=10_000)  # recent items kept per user
     neighbours_per_item: int = Field(20, ge=1, le=1_000)  # index neighbours per recent item
     seed_items: int = Field(5, ge=1, le=100)  # most recent items used as retrieval seeds

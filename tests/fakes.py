@@ -4,8 +4,6 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-import numpy as np
-
 from streamrec.models.index import IndexedItem, Neighbour
 
 
@@ -30,7 +28,7 @@ class BruteForceIndex:
                 ((float(item.vector @ query), item) for item in self.items.values() if item.item_id not in banned),
                 key=lambda pair: -pair[0],
             )
-            out.append([Neighbour(item=item, score=score) for score, item in scored[:limit]])
+            out.append([Neighbour(item_id=item.item_id, score=score) for score, item in scored[:limit]])
         return out
 
     def count(self) -> int:
