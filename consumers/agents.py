@@ -90,7 +90,13 @@ def register_agents(
                 else:
                     events.append(parsed)
             if events:
-                await publish_recommendations(events)
+                try:
+                    await publish_recommendations(events)
+                except Exception:
+                    # Faust's supervisor restarts the agent; unacked offsets are read again.
+                    metrics.agent_errors.labels(agent="recommend").inc()
+                    log.exception("recommend failed on a batch of %d events", len(events))
+                    raise
 
     async def publish_recommendations(events: list[Event]) -> None:
         states = {

@@ -163,6 +163,24 @@ def _summary(stats: DemoStats) -> None:
         _say(f"event -> recommendation latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
 
 
+def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "STREAMREC_BROKER": settings.broker,
+        "STREAMREC_DATA_DIR": str(settings.data_dir),
+        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
+        "HF_HUB_OFFLINE": "1",
+    }
+    with log_path.open("wb") as log_file:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
+            env=env,
+            stdout=log_file,
+            stderr=subprocess.STDOUT,
+            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the worker itself
+        )
+
+
 def run_demo(duration_s: float = 60.0, rate: float = 100.0, port: int = 0, seed: int = 7) -> int:
     base = Settings()
     data_dir = (base.data_dir / "demo").resolve()
@@ -170,38 +188,27 @@ def run_demo(duration_s: float = 60.0, rate: float = 100.0, port: int = 0, seed:
     data_dir.mkdir(parents=True)
     stats = DemoStats()
     broker = DevBroker(port=port or free_port(), log_path=data_dir / "broker.log")
-    _say(f"streamrec demo: starting the embedded Tansu broker (logs in {data_dir}) ...")
-    broker.start()
-    settings = base.model_copy(
-        update={"broker": broker.url, "data_dir": data_dir, "metrics_port": free_port()}
-    )
-    env = {
-        **os.environ,
-        "STREAMREC_BROKER": settings.broker,
-        "STREAMREC_DATA_DIR": str(data_dir),
-        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
-        "HF_HUB_OFFLINE": "1",
-    }
-    worker_log = data_dir / "worker.log"
-    with worker_log.open("wb") as log_file:
-        worker = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the worker itself
-        )
-    _say(f"started a worker (pid {worker.pid}, metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
+    worker: subprocess.Popen | None = None
     code = 0
     try:
-        asyncio.run(_stream(settings, SyntheticWorld(seed=seed), worker, worker_log, duration_s, rate, stats))
+        _say(f"streamrec demo: starting the embedded Tansu broker (logs in {data_dir}) ...")
+        broker.start()
+        settings = base.model_copy(
+            update={"broker": broker.url, "data_dir": data_dir, "metrics_port": free_port()}
+        )
+        worker_log = data_dir / "worker.log"
+        worker = _start_worker(settings, worker_log)
+        _say(f"started a worker (pid {worker.pid}, metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
+        world = SyntheticWorld(seed=seed)
+        asyncio.run(_stream(settings, world, worker, worker_log, duration_s, rate, stats))
     except KeyboardInterrupt:
         _say("\ninterrupted; stopping ...")
-    except RuntimeError as exc:
+    except (RuntimeError, OSError) as exc:
         _say(f"demo failed: {exc}")
         code = 1
     finally:
-        _stop(worker)
+        if worker is not None:
+            _stop(worker)
         broker.stop()
     _summary(stats)
     _say("stopped the worker and the broker.")

@@ -65,6 +65,12 @@ class WorkerMetrics:
             ["version"],
             registry=r,
         )
+        self.agent_errors = Counter(
+            "streamrec_agent_errors_total",
+            "Unexpected errors in an agent (it is restarted; its batch is re-read).",
+            ["agent"],
+            registry=r,
+        )
         self.dedup_size = Gauge(
             "streamrec_dedup_ids", "Event ids remembered for de-duplication.", registry=r
         )

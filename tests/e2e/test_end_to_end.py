@@ -29,6 +29,7 @@ from streamrec.stream.messages import DeadLetter, Event, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
+from tests.helpers import confluent_read
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -243,6 +244,11 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
         assert matches[0].topic == settings.topics.events and matches[0].error
 
     assert after == before + 1, "duplicates caused no output; only the sentinel did"
+
+    # A librdkafka client (confluent-kafka) reads the same lists.
+    theirs = await asyncio.to_thread(confluent_read, settings, settings.topics.recommendations, after)
+    assert sorted(m.value() for m in theirs) == sorted(recs.values)
+    assert all(m.key() == Recommendation.model_validate_json(m.value()).user_id.encode() for m in theirs)
 
     # Stops cleanly on SIGTERM.
     os.killpg(process.pid, signal.SIGTERM)

@@ -9,7 +9,7 @@ import time
 
 import pytest
 from aiokafka import AIOKafkaConsumer
-from confluent_kafka import OFFSET_BEGINNING, Consumer, Producer, TopicPartition
+from confluent_kafka import Producer
 
 from streamrec.consumers.feed import open_reader
 from streamrec.stream.broker import BrokerError, DevBroker, _kafka_answers
@@ -17,6 +17,7 @@ from streamrec.stream.messages import Event, Item
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
+from tests.helpers import confluent_read
 
 pytestmark = pytest.mark.integration
 
@@ -92,24 +93,6 @@ def _confluent_config(settings: Settings) -> dict:
     return {"bootstrap.servers": settings.bootstrap_servers}
 
 
-def _confluent_read(settings: Settings, topic: str, expected: int) -> list:
-    consumer = Consumer(
-        _confluent_config(settings)
-        | {"group.id": f"reader-{topic}", "enable.auto.commit": False, "fetch.wait.max.ms": 10}
-    )
-    consumer.assign([TopicPartition(topic, p, OFFSET_BEGINNING) for p in range(settings.partitions)])
-    messages = []
-    deadline = time.monotonic() + READ_TIMEOUT_S
-    try:
-        while len(messages) < expected and time.monotonic() < deadline:
-            message = consumer.poll(0.2)
-            if message is not None and message.error() is None:
-                messages.append(message)
-    finally:
-        consumer.close()
-    return messages
-
-
 async def test_librdkafka_client_speaks_the_contract(settings: Settings) -> None:
     """confluent-kafka (librdkafka) produces events our models read, and reads ours."""
     await ensure_topics(settings)
@@ -127,6 +110,6 @@ async def test_librdkafka_client_speaks_the_contract(settings: Settings) -> None
     ours = Event(event_id="aio-1", user_id="aio-user", item_id="i8", type="click", ts=time.time())
     async with EventProducer(settings) as producer:
         await producer.send_event(ours)
-    messages = await asyncio.to_thread(_confluent_read, settings, settings.topics.events, 2)
+    messages = await asyncio.to_thread(confluent_read, settings, settings.topics.events, 2)
     decoded = {Event.model_validate_json(m.value()).event_id: m.key() for m in messages}
     assert decoded == {"ck-1": b"ck-user", "aio-1": b"aio-user"}
