@@ -51,12 +51,13 @@ def register_agents(
     dlq_topic = raw_topic(topics.dlq)
 
     # use_partitioner=True: writes inside stream.take() go to the key's partition
-    # (faust-streaming issue 497); keys are user ids, as on events.by-user.
+    # (faust-streaming issue 497); keys are user ids, as on events.by-user; values are
+    # UserState.to_dict() plain data.
     user_states = app.Table(
         USER_STATE_TABLE,
         default=None,
         partitions=settings.partitions,
-        schema=faust.Schema(key_serializer="raw", value_serializer="json"),
+        key_type=bytes,  # raw user-id keys; values are JSON (the changelog uses the same)
         use_partitioner=True,
     )
 

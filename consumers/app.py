@@ -88,6 +88,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
         web_bind=settings.metrics_host,
         web_host=settings.metrics_host,
         producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
         loghandlers=[],
     )
     pipeline = pipeline or Pipeline.from_settings(settings)

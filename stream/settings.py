@@ -66,6 +66,7 @@ class Settings(BaseSettings):
     topic_prefix: str = ""  # prepended to every topic name (e.g. `staging.`)
     partitions: int = Field(4, ge=1, le=1024)  # partitions of topics the worker creates
     replication: int = Field(1, ge=1, le=16)  # replication factor of created topics
+    session_timeout_s: float = Field(10.0, ge=1, le=300)  # a silent worker leaves the group after this
     fetch_max_wait_ms: int = Field(10, ge=0, le=10_000)  # consumer fetch wait (ms); low for Tansu
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"

@@ -125,35 +125,41 @@ def e2e_settings(broker: DevBroker, tmp_path: Path) -> Settings:
     )
 
 
-@pytest.fixture
-def worker(e2e_settings: Settings, tmp_path: Path):
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
     env = {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
-        "STREAMREC_BROKER": e2e_settings.broker,
-        "STREAMREC_APP_ID": e2e_settings.app_id,
-        "STREAMREC_TOPIC_PREFIX": e2e_settings.topic_prefix,
-        "STREAMREC_PARTITIONS": str(e2e_settings.partitions),
-        "STREAMREC_DATA_DIR": str(e2e_settings.data_dir),
-        "STREAMREC_METRICS_PORT": str(e2e_settings.metrics_port),
+        "STREAMREC_BROKER": settings.broker,
+        "STREAMREC_APP_ID": settings.app_id,
+        "STREAMREC_TOPIC_PREFIX": settings.topic_prefix,
+        "STREAMREC_PARTITIONS": str(settings.partitions),
+        "STREAMREC_DATA_DIR": str(settings.data_dir),
+        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
         "STREAMREC_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
-        "STREAMREC_K": str(e2e_settings.k),
+        "STREAMREC_K": str(settings.k),
     }
-    log_path = tmp_path / "worker.log"
-    with log_path.open("wb") as log:
-        process = subprocess.Popen(
+    with log_path.open("ab") as log:
+        return subprocess.Popen(
             [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
             env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
-    yield process, log_path
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
+
+
+@pytest.fixture
+def worker(e2e_settings: Settings, tmp_path: Path):
+    log_path = tmp_path / "worker.log"
+    processes = [start_worker(e2e_settings, log_path)]
+    yield processes, log_path
+    for process in processes:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
 
 
 async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worker) -> None:
     settings = e2e_settings
-    process, log_path = worker
+    processes, log_path = worker
+    process = processes[0]
     world = SyntheticWorld(seed=11, n_items=80, n_users=15, n_categories=4)
     await ensure_topics(settings)
 
@@ -254,3 +260,31 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
     os.killpg(process.pid, signal.SIGTERM)
     assert process.wait(timeout=60) == 0
     assert "Traceback" not in log_path.read_text(errors="replace")
+
+    # A new worker recovers user state from the table's changelog: after the restart, lists
+    # still exclude everything the users consumed before it.
+    restarted = start_worker(settings, log_path)
+    processes.append(restarted)
+    returning = sorted(history)[:5]
+    later = [
+        Event(event_id=f"after-{user}", user_id=user, item_id=history[user][0].item_id, type="click", ts=time.time())
+        for user in returning
+    ]
+    async with EventProducer(settings) as producer, \
+            TopicCollector(settings, settings.topics.recommendations) as recs_after:
+        for event in later:
+            await producer.send_event(event)
+        await producer.flush()
+        wanted = {e.event_id for e in later}
+        await wait_until(
+            lambda: wanted <= {json.loads(v)["trigger_event_id"] for v in recs_after.values},
+            WORKER_READY_S,
+            "lists from the restarted worker",
+        )
+    for value in recs_after.values:
+        rec = Recommendation.model_validate_json(value)
+        if rec.trigger_event_id in wanted:
+            consumed = {e.item_id for e in history[rec.user_id]}
+            assert not consumed & {i.item_id for i in rec.items}, f"{rec.user_id}'s state was lost"
+    os.killpg(restarted.pid, signal.SIGTERM)
+    assert restarted.wait(timeout=60) == 0
