@@ -27,7 +27,7 @@ class Pipeline:
     recommender: Recommender
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "Pipeline":
+    def from_settings(cls, settings: Settings) -> Pipeline:
         device = select_device(settings.device)
         encoder = TextEncoder(
             settings.encoder_path, device=str(device), batch_size=settings.encoder_batch_size

@@ -37,7 +37,7 @@ class RecommenderConfig:
     recency_half_life_s: float = 86_400.0  # an event this old counts half as much
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> "RecommenderConfig":
+    def from_settings(cls, settings: Settings) -> RecommenderConfig:
         return cls(
             k=settings.k,
             seed_items=settings.seed_items,

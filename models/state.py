@@ -157,7 +157,7 @@ class UserState:
     @classmethod
     def from_dict(
         cls, data: dict[str, Any], max_history: int = 50, max_consumed: int = 1_000
-    ) -> "UserState":
+    ) -> UserState:
         """Rebuild from `to_dict` output; ValueError on an unknown version or malformed data."""
         if not isinstance(data, dict) or data.get("v") != STATE_VERSION:
             version = data.get("v") if isinstance(data, dict) else type(data).__name__

@@ -158,7 +158,7 @@ class DevBroker:
     def running(self) -> bool:
         return self.process is not None and self.process.poll() is None
 
-    def __enter__(self) -> "DevBroker":
+    def __enter__(self) -> DevBroker:
         self.start()
         return self
 

@@ -52,7 +52,7 @@ class EventProducer:
         finally:
             await self._producer.stop()
 
-    async def __aenter__(self) -> "EventProducer":
+    async def __aenter__(self) -> EventProducer:
         await self.start()
         return self
 

@@ -34,7 +34,7 @@ class Topics:
     events_by_user: str  # internal: valid events re-keyed by user id
 
     @classmethod
-    def with_prefix(cls, prefix: str) -> "Topics":
+    def with_prefix(cls, prefix: str) -> Topics:
         return cls(
             events=f"{prefix}events",
             items=f"{prefix}items",
@@ -120,7 +120,7 @@ class Settings(BaseSettings):
         return value
 
     @model_validator(mode="after")
-    def _check_index(self) -> "Settings":
+    def _check_index(self) -> Settings:
         if self.index_mode == "client" and not self.qdrant_url:
             raise ValueError("index_mode=client needs STREAMREC_QDRANT_URL")
         if self.sasl_username and not self.security_protocol.startswith("SASL"):

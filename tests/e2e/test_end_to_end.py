@@ -20,7 +20,6 @@ from pathlib import Path
 
 import jsonschema
 import pytest
-from aiokafka import AIOKafkaProducer
 
 from streamrec.consumers.feed import open_reader
 from streamrec.models.synthetic import SyntheticWorld
@@ -74,7 +73,7 @@ class TopicCollector:
         self.settings, self.topic = settings, topic
         self.values: list[bytes] = []
 
-    async def __aenter__(self) -> "TopicCollector":
+    async def __aenter__(self) -> TopicCollector:
         self.consumer = await open_reader(self.settings, self.topic, from_beginning=True)
         self.task = asyncio.create_task(self._run())
         return self

@@ -7,7 +7,13 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.models.index import ClientItemIndex, EdgeItemIndex, IndexedItem, ItemIndex, open_index
+from streamrec.models.index import (
+    ClientItemIndex,
+    EdgeItemIndex,
+    IndexedItem,
+    ItemIndex,
+    open_index,
+)
 from streamrec.stream.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -8,7 +8,6 @@ often than random lists do.
 from __future__ import annotations
 
 import random
-from pathlib import Path
 
 import pytest
 

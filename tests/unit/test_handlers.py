@@ -6,7 +6,13 @@ import json
 
 import numpy as np
 
-from streamrec.consumers.handlers import DLQ_RAW_LIMIT_BYTES, IngestHandler, Origin, RecommendHandler, dead_letter
+from streamrec.consumers.handlers import (
+    DLQ_RAW_LIMIT_BYTES,
+    IngestHandler,
+    Origin,
+    RecommendHandler,
+    dead_letter,
+)
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.index import IndexedItem
 from streamrec.models.pipeline import Pipeline
