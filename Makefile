@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip, with its output kept in a log that is shown only when it fails
 PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 
-.PHONY: setup demo test test-unit test-integration test-e2e schemas lint clean
+.PHONY: setup demo bench test test-unit test-integration test-e2e schemas lint clean
 
 ## setup: create .venv, install torch (CPU wheel) first, then the project with its dev extras
 setup: $(STAMP)
@@ -43,6 +43,10 @@ test-integration: setup
 
 test-e2e: setup
 	$(PY) -m pytest tests/e2e
+
+## bench: core pipeline throughput and latency (prints a table, writes .streamrec/bench.json)
+bench: setup
+	$(VENV)/bin/streamrec bench --out .streamrec/bench.json
 
 ## schemas: regenerate stream/schemas/*.json from the pydantic models
 schemas: setup

@@ -121,6 +121,15 @@ def cmd_demo(args: argparse.Namespace) -> int:
     return run_demo(duration_s=args.duration, rate=args.rate, port=args.port, seed=args.seed)
 
 
+# --- bench -----------------------------------------------------------------------------
+def cmd_bench(args: argparse.Namespace) -> int:
+    from streamrec.consumers.bench import run_bench
+
+    _logging("WARNING")
+    run_bench(args.items, args.users, args.events, args.out)
+    return 0
+
+
 # --- schema ----------------------------------------------------------------------------
 def schema_dir() -> Path:
     import streamrec.stream
@@ -196,6 +205,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--port", type=int, default=0, help="broker port (0 = a free one)")
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo)
+
+    p = sub.add_parser("bench", help="throughput and latency of the core pipeline (no broker)")
+    p.add_argument("--items", type=int, default=2000)
+    p.add_argument("--users", type=int, default=500)
+    p.add_argument("--events", type=int, default=2048, help="events per batch size")
+    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("schema", help="print, write or check the JSON Schemas of the topics")
     p.add_argument("topic", nargs="?", help="print this topic's schema (e.g. events)")

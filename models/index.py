@@ -149,13 +149,14 @@ class EdgeItemIndex:
         if len(queries) == 0:
             return []
         requests = []
+        filters: dict[int, Any] = {}  # one filter per distinct exclusion set (a user's queries share one)
         for row, query in enumerate(np.asarray(queries, dtype=np.float32)):  # query (D,)
             banned = exclude[row] if exclude else ()
-            condition = (
-                edge.Filter(must_not=[edge.HasIdCondition({point_id(i) for i in banned})])
-                if banned
-                else None
-            )
+            if banned and id(banned) not in filters:
+                filters[id(banned)] = edge.Filter(
+                    must_not=[edge.HasIdCondition({point_id(i) for i in banned})]
+                )
+            condition = filters[id(banned)] if banned else None
             requests.append(
                 edge.QueryRequest(
                     limit=limit,

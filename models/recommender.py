@@ -166,10 +166,11 @@ class Recommender:
                 owners.append(row)
         candidates: list[dict[str, tuple[IndexedItem, bool]]] = [{} for _ in states]
         if queries:
+            consumed = {row: states[row].consumed for row in set(owners)}  # one copy per user
             results = self.index.search_batch(
                 np.stack(queries),  # (Q, D)
                 limit=max(cfg.neighbours_per_item, cfg.k),  # enough to fill a list
-                exclude=[states[row].consumed for row in owners],
+                exclude=[consumed[row] for row in owners],
             )
             # One fetch of the vectors of every distinct neighbour in the batch.
             found = self.index.get(sorted({n.item_id for hits in results for n in hits}))
@@ -189,7 +190,7 @@ class Recommender:
         """Top trending items (those in the catalogue) join every user's candidates."""
         cfg = self.config
         # Ask for enough that k survive after removing a user's consumed items.
-        longest = max((len(state.consumed) for state in states), default=0)
+        longest = max((state.n_consumed for state in states), default=0)
         top = self.trending.top(cfg.k + min(longest, 4 * cfg.k))
         known = self.index.get([item_id for item_id, _ in top]) if top else {}
         for state, user_candidates in zip(states, candidates):

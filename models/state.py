@@ -109,6 +109,10 @@ class UserState:
         return item_id in self._consumed
 
     @property
+    def n_consumed(self) -> int:
+        return len(self._consumed)
+
+    @property
     def counts(self) -> dict[str, int]:
         return dict(self._counts)
 
