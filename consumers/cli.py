@@ -34,19 +34,9 @@ def _logging(level: str) -> None:
 
 # --- broker ----------------------------------------------------------------------------
 def cmd_broker(args: argparse.Namespace) -> int:
-    from streamrec.stream.broker import DevBroker
+    from streamrec.stream.broker import run_foreground
 
-    broker = DevBroker(port=args.port, host=args.host)
-    broker.start()
-    print(f"Tansu dev broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
-    try:
-        broker.wait()
-    except KeyboardInterrupt:
-        pass
-    finally:
-        broker.stop()
-    print("broker stopped")
-    return 0
+    return run_foreground(args.port, args.host)
 
 
 # --- worker ----------------------------------------------------------------------------

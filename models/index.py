@@ -97,7 +97,69 @@ def _from_point(payload: dict[str, Any] | None, vector: Any) -> IndexedItem:
     )
 
 
-class EdgeItemIndex:
+class _QdrantIndex:
+    """The logic both backends share; each subclass only speaks its client's dialect."""
+
+    dim: int
+
+    # --- dialect hooks -----------------------------------------------------------------
+    def _write(self, points: list[tuple[str, list[float], dict[str, str]]]) -> None:
+        raise NotImplementedError
+
+    def _retrieve(self, point_ids: list[str]) -> list[Any]:
+        raise NotImplementedError  # records with .payload and .vector
+
+    def _exclusion(self, point_ids: set[str]) -> Any:
+        raise NotImplementedError  # a filter that drops these points
+
+    def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
+        raise NotImplementedError  # per query: points with .payload and .score, best first
+
+    # --- the ItemIndex contract --------------------------------------------------------
+    def upsert(self, items: Sequence[IndexedItem]) -> None:
+        if not items:
+            return
+        _check(items, self.dim)
+        self._write(
+            [
+                (
+                    point_id(item.item_id),
+                    _normalised(item.vector).tolist(),
+                    {"item_id": item.item_id, "title": item.title},
+                )
+                for item in items
+            ]
+        )
+
+    def get(self, item_ids: Sequence[str]) -> dict[str, IndexedItem]:
+        if not item_ids:
+            return {}
+        records = self._retrieve([point_id(i) for i in dict.fromkeys(item_ids)])
+        found = (_from_point(r.payload, r.vector) for r in records)
+        return {item.item_id: item for item in found}
+
+    def search_batch(
+        self,
+        queries: np.ndarray,
+        limit: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[Neighbour]]:
+        if len(queries) == 0:
+            return []
+        filters: dict[int, Any] = {}  # one filter per distinct exclusion set (a user's queries share one)
+        requests = []
+        for row, query in enumerate(np.asarray(queries, dtype=np.float32)):  # query (D,)
+            banned = exclude[row] if exclude else ()
+            if banned and id(banned) not in filters:
+                filters[id(banned)] = self._exclusion({point_id(i) for i in banned})
+            requests.append((query.tolist(), filters[id(banned)] if banned else None))
+        return [
+            [Neighbour(str(p.payload["item_id"]), float(p.score)) for p in points]
+            for points in self._query(requests, limit)
+        ]
+
+
+class EdgeItemIndex(_QdrantIndex):
     """Qdrant Edge shard on disk; reopening the same path keeps the data."""
 
     def __init__(self, path: Path, dim: int, name: str = "items") -> None:
@@ -116,58 +178,30 @@ class EdgeItemIndex:
             self.path.mkdir(parents=True, exist_ok=True)
             self._shard = edge.EdgeShard.create(str(self.path), config)
 
-    def upsert(self, items: Sequence[IndexedItem]) -> None:
-        if not items:
-            return
-        _check(items, self.dim)
-        points = [
-            self._edge.Point(
-                id=point_id(item.item_id),
-                vector=_normalised(item.vector).tolist(),
-                payload={"item_id": item.item_id, "title": item.title},
-            )
-            for item in items
-        ]
-        self._shard.update(self._edge.UpdateOperation.upsert_points(points))
-
-    def get(self, item_ids: Sequence[str]) -> dict[str, IndexedItem]:
-        if not item_ids:
-            return {}
-        records = self._shard.retrieve(
-            [point_id(i) for i in dict.fromkeys(item_ids)], with_payload=True, with_vector=True
-        )
-        found = (_from_point(r.payload, r.vector) for r in records)
-        return {item.item_id: item for item in found}
-
-    def search_batch(
-        self,
-        queries: np.ndarray,
-        limit: int,
-        exclude: Sequence[Collection[str]] | None = None,
-    ) -> list[list[Neighbour]]:
+    def _write(self, points: list[tuple[str, list[float], dict[str, str]]]) -> None:
         edge = self._edge
-        if len(queries) == 0:
-            return []
-        requests = []
-        filters: dict[int, Any] = {}  # one filter per distinct exclusion set (a user's queries share one)
-        for row, query in enumerate(np.asarray(queries, dtype=np.float32)):  # query (D,)
-            banned = exclude[row] if exclude else ()
-            if banned and id(banned) not in filters:
-                filters[id(banned)] = edge.Filter(
-                    must_not=[edge.HasIdCondition({point_id(i) for i in banned})]
-                )
-            condition = filters[id(banned)] if banned else None
-            requests.append(
-                edge.QueryRequest(
-                    limit=limit,
-                    query=edge.Query.Nearest(query.tolist()),
-                    with_vector=False,
-                    with_payload=["item_id"],
-                    filter=condition,
-                )
+        batch = [edge.Point(id=pid, vector=vector, payload=payload) for pid, vector, payload in points]
+        self._shard.update(edge.UpdateOperation.upsert_points(batch))
+
+    def _retrieve(self, point_ids: list[str]) -> list[Any]:
+        return self._shard.retrieve(point_ids, with_payload=True, with_vector=True)
+
+    def _exclusion(self, point_ids: set[str]) -> Any:
+        return self._edge.Filter(must_not=[self._edge.HasIdCondition(point_ids)])
+
+    def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
+        edge = self._edge
+        requests = [
+            edge.QueryRequest(
+                limit=limit,
+                query=edge.Query.Nearest(vector),
+                with_vector=False,
+                with_payload=["item_id"],
+                filter=condition,
             )
-        results = self._shard.query_batch(edge.QueryBatchRequest(requests))
-        return [[Neighbour(str(p.payload["item_id"]), float(p.score)) for p in points] for points in results]
+            for vector, condition in queries
+        ]
+        return self._shard.query_batch(edge.QueryBatchRequest(requests))
 
     def count(self) -> int:
         return int(self._shard.count(self._edge.CountRequest(exact=True)))
@@ -177,7 +211,7 @@ class EdgeItemIndex:
         self._shard.close()
 
 
-class ClientItemIndex:
+class ClientItemIndex(_QdrantIndex):
     """A Qdrant collection through `qdrant-client`: a server URL, `:memory:`, or `path:DIR`."""
 
     def __init__(self, url: str, dim: int, collection: str = "items", api_key: str | None = None) -> None:
@@ -203,63 +237,31 @@ class ClientItemIndex:
                 vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
             )
 
-    def upsert(self, items: Sequence[IndexedItem]) -> None:
-        if not items:
-            return
-        _check(items, self.dim)
-        points = [
-            self._models.PointStruct(
-                id=point_id(item.item_id),
-                vector=_normalised(item.vector).tolist(),
-                payload={"item_id": item.item_id, "title": item.title},
-            )
-            for item in items
+    def _write(self, points: list[tuple[str, list[float], dict[str, str]]]) -> None:
+        batch = [
+            self._models.PointStruct(id=pid, vector=vector, payload=payload)
+            for pid, vector, payload in points
         ]
-        self._client.upsert(self.collection, points=points, wait=True)
+        self._client.upsert(self.collection, points=batch, wait=True)
 
-    def get(self, item_ids: Sequence[str]) -> dict[str, IndexedItem]:
-        if not item_ids:
-            return {}
-        records = self._client.retrieve(
-            self.collection,
-            ids=[point_id(i) for i in dict.fromkeys(item_ids)],
-            with_payload=True,
-            with_vectors=True,
+    def _retrieve(self, point_ids: list[str]) -> list[Any]:
+        return self._client.retrieve(
+            self.collection, ids=point_ids, with_payload=True, with_vectors=True
         )
-        found = (_from_point(r.payload, r.vector) for r in records)
-        return {item.item_id: item for item in found}
 
-    def search_batch(
-        self,
-        queries: np.ndarray,
-        limit: int,
-        exclude: Sequence[Collection[str]] | None = None,
-    ) -> list[list[Neighbour]]:
+    def _exclusion(self, point_ids: set[str]) -> Any:
         models = self._models
-        if len(queries) == 0:
-            return []
-        requests = []
-        for row, query in enumerate(np.asarray(queries, dtype=np.float32)):  # query (D,)
-            banned = exclude[row] if exclude else ()
-            condition = (
-                models.Filter(must_not=[models.HasIdCondition(has_id=[point_id(i) for i in banned])])
-                if banned
-                else None
+        return models.Filter(must_not=[models.HasIdCondition(has_id=sorted(point_ids))])
+
+    def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
+        requests = [
+            self._models.QueryRequest(
+                query=vector, limit=limit, filter=condition, with_vector=False, with_payload=["item_id"]
             )
-            requests.append(
-                models.QueryRequest(
-                    query=query.tolist(),
-                    limit=limit,
-                    filter=condition,
-                    with_vector=False,
-                    with_payload=["item_id"],
-                )
-            )
-        responses = self._client.query_batch_points(self.collection, requests=requests)
-        return [
-            [Neighbour(str(p.payload["item_id"]), float(p.score)) for p in response.points]
-            for response in responses
+            for vector, condition in queries
         ]
+        responses = self._client.query_batch_points(self.collection, requests=requests)
+        return [response.points for response in responses]
 
     def count(self) -> int:
         return int(self._client.count(self.collection, exact=True).count)

@@ -171,21 +171,27 @@ class DevBroker:
         self.stop()
 
 
-def main(argv: list[str] | None = None) -> int:
-    parser = argparse.ArgumentParser(description="Run the Tansu dev broker until Ctrl-C.")
-    parser.add_argument("--port", type=int, default=9092)
-    parser.add_argument("--host", default="127.0.0.1")
-    args = parser.parse_args(argv)
-    broker = DevBroker(port=args.port, host=args.host)
-    broker.start()
-    print(f"Tansu dev broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
+def run_foreground(port: int, host: str = "127.0.0.1") -> int:
+    """Run a broker until Ctrl-C (or until it exits); a clean stop, no traceback."""
+    broker = DevBroker(port=port, host=host)
     try:
+        broker.start()
+        print(f"Tansu dev broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
         broker.wait()
     except KeyboardInterrupt:
         pass
     finally:
         broker.stop()
+    print("broker stopped")
     return 0
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(description="Run the Tansu dev broker until Ctrl-C.")
+    parser.add_argument("--port", type=int, default=9092)
+    parser.add_argument("--host", default="127.0.0.1")
+    args = parser.parse_args(argv)
+    return run_foreground(args.port, args.host)
 
 
 if __name__ == "__main__":

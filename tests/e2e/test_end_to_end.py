@@ -23,7 +23,7 @@ import pytest
 
 from streamrec.consumers.feed import open_reader
 from streamrec.models.synthetic import SyntheticWorld
-from streamrec.stream.broker import DevBroker, free_port
+from streamrec.stream.broker import free_port
 from streamrec.stream.messages import DeadLetter, Event, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
@@ -109,18 +109,9 @@ def bad_messages(now: float) -> list[tuple[bytes, str]]:
 
 
 @pytest.fixture
-def e2e_settings(broker: DevBroker, tmp_path: Path) -> Settings:
-    tag = uuid.uuid4().hex[:8]
-    return Settings(
-        broker=broker.url,
-        app_id=f"e2e-{tag}",
-        topic_prefix=f"e2e{tag}.",
-        partitions=2,
-        data_dir=tmp_path / "data",
-        metrics_port=free_port(),
-        max_message_bytes=MAX_MESSAGE_BYTES,
-        batch_wait_s=0.05,
-        k=5,
+def e2e_settings(settings: Settings) -> Settings:
+    return settings.model_copy(
+        update={"metrics_port": free_port(), "max_message_bytes": MAX_MESSAGE_BYTES, "k": 5}
     )
 
 
