@@ -4,13 +4,23 @@
 - `ClientItemIndex`: a Qdrant server through `qdrant-client` (`:memory:` = its local mode).
 
 One contract test suite (tests/integration/test_index_contract.py) runs against both.
+Qdrant point ids are UUIDs derived from item ids (uuid5), so every process maps an item to
+the same point; the item id and title travel in the payload.
+
+>>> index = ClientItemIndex(":memory:", dim=2)
+>>> index.upsert([IndexedItem("tea", np.array([1.0, 0.0], dtype=np.float32), "green tea"),
+...               IndexedItem("cake", np.array([0.0, 1.0], dtype=np.float32), "cake")])
+>>> [hit] = index.search_batch(np.array([[0.9, 0.1]], dtype=np.float32), limit=1)
+>>> [(n.item_id, n.item.title, round(n.score, 2)) for n in hit]
+[('tea', 'green tea', 0.99)]
+>>> index.close()
 """
 
 from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Collection, Sequence
+from collections.abc import Callable, Collection, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Protocol
@@ -21,10 +31,15 @@ from streamrec.stream.settings import Settings
 
 #: Qdrant point ids are UUIDs derived from item ids: stable across processes and restarts.
 POINT_NAMESPACE = uuid.UUID("5f1d7c1e-9a52-4f0c-8f0e-2b8f6a1c9d33")
+#: Item id -> point id conversions remembered per index (uuid5 costs a few µs; exclusion
+#: lists repeat the same ids every micro-batch).
+POINT_ID_CACHE_SIZE = 1 << 18
+#: `ClientItemIndex(url)` with this prefix opens qdrant-client's on-disk local mode.
+LOCAL_PATH_PREFIX = "path:"
 
 
-@functools.lru_cache(maxsize=1 << 18)
 def point_id(item_id: str) -> str:
+    """The Qdrant point id of an item: a name-based UUID (uuid5), the same in every process."""
     return str(uuid.uuid5(POINT_NAMESPACE, item_id))
 
 
@@ -39,10 +54,15 @@ class IndexedItem:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """A search hit: ids and scores only; `get` the vectors of the few you keep."""
+    """A search hit: the item with its vector, and its cosine similarity to the query.
+
+    `item_id` is kept as a field of its own so that hits can be built from ids alone (test
+    stand-ins do); the Qdrant backends always fill `item`.
+    """
 
     item_id: str
     score: float  # cosine similarity to the query
+    item: IndexedItem | None = None  # the hit, vector included
 
 
 class ItemIndex(Protocol):
@@ -64,7 +84,7 @@ class ItemIndex(Protocol):
         limit: int,
         exclude: Sequence[Collection[str]] | None = None,
     ) -> list[list[Neighbour]]:
-        """For each query (Q, D): up to `limit` nearest item ids, best first, none in exclude[q]."""
+        """For each query (Q, D): up to `limit` nearest items, best first, none in exclude[q]."""
         ...
 
     def count(self) -> int: ...
@@ -72,27 +92,43 @@ class ItemIndex(Protocol):
     def close(self) -> None: ...
 
 
-def _normalised(vector: np.ndarray) -> np.ndarray:
-    vector = np.asarray(vector, dtype=np.float32)
-    norm = float(np.linalg.norm(vector))
-    return vector / norm if norm > 0 else vector
-
-
-def _check(items: Sequence[IndexedItem], dim: int) -> None:
+def _check_items(items: Sequence[IndexedItem], dim: int) -> None:
+    """Refuse, naming the item, a vector Qdrant would reject or silently mis-rank."""
     for item in items:
-        if item.vector.shape != (dim,):
+        vector = np.asarray(item.vector)
+        if vector.shape != (dim,):
             raise ValueError(
-                f"item {item.item_id!r}: vector shape {item.vector.shape}, index expects ({dim},)"
+                f"item {item.item_id!r}: vector shape {vector.shape}, index expects ({dim},)"
             )
-        if not np.all(np.isfinite(item.vector)):
+        if not np.all(np.isfinite(vector)):
             raise ValueError(f"item {item.item_id!r}: vector has NaN or Inf")
+        if not np.any(vector):
+            raise ValueError(f"item {item.item_id!r}: zero vector has no direction (cosine)")
 
 
-def _from_point(payload: dict[str, Any] | None, vector: Any) -> IndexedItem:
-    payload = payload or {}
+def _check_queries(queries: np.ndarray, dim: int, limit: int, n_exclude: int | None) -> None:
+    if queries.ndim != 2 or queries.shape[1] != dim:
+        raise ValueError(f"queries have shape {queries.shape}, index expects (Q, {dim})")
+    if not np.all(np.isfinite(queries)):
+        raise ValueError("queries contain NaN or Inf")
+    if limit < 1:
+        raise ValueError(f"limit must be at least 1, got {limit}")
+    if n_exclude is not None and n_exclude != len(queries):
+        raise ValueError(f"{n_exclude} exclusion sets for {len(queries)} queries")
+
+
+def _unit(vector: np.ndarray) -> list[float]:
+    """The vector scaled to length 1 (Qdrant's cosine does the same), as Qdrant wants it."""
+    vector = np.asarray(vector, dtype=np.float32)  # (D,)
+    return (vector / np.linalg.norm(vector)).tolist()
+
+
+def _from_record(record: Any) -> IndexedItem:
+    """A Qdrant record (payload with item_id and title, plus the vector) as an item."""
+    payload = record.payload or {}
     return IndexedItem(
         item_id=str(payload["item_id"]),
-        vector=np.asarray(vector, dtype=np.float32),
+        vector=np.asarray(record.vector, dtype=np.float32),  # (D,)
         title=str(payload.get("title", payload["item_id"])),
     )
 
@@ -101,30 +137,35 @@ class _QdrantIndex:
     """The logic both backends share; each subclass only speaks its client's dialect."""
 
     dim: int
+    _point_id: Callable[[str], str]
+
+    def _init_point_ids(self) -> None:
+        self._point_id = functools.lru_cache(maxsize=POINT_ID_CACHE_SIZE)(point_id)
 
     # --- dialect hooks -----------------------------------------------------------------
     def _write(self, points: list[tuple[str, list[float], dict[str, str]]]) -> None:
         raise NotImplementedError
 
     def _retrieve(self, point_ids: list[str]) -> list[Any]:
-        raise NotImplementedError  # records with .payload and .vector
+        raise NotImplementedError  # records with .id, .payload and .vector
 
     def _exclusion(self, point_ids: set[str]) -> Any:
         raise NotImplementedError  # a filter that drops these points
 
     def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
-        raise NotImplementedError  # per query: points with .payload and .score, best first
+        raise NotImplementedError  # per query: points with .id and .score, best first
 
     # --- the ItemIndex contract --------------------------------------------------------
     def upsert(self, items: Sequence[IndexedItem]) -> None:
+        """Insert or replace items by id; vectors are stored normalised."""
         if not items:
             return
-        _check(items, self.dim)
+        _check_items(items, self.dim)
         self._write(
             [
                 (
-                    point_id(item.item_id),
-                    _normalised(item.vector).tolist(),
+                    self._point_id(item.item_id),
+                    _unit(item.vector),
                     {"item_id": item.item_id, "title": item.title},
                 )
                 for item in items
@@ -132,10 +173,11 @@ class _QdrantIndex:
         )
 
     def get(self, item_ids: Sequence[str]) -> dict[str, IndexedItem]:
+        """The known items among `item_ids`, with their vectors; unknown ids are absent."""
         if not item_ids:
             return {}
-        records = self._retrieve([point_id(i) for i in dict.fromkeys(item_ids)])
-        found = (_from_point(r.payload, r.vector) for r in records)
+        records = self._retrieve([self._point_id(i) for i in dict.fromkeys(item_ids)])
+        found = (_from_record(record) for record in records)
         return {item.item_id: item for item in found}
 
     def search_batch(
@@ -144,23 +186,50 @@ class _QdrantIndex:
         limit: int,
         exclude: Sequence[Collection[str]] | None = None,
     ) -> list[list[Neighbour]]:
-        if len(queries) == 0:
-            return []
-        filters: dict[int, Any] = {}  # one filter per distinct exclusion set (a user's queries share one)
-        requests = []
-        for row, query in enumerate(np.asarray(queries, dtype=np.float32)):  # query (D,)
-            banned = exclude[row] if exclude else ()
+        """Nearest items per query, best first, excluded ids filtered inside Qdrant.
+
+        Qdrant returns ids and scores only; the vectors of the distinct hits of the whole
+        batch are then fetched in one call (cheaper than a vector per hit: a user's queries
+        share many neighbours). A zero query has no direction and gets no neighbours.
+        """
+        queries = np.asarray(queries, dtype=np.float32)  # (Q, D)
+        _check_queries(queries, self.dim, limit, None if exclude is None else len(exclude))
+        # One filter per distinct exclusion set: a user's queries share theirs.
+        filters: dict[int, Any] = {}
+        requests: list[tuple[list[float], Any]] = []
+        rows: list[int] = []  # the query row of each request
+        for row, query in enumerate(queries):  # query (D,)
+            if not np.any(query):
+                continue
+            banned = exclude[row] if exclude is not None else ()
             if banned and id(banned) not in filters:
-                filters[id(banned)] = self._exclusion({point_id(i) for i in banned})
+                filters[id(banned)] = self._exclusion({self._point_id(i) for i in banned})
             requests.append((query.tolist(), filters[id(banned)] if banned else None))
+            rows.append(row)
+        hits: list[list[Any]] = [[] for _ in queries]
+        for row, points in zip(rows, self._query(requests, limit) if requests else []):
+            hits[row] = points
+        wanted = sorted({str(point.id) for points in hits for point in points})
+        items = (
+            {str(record.id): _from_record(record) for record in self._retrieve(wanted)}
+            if wanted
+            else {}
+        )
         return [
-            [Neighbour(str(p.payload["item_id"]), float(p.score)) for p in points]
-            for points in self._query(requests, limit)
+            [
+                Neighbour(item.item_id, float(point.score), item)
+                for point in points
+                if (item := items.get(str(point.id))) is not None  # absent: deleted meanwhile
+            ]
+            for points in hits
         ]
 
 
 class EdgeItemIndex(_QdrantIndex):
-    """Qdrant Edge shard on disk; reopening the same path keeps the data."""
+    """A Qdrant Edge shard on disk at `path/name`; reopening the same path keeps the data.
+
+    One open instance per shard: Edge locks the shard's write-ahead log.
+    """
 
     def __init__(self, path: Path, dim: int, name: str = "items") -> None:
         import qdrant_edge as edge
@@ -168,19 +237,29 @@ class EdgeItemIndex(_QdrantIndex):
         self._edge = edge
         self.dim = dim
         self.path = Path(path) / name
-        config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine))
+        self._init_point_ids()
+        config = edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)
+        )
         if self.path.exists() and any(self.path.iterdir()):
-            try:  # the config is checked against what the shard on disk was made with
+            try:  # Edge checks the config against what the shard on disk was made with
                 self._shard = edge.EdgeShard.load(str(self.path), config)
-            except Exception as exc:
-                raise ValueError(f"cannot open the index at {self.path} for dim {dim}: {exc}") from exc
+            except Exception as exc:  # Edge raises bare Exceptions; tell the two causes apart
+                reason = (
+                    f"cannot open the Qdrant Edge shard at {self.path} as a {dim}-d index: {exc}"
+                )
+                if "ncompatible" in str(exc):
+                    raise ValueError(reason) from exc
+                raise RuntimeError(reason + " (is it open elsewhere?)") from exc
         else:
             self.path.mkdir(parents=True, exist_ok=True)
             self._shard = edge.EdgeShard.create(str(self.path), config)
 
     def _write(self, points: list[tuple[str, list[float], dict[str, str]]]) -> None:
         edge = self._edge
-        batch = [edge.Point(id=pid, vector=vector, payload=payload) for pid, vector, payload in points]
+        batch = [
+            edge.Point(id=pid, vector=vector, payload=payload) for pid, vector, payload in points
+        ]
         self._shard.update(edge.UpdateOperation.upsert_points(batch))
 
     def _retrieve(self, point_ids: list[str]) -> list[Any]:
@@ -196,7 +275,7 @@ class EdgeItemIndex(_QdrantIndex):
                 limit=limit,
                 query=edge.Query.Nearest(vector),
                 with_vector=False,
-                with_payload=["item_id"],
+                with_payload=False,
                 filter=condition,
             )
             for vector, condition in queries
@@ -207,30 +286,41 @@ class EdgeItemIndex(_QdrantIndex):
         return int(self._shard.count(self._edge.CountRequest(exact=True)))
 
     def close(self) -> None:
+        """Flush to disk and release the shard (and its lock)."""
         self._shard.flush()
         self._shard.close()
 
 
 class ClientItemIndex(_QdrantIndex):
-    """A Qdrant collection through `qdrant-client`: a server URL, `:memory:`, or `path:DIR`."""
+    """A Qdrant collection through `qdrant-client`: a server URL, `:memory:`, or `path:DIR`.
 
-    def __init__(self, url: str, dim: int, collection: str = "items", api_key: str | None = None) -> None:
+    The collection is created (cosine) when absent; one with another vector size is refused.
+    """
+
+    def __init__(
+        self, url: str, dim: int, collection: str = "items", api_key: str | None = None
+    ) -> None:
         from qdrant_client import QdrantClient, models
 
         self._models = models
         self.dim = dim
         self.collection = collection
+        self._init_point_ids()
         if url == ":memory:":
             self._client = QdrantClient(location=":memory:")
-        elif url.startswith("path:"):
-            self._client = QdrantClient(path=url.removeprefix("path:"))
+        elif url.startswith(LOCAL_PATH_PREFIX):
+            self._client = QdrantClient(path=url.removeprefix(LOCAL_PATH_PREFIX))
         else:
             self._client = QdrantClient(url=url, api_key=api_key)
         if self._client.collection_exists(collection):
             params = self._client.get_collection(collection).config.params.vectors
-            size = getattr(params, "size", None)
-            if size is not None and size != dim:
-                raise ValueError(f"collection {collection!r} has vectors of size {size}, not {dim}")
+            size = getattr(params, "size", None)  # None: named vectors, which we do not use
+            if size != dim:
+                self._client.close()
+                raise ValueError(
+                    f"Qdrant collection {collection!r} holds vectors {params!r}, "
+                    f"this index needs one unnamed vector of size {dim}"
+                )
         else:
             self._client.create_collection(
                 collection,
@@ -256,7 +346,7 @@ class ClientItemIndex(_QdrantIndex):
     def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
         requests = [
             self._models.QueryRequest(
-                query=vector, limit=limit, filter=condition, with_vector=False, with_payload=["item_id"]
+                query=vector, limit=limit, filter=condition, with_vector=False, with_payload=False
             )
             for vector, condition in queries
         ]
@@ -273,7 +363,8 @@ class ClientItemIndex(_QdrantIndex):
 def open_index(settings: Settings, dim: int) -> ItemIndex:
     """The backend the settings ask for: Qdrant Edge (default) or a Qdrant server."""
     if settings.index_mode == "client":
-        assert settings.qdrant_url is not None  # checked by Settings
+        if settings.qdrant_url is None:  # Settings already refuses this; say so if bypassed
+            raise ValueError("index_mode=client needs STREAMREC_QDRANT_URL")
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return ClientItemIndex(settings.qdrant_url, dim, settings.collection, api_key)
     return EdgeItemIndex(settings.resolved_index_path, dim, settings.collection)

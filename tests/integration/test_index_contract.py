@@ -1,7 +1,14 @@
-"""One contract, two real Qdrant backends: Qdrant Edge on disk and qdrant-client's local mode."""
+"""One contract, two real Qdrant backends: Qdrant Edge on disk and qdrant-client's local mode.
+
+Search results are checked against an exact numpy cosine ranking (the catalogues here are far
+below the size at which Qdrant switches from exact search to HNSW).
+"""
 
 from __future__ import annotations
 
+import subprocess
+import sys
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
@@ -13,25 +20,44 @@ from streamrec.models.index import (
     IndexedItem,
     ItemIndex,
     open_index,
+    point_id,
 )
 from streamrec.stream.settings import Settings
 
 pytestmark = pytest.mark.integration
 
 DIM = 16
+ATOL = 1e-5  # Qdrant stores float32 and returns the stored (normalised) vector
+
+
+def _unit_rows(n: int, seed: int) -> np.ndarray:
+    rng = np.random.default_rng(seed)
+    vectors = rng.normal(size=(n, DIM)).astype(np.float32)  # (N, D)
+    return vectors / np.linalg.norm(vectors, axis=1, keepdims=True)
 
 
 def _items(n: int, seed: int = 0) -> list[IndexedItem]:
-    rng = np.random.default_rng(seed)
-    vectors = rng.normal(size=(n, DIM)).astype(np.float32)
-    vectors /= np.linalg.norm(vectors, axis=1, keepdims=True)
-    return [IndexedItem(item_id=f"item-{k}", vector=vectors[k], title=f"Title {k}") for k in range(n)]
+    vectors = _unit_rows(n, seed)  # (N, D)
+    return [
+        IndexedItem(item_id=f"item-{k}", vector=vectors[k], title=f"Title {k}") for k in range(n)
+    ]
+
+
+def _brute_force(
+    items: list[IndexedItem], query: np.ndarray, banned: set[str], limit: int
+) -> list[str]:
+    """The exact answer: ids by cosine to `query` (D,), best first, minus `banned`."""
+    matrix = np.stack([item.vector for item in items])  # (N, D)
+    ranking = [items[k].item_id for k in np.argsort(-(matrix @ query), kind="stable")]
+    return [item_id for item_id in ranking if item_id not in banned][:limit]
 
 
 @pytest.fixture(params=["edge", "client"])
-def index(request: pytest.FixtureRequest, tmp_path: Path):
+def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ItemIndex]:
     backend: ItemIndex = (
-        EdgeItemIndex(tmp_path / "edge", DIM) if request.param == "edge" else ClientItemIndex(":memory:", DIM)
+        EdgeItemIndex(tmp_path / "edge", DIM)
+        if request.param == "edge"
+        else ClientItemIndex(":memory:", DIM)
     )
     yield backend
     backend.close()
@@ -41,12 +67,22 @@ def test_upsert_then_get_round_trips(index: ItemIndex) -> None:
     items = _items(20)
     index.upsert(items)
     assert index.count() == 20
-    got = index.get(["item-3", "item-7", "unknown"])
+    got = index.get(["item-3", "item-7", "unknown", "item-3"])
     assert set(got) == {"item-3", "item-7"}
-    for item_id in got:
+    for item_id, item in got.items():
         original = items[int(item_id.split("-")[1])]
-        np.testing.assert_allclose(got[item_id].vector, original.vector, atol=1e-5)
-        assert got[item_id].title == original.title
+        assert item.item_id == item_id and item.title == original.title
+        assert item.vector.dtype == np.float32
+        np.testing.assert_allclose(item.vector, original.vector, atol=ATOL)
+    assert index.get([]) == {}
+
+
+def test_upsert_normalises_vectors(index: ItemIndex) -> None:
+    item = _items(1)[0]
+    index.upsert([IndexedItem(item.item_id, item.vector * 3.0, item.title)])
+    np.testing.assert_allclose(
+        index.get([item.item_id])[item.item_id].vector, item.vector, atol=ATOL
+    )
 
 
 def test_upsert_replaces_by_id(index: ItemIndex) -> None:
@@ -57,24 +93,49 @@ def test_upsert_replaces_by_id(index: ItemIndex) -> None:
     assert index.count() == 5
     got = index.get(["item-2"])["item-2"]
     assert got.title == "renamed"
-    np.testing.assert_allclose(got.vector, items[4].vector, atol=1e-5)
+    np.testing.assert_allclose(got.vector, items[4].vector, atol=ATOL)
 
 
-def test_search_batch_finds_true_nearest_neighbours_and_excludes(index: ItemIndex) -> None:
+def test_search_batch_finds_the_true_nearest_neighbours(index: ItemIndex) -> None:
     items = _items(60, seed=1)
     index.upsert(items)
-    matrix = np.stack([i.vector for i in items])  # (N, D)
-    queries = _items(3, seed=2)
-    query_matrix = np.stack([q.vector for q in queries])  # (Q, D)
-    excluded = [set(), {"item-0", "item-1"}, {f"item-{k}" for k in range(30)}]
-    results = index.search_batch(query_matrix, limit=5, exclude=excluded)
-    assert len(results) == 3
-    for row, neighbours in enumerate(results):
-        ranking = [f"item-{k}" for k in np.argsort(-(matrix @ query_matrix[row]))]
-        expected = [i for i in ranking if i not in excluded[row]][:5]
-        assert [n.item_id for n in neighbours] == expected
-        scores = [n.score for n in neighbours]
-        assert scores == sorted(scores, reverse=True)
+    queries = _unit_rows(4, seed=2)  # (Q, D)
+    results = index.search_batch(queries, limit=5)
+    assert len(results) == len(queries)
+    by_id = {item.item_id: item for item in items}
+    for query, neighbours in zip(queries, results):
+        assert [n.item_id for n in neighbours] == _brute_force(items, query, set(), 5)
+        for n in neighbours:  # hits carry the stored item, vector included, and its cosine
+            assert n.item is not None and n.item.item_id == n.item_id
+            assert n.item.title == by_id[n.item_id].title
+            np.testing.assert_allclose(n.item.vector, by_id[n.item_id].vector, atol=ATOL)
+            assert n.score == pytest.approx(float(by_id[n.item_id].vector @ query), abs=ATOL)
+
+
+def test_exclusion_is_per_query(index: ItemIndex) -> None:
+    items = _items(60, seed=3)
+    index.upsert(items)
+    queries = _unit_rows(3, seed=4)  # (Q, D)
+    nearest = _brute_force(items, queries[1], set(), 2)
+    excluded = [set(), set(nearest) | {"not-in-the-index"}, {f"item-{k}" for k in range(50)}]
+    results = index.search_batch(queries, limit=5, exclude=excluded)
+    for query, banned, neighbours in zip(queries, excluded, results):
+        ids = [n.item_id for n in neighbours]
+        assert not banned & set(ids)
+        assert ids == _brute_force(items, query, banned, 5)
+    assert results[0][0].item_id == _brute_force(items, queries[0], set(), 1)[0]
+
+
+def test_limit_is_respected(index: ItemIndex) -> None:
+    items = _items(8, seed=5)
+    index.upsert(items)
+    queries = _unit_rows(2, seed=6)  # (Q, D)
+    assert [len(hits) for hits in index.search_batch(queries, limit=3)] == [3, 3]
+    assert [len(hits) for hits in index.search_batch(queries, limit=50)] == [8, 8]
+    everything_but_two = [{f"item-{k}" for k in range(6)}, set()]
+    assert [
+        len(hits) for hits in index.search_batch(queries, limit=5, exclude=everything_but_two)
+    ] == [2, 5]
 
 
 def test_empty_index_and_empty_queries(index: ItemIndex) -> None:
@@ -84,26 +145,78 @@ def test_empty_index_and_empty_queries(index: ItemIndex) -> None:
     assert index.search_batch(np.zeros((0, DIM), dtype=np.float32), limit=3) == []
 
 
-def test_wrong_dimension_is_refused_with_the_item_named(index: ItemIndex) -> None:
+def test_zero_query_has_no_neighbours(index: ItemIndex) -> None:
+    index.upsert(_items(4))
+    queries = np.stack([np.zeros(DIM, dtype=np.float32), _unit_rows(1, seed=7)[0]])  # (2, D)
+    assert [len(hits) for hits in index.search_batch(queries, limit=2)] == [0, 2]
+
+
+def test_bad_input_is_refused_with_a_reason(index: ItemIndex) -> None:
     with pytest.raises(ValueError, match="bad-one"):
-        index.upsert([IndexedItem(item_id="bad-one", vector=np.ones(DIM + 1, dtype=np.float32), title="x")])
+        index.upsert(
+            [IndexedItem(item_id="bad-one", vector=np.ones(DIM + 1, dtype=np.float32), title="x")]
+        )
+    with pytest.raises(ValueError, match="nan-one"):
+        index.upsert(
+            [
+                IndexedItem(
+                    item_id="nan-one", vector=np.full(DIM, np.nan, dtype=np.float32), title="x"
+                )
+            ]
+        )
+    with pytest.raises(ValueError, match="zero-one"):
+        index.upsert(
+            [IndexedItem(item_id="zero-one", vector=np.zeros(DIM, dtype=np.float32), title="x")]
+        )
+    assert index.count() == 0
+    with pytest.raises(ValueError, match="shape"):
+        index.search_batch(np.ones((2, DIM + 1), dtype=np.float32), limit=3)
+    with pytest.raises(ValueError, match="NaN"):
+        index.search_batch(np.full((1, DIM), np.nan, dtype=np.float32), limit=3)
+    with pytest.raises(ValueError, match="limit"):
+        index.search_batch(np.ones((1, DIM), dtype=np.float32), limit=0)
+    with pytest.raises(ValueError, match="exclusion"):
+        index.search_batch(np.ones((2, DIM), dtype=np.float32), limit=3, exclude=[set()])
 
 
 def test_edge_index_survives_a_restart_and_checks_the_dimension(tmp_path: Path) -> None:
+    items = _items(7)
     first = EdgeItemIndex(tmp_path, DIM)
-    first.upsert(_items(7))
+    first.upsert(items)
     first.close()
     reopened = EdgeItemIndex(tmp_path, DIM)
-    assert reopened.count() == 7 and "item-6" in reopened.get(["item-6"])
+    assert reopened.count() == 7
+    np.testing.assert_allclose(
+        reopened.get(["item-6"])["item-6"].vector, items[6].vector, atol=ATOL
+    )
+    assert reopened.search_batch(items[6].vector[None, :], limit=1)[0][0].item_id == "item-6"
     reopened.close()
     with pytest.raises(ValueError, match="cannot open"):
         EdgeItemIndex(tmp_path, DIM * 2)
 
 
+def test_client_index_refuses_a_collection_of_another_dimension(tmp_path: Path) -> None:
+    url = f"path:{tmp_path / 'qdrant'}"
+    first = ClientItemIndex(url, DIM, collection="things")
+    first.upsert(_items(3))
+    first.close()
+    reopened = ClientItemIndex(url, DIM, collection="things")
+    assert reopened.count() == 3
+    reopened.close()
+    with pytest.raises(ValueError, match="things"):
+        ClientItemIndex(url, DIM * 2, collection="things")
+
+
+def test_point_ids_are_the_same_in_another_process() -> None:
+    code = "from streamrec.models.index import point_id; print(point_id('item-1'))"
+    other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
+    assert other.stdout.strip() == point_id("item-1") != point_id("item-2")
+
+
 def test_open_index_follows_the_settings(tmp_path: Path) -> None:
-    edge = open_index(Settings(data_dir=tmp_path), DIM)
-    assert isinstance(edge, EdgeItemIndex) and edge.path.is_relative_to(tmp_path)
+    edge = open_index(Settings(data_dir=tmp_path, collection="shop"), DIM)
+    assert isinstance(edge, EdgeItemIndex) and edge.path == tmp_path / "index" / "shop"
     edge.close()
     client = open_index(Settings(index_mode="client", qdrant_url=":memory:"), DIM)
-    assert isinstance(client, ClientItemIndex)
+    assert isinstance(client, ClientItemIndex) and client.dim == DIM
     client.close()
