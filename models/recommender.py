@@ -172,11 +172,12 @@ class Recommender:
                 limit=max(cfg.neighbours_per_item, cfg.k),  # enough to fill a list
                 exclude=[consumed[row] for row in owners],
             )
-            # One fetch of the vectors of every distinct neighbour in the batch.
-            found = self.index.get(sorted({n.item_id for hits in results for n in hits}))
+            # Hits carry their items; fetch (once per batch) only those an index left bare.
+            bare = sorted({n.item_id for hits in results for n in hits if n.item is None})
+            found = self.index.get(bare) if bare else {}
             for row, neighbours in zip(owners, results):
                 for neighbour in neighbours:
-                    item = found.get(neighbour.item_id)
+                    item = neighbour.item or found.get(neighbour.item_id)
                     if item is not None:
                         candidates[row][item.item_id] = (item, True)
         self._add_trending(states, candidates)

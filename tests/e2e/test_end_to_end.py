@@ -266,11 +266,17 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
             await producer.send_event(event)
         await producer.flush()
         wanted = {e.event_id for e in later}
-        await wait_until(
-            lambda: wanted <= {json.loads(v)["trigger_event_id"] for v in recs_after.values},
-            WORKER_READY_S,
-            "lists from the restarted worker",
-        )
+
+        def served_after_restart() -> bool:
+            assert restarted.poll() is None, log_path.read_text(errors="replace")[-4000:]
+            return wanted <= {json.loads(v)["trigger_event_id"] for v in recs_after.values}
+
+        try:
+            await wait_until(served_after_restart, WORKER_READY_S, "lists from the restarted worker")
+        except AssertionError:
+            metrics = scrape(settings.metrics_port)
+            interesting = {k: v for k, v in metrics.items() if k.startswith(("streamrec_events", "streamrec_recomm", "streamrec_agent"))}
+            raise AssertionError(f"restarted worker: {interesting}; got {len(recs_after.values)} lists") from None
     for value in recs_after.values:
         rec = Recommendation.model_validate_json(value)
         if rec.trigger_event_id in wanted:
