@@ -72,12 +72,22 @@ def register_agents(
     @app.agent(events_topic, name="ingest")
     async def ingest(stream: faust.StreamT) -> None:
         """events -> validated, de-duplicated, re-keyed by user -> events.by-user (or the DLQ)."""
-        async for event in stream.events():
-            outcome = ingest_handler.handle(event.value, _origin(event), time.time())
-            if isinstance(outcome, DeadLetter):
-                await send_dead_letter(outcome)
-            elif outcome is not None:
-                await by_user_topic.send(key=outcome.user_id.encode(), value=outcome.to_bytes())
+        async for batch in stream.take_events(settings.batch_size, within=settings.ingest_wait_s):
+            accepted: dict[str, Event] = {}
+            deliveries = []
+            now = time.time()
+            for event in batch:
+                outcome = ingest_handler.handle(event.value, _origin(event), now, accepted)
+                if isinstance(outcome, DeadLetter):
+                    deliveries.append(await dlq_topic.send(value=outcome.to_bytes()))
+                elif outcome is not None:
+                    accepted[outcome.event_id] = outcome
+                    deliveries.append(
+                        await by_user_topic.send(key=outcome.user_id.encode(), value=outcome.to_bytes())
+                    )
+            # Acked (and so committed) only after this returns: wait until all are delivered.
+            await asyncio.gather(*deliveries)
+            ingest_handler.confirm(accepted)
 
     @app.agent(by_user_topic, name="recommend")
     async def recommend(stream: faust.StreamT) -> None:

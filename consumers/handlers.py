@@ -6,7 +6,7 @@ Agents stay a few lines each: read, call a handler, produce what it returns.
 from __future__ import annotations
 
 import time
-from collections.abc import Sequence
+from collections.abc import Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from streamrec.consumers.metrics import WorkerMetrics
@@ -49,7 +49,11 @@ def dead_letter(rejection: Rejection, raw: bytes | None, origin: Origin) -> Dead
 
 
 class IngestHandler:
-    """bytes -> a valid, first-seen `Event`, a `DeadLetter`, or None for a duplicate."""
+    """bytes -> a valid, first-seen `Event`, a `DeadLetter`, or None for a duplicate.
+
+    An event id counts as seen only once its forward is acknowledged (`confirm`): an event
+    whose forward was lost is processed again when it is re-read, not dropped as a duplicate.
+    """
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
         self.validator = EventValidator(
@@ -60,18 +64,26 @@ class IngestHandler:
         self.seen = RecentIds(settings.dedup_capacity)
         self.metrics = metrics
 
-    def handle(self, raw: bytes | None, origin: Origin, now: float) -> Event | DeadLetter | None:
+    def handle(
+        self, raw: bytes | None, origin: Origin, now: float, pending: Container[str] = ()
+    ) -> Event | DeadLetter | None:
+        """`pending`: ids accepted earlier in the same, not yet confirmed, batch."""
         result = self.validator.parse(raw, now)
         if isinstance(result, Rejection):
             self.metrics.events.labels(type="unknown", outcome="dead_letter").inc()
             self.metrics.dead_letters.labels(topic=origin.topic, reason=result.reason).inc()
             return dead_letter(result, raw, origin)
-        if self.seen.check_and_add(result.event_id):
+        if result.event_id in self.seen or result.event_id in pending:
             self.metrics.events.labels(type=result.type, outcome="duplicate").inc()
             return None
         self.metrics.events.labels(type=result.type, outcome="accepted").inc()
-        self.metrics.dedup_size.set(len(self.seen))
         return result
+
+    def confirm(self, event_ids: Iterable[str]) -> None:
+        """Remember ids whose events are safely forwarded."""
+        for event_id in event_ids:
+            self.seen.add(event_id)
+        self.metrics.dedup_size.set(len(self.seen))
 
 
 class RecommendHandler:

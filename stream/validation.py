@@ -129,5 +129,11 @@ class RecentIds:
             self._ids.popitem(last=False)
         return False
 
+    def __contains__(self, item: object) -> bool:
+        return item in self._ids
+
+    def add(self, item: str) -> None:
+        self.check_and_add(item)
+
     def __len__(self) -> int:
         return len(self._ids)

@@ -90,6 +90,21 @@ class TopicCollector:
         await self.consumer.stop()
 
 
+async def group_offsets(settings: Settings) -> dict[str, tuple[int | None, int]]:
+    """Committed offset vs end offset of the worker group, per input partition (diagnostics)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id)
+    await consumer.start()
+    try:
+        tps = [TopicPartition(t, p) for t in (settings.topics.events, settings.topics.events_by_user)
+               for p in range(settings.partitions)]
+        ends = await consumer.end_offsets(tps)
+        return {f"{tp.topic}/{tp.partition}": (await consumer.committed(tp), ends[tp]) for tp in tps}
+    finally:
+        await consumer.stop()
+
+
 def bad_messages(now: float) -> list[tuple[bytes, str]]:
     """(raw value, the DLQ reason it must get), each unique so it can be found in the DLQ."""
     good = {"user_id": "u-bad", "item_id": "i-bad", "type": "view", "ts": now}
@@ -276,7 +291,10 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
         except AssertionError:
             metrics = scrape(settings.metrics_port)
             interesting = {k: v for k, v in metrics.items() if k.startswith(("streamrec_events", "streamrec_recomm", "streamrec_agent"))}
-            raise AssertionError(f"restarted worker: {interesting}; got {len(recs_after.values)} lists") from None
+            offsets = await group_offsets(settings)
+            raise AssertionError(
+                f"restarted worker: {interesting}; got {len(recs_after.values)} lists; offsets {offsets}"
+            ) from None
     for value in recs_after.values:
         rec = Recommendation.model_validate_json(value)
         if rec.trigger_event_id in wanted:

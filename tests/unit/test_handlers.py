@@ -41,14 +41,23 @@ def test_ingest_routes_bad_input_to_dead_letters_and_drops_duplicates() -> None:
     handler = IngestHandler(Settings(dedup_capacity=100), metrics)
     first = handler.handle(_raw("e1"), ORIGIN, NOW)
     assert isinstance(first, Event)
-    assert handler.handle(_raw("e1"), ORIGIN, NOW) is None  # duplicate
+    assert handler.handle(_raw("e1"), ORIGIN, NOW, pending={"e1"}) is None  # same batch
+    handler.confirm(["e1"])
+    assert handler.handle(_raw("e1"), ORIGIN, NOW) is None  # duplicate once forwarded
     letter = handler.handle(b"\x00not json", ORIGIN, NOW)
     assert isinstance(letter, DeadLetter)
     assert (letter.reason, letter.topic, letter.partition, letter.offset) == ("invalid_json", "events", 1, 42)
     assert letter.raw_bytes() == b"\x00not json"
     assert _count(metrics, "streamrec_events_total", type="view", outcome="accepted") == 1
-    assert _count(metrics, "streamrec_events_total", type="view", outcome="duplicate") == 1
+    assert _count(metrics, "streamrec_events_total", type="view", outcome="duplicate") == 2
     assert _count(metrics, "streamrec_dead_letters_total", topic="events", reason="invalid_json") == 1
+
+
+def test_an_event_whose_forward_was_not_confirmed_is_not_a_duplicate() -> None:
+    handler = IngestHandler(Settings(), WorkerMetrics())
+    assert isinstance(handler.handle(_raw("e7"), ORIGIN, NOW), Event)
+    # the forward was lost (no confirm): the re-read copy is processed again
+    assert isinstance(handler.handle(_raw("e7"), ORIGIN, NOW), Event)
 
 
 def test_dead_letter_keeps_binary_and_caps_huge_payloads() -> None:
