@@ -34,6 +34,7 @@ DRAIN_MAX_S = 30.0
 PRINT_EVERY_S = 1.0  # after the first few, print one list per this many seconds
 PRINT_FIRST = 8
 STOP_GRACE_S = 20.0
+CLOSE_TIMEOUT_S = 10.0  # closing a Kafka client never holds up the stop longer than this
 
 
 @dataclass
@@ -63,9 +64,11 @@ def _metric(port: int, name: str) -> float | None:
     return None
 
 
-async def _wait_for_worker(worker: subprocess.Popen, port: int, n_items: int, log: Path) -> None:
+async def _wait_for_worker(
+    worker: subprocess.Popen, port: int, n_items: int, log: Path, stop: asyncio.Event
+) -> None:
     deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-    while time.monotonic() < deadline:
+    while time.monotonic() < deadline and not stop.is_set():
         if worker.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise RuntimeError(f"the worker exited with code {worker.returncode}:\n{tail}")
@@ -73,6 +76,8 @@ async def _wait_for_worker(worker: subprocess.Popen, port: int, n_items: int, lo
         if indexed is not None and indexed >= n_items:
             return
         await asyncio.sleep(0.5)
+    if stop.is_set():
+        return
     raise RuntimeError(f"the worker did not index the catalogue within {WORKER_READY_TIMEOUT_S}s; see {log}")
 
 
@@ -85,13 +90,41 @@ async def _stream(
     rate: float,
     stats: DemoStats,
 ) -> None:
+    # Ctrl-C stops the stream the way its end does (drain, close the clients), rather than
+    # cancelling whatever await happens to be running.
+    stop = asyncio.Event()
+
+    def interrupt() -> None:
+        if not stop.is_set():
+            _say("\ninterrupted; stopping ...")
+        stop.set()
+
+    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        await _stream_until(settings, world, worker, worker_log, duration_s, rate, stats, stop)
+    finally:
+        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+
+
+async def _stream_until(
+    settings: Settings,
+    world: SyntheticWorld,
+    worker: subprocess.Popen,
+    worker_log: Path,
+    duration_s: float,
+    rate: float,
+    stats: DemoStats,
+    stop: asyncio.Event,
+) -> None:
     await ensure_topics(settings)
     titles = {item.item_id: (item.attributes or {}).get("title", item.item_id) for item in world.items(0.0)}
     async with EventProducer(settings) as producer:
         items = world.items(ts=time.time())
         await send_items(producer, items)
         _say(f"produced a catalogue of {len(items)} items; waiting for the worker to embed them ...")
-        await _wait_for_worker(worker, settings.metrics_port, len(items), worker_log)
+        await _wait_for_worker(worker, settings.metrics_port, len(items), worker_log, stop)
+        if stop.is_set():
+            return
         stats.worker_ready_s = time.monotonic() - stats.started
         _say(f"worker ready after {stats.worker_ready_s:.1f}s; streaming events for {duration_s:.0f}s at {rate:.0f}/s\n")
 
@@ -128,15 +161,19 @@ async def _stream(
                 rate,
                 retime=True,
                 progress=False,
-                should_stop=lambda: time.monotonic() > deadline,
+                should_stop=lambda: stop.is_set() or time.monotonic() > deadline,
             )
             drain_until = time.monotonic() + DRAIN_MAX_S
-            while time.monotonic() < drain_until and time.monotonic() - last_arrival < DRAIN_IDLE_S:
+            while (
+                not stop.is_set()
+                and time.monotonic() < drain_until
+                and time.monotonic() - last_arrival < DRAIN_IDLE_S
+            ):
                 await asyncio.sleep(0.2)
         finally:
             reading.cancel()
             await asyncio.gather(reading, return_exceptions=True)
-            await reader.stop()
+            await asyncio.wait_for(reader.stop(), CLOSE_TIMEOUT_S)
 
 
 def _stop(process: subprocess.Popen) -> None:
