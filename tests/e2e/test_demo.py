@@ -23,6 +23,7 @@ def test_demo_shows_recommendations_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         demo = subprocess.Popen(
             [sys.executable, "-m", "streamrec.consumers.cli", "demo", "--duration", "120", "--rate", "50"],
             env=env, stdout=sink, stderr=subprocess.STDOUT,
+            start_new_session=True,  # its own group: a failed test can stop it and its broker
         )
     try:
         deadline = time.monotonic() + FIRST_LIST_TIMEOUT_S
@@ -35,8 +36,10 @@ def test_demo_shows_recommendations_and_stops_on_ctrl_c(tmp_path: Path) -> None:
         demo.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert demo.wait(timeout=60) == 0
     finally:
-        if demo.poll() is None:
-            demo.kill()
+        if demo.poll() is None:  # failed: leave nothing running (demo, broker, worker)
+            os.killpg(demo.pid, signal.SIGKILL)
+            demo.wait()
+            _kill_worker(output.read_text(errors="replace"))
     text = output.read_text(errors="replace")
     assert "interrupted; stopping" in text
     assert "Traceback" not in text
@@ -45,3 +48,14 @@ def test_demo_shows_recommendations_and_stops_on_ctrl_c(tmp_path: Path) -> None:
     worker_pid = int(text.split("started a worker (pid ")[1].split(",")[0])
     with pytest.raises(ProcessLookupError):
         os.kill(worker_pid, 0)
+
+
+def _kill_worker(text: str) -> None:
+    """The demo starts its worker in a session of its own; stop it by the pid it printed."""
+    if "started a worker (pid " not in text:
+        return
+    pid = int(text.split("started a worker (pid ")[1].split(",")[0])
+    try:
+        os.killpg(pid, signal.SIGKILL)
+    except ProcessLookupError:
+        pass
