@@ -143,7 +143,7 @@ def register_agents(
             started = time.perf_counter()
             indexed = await asyncio.to_thread(pipeline.catalog.embed, items)
             embedded = time.perf_counter()
-            pipeline.index.upsert(indexed)
+            pipeline.store_items(indexed)
             metrics.stage_latency.labels(stage="embed").observe(embedded - started)
             metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
             metrics.batch_size.labels(agent="catalog").observe(len(items))

@@ -15,6 +15,7 @@ from pathlib import Path
 
 from pydantic import ValidationError
 
+from streamrec.consumers.model_commands import add_model_parser
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger("streamrec")
@@ -202,6 +203,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=2048, help="events per batch size")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     p.set_defaults(func=cmd_bench)
+
+    add_model_parser(sub)
 
     p = sub.add_parser("schema", help="print, write or check the JSON Schemas of the topics")
     p.add_argument("topic", nargs="?", help="print this topic's schema (e.g. events)")

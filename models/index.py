@@ -20,10 +20,10 @@ from __future__ import annotations
 
 import functools
 import uuid
-from collections.abc import Callable, Collection, Sequence
+from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
-from typing import Any, Protocol
+from typing import Any, Literal, Protocol
 
 import numpy as np
 
@@ -34,6 +34,7 @@ POINT_NAMESPACE = uuid.UUID("5f1d7c1e-9a52-4f0c-8f0e-2b8f6a1c9d33")
 #: Item id -> point id conversions remembered per index (uuid5 costs a few µs; exclusion
 #: lists repeat the same ids every micro-batch).
 POINT_ID_CACHE_SIZE = 1 << 18
+Distance = Literal["cosine", "dot"]
 #: `ClientItemIndex(url)` with this prefix opens qdrant-client's on-disk local mode.
 LOCAL_PATH_PREFIX = "path:"
 
@@ -54,14 +55,14 @@ class IndexedItem:
 
 @dataclass(frozen=True)
 class Neighbour:
-    """A search hit: the item with its vector, and its cosine similarity to the query.
+    """A search hit: the item with its vector, and its similarity to the query.
 
     `item_id` is kept as a field of its own so that hits can be built from ids alone (test
     stand-ins do); the Qdrant backends always fill `item`.
     """
 
     item_id: str
-    score: float  # cosine similarity to the query
+    score: float  # cosine similarity (dot product for a "dot" index) to the query
     item: IndexedItem | None = None  # the hit, vector included
 
 
@@ -87,12 +88,16 @@ class ItemIndex(Protocol):
         """For each query (Q, D): up to `limit` nearest items, best first, none in exclude[q]."""
         ...
 
+    def scan(self, batch_size: int = 1024) -> Iterator[list[IndexedItem]]:
+        """Every item, in batches (order unspecified)."""
+        ...
+
     def count(self) -> int: ...
 
     def close(self) -> None: ...
 
 
-def _check_items(items: Sequence[IndexedItem], dim: int) -> None:
+def _check_items(items: Sequence[IndexedItem], dim: int, distance: str) -> None:
     """Refuse, naming the item, a vector Qdrant would reject or silently mis-rank."""
     for item in items:
         vector = np.asarray(item.vector)
@@ -102,7 +107,7 @@ def _check_items(items: Sequence[IndexedItem], dim: int) -> None:
             )
         if not np.all(np.isfinite(vector)):
             raise ValueError(f"item {item.item_id!r}: vector has NaN or Inf")
-        if not np.any(vector):
+        if distance == "cosine" and not np.any(vector):
             raise ValueError(f"item {item.item_id!r}: zero vector has no direction (cosine)")
 
 
@@ -123,6 +128,10 @@ def _unit(vector: np.ndarray) -> list[float]:
     return (vector / np.linalg.norm(vector)).tolist()
 
 
+def _plain(vector: np.ndarray) -> list[float]:
+    return np.asarray(vector, dtype=np.float32).tolist()
+
+
 def _from_record(record: Any) -> IndexedItem:
     """A Qdrant record (payload with item_id and title, plus the vector) as an item."""
     payload = record.payload or {}
@@ -134,9 +143,14 @@ def _from_record(record: Any) -> IndexedItem:
 
 
 class _QdrantIndex:
-    """The logic both backends share; each subclass only speaks its client's dialect."""
+    """The logic both backends share; each subclass only speaks its client's dialect.
+
+    `distance` is "cosine" (text vectors; stored normalised, scores are cosines) or "dot"
+    (a model's retrieval vectors, stored as they are: their length is part of the score).
+    """
 
     dim: int
+    distance: Distance
     _point_id: Callable[[str], str]
 
     def _init_point_ids(self) -> None:
@@ -155,17 +169,21 @@ class _QdrantIndex:
     def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
         raise NotImplementedError  # per query: points with .id and .score, best first
 
+    def _scroll(self, offset: Any, limit: int) -> tuple[list[Any], Any]:
+        raise NotImplementedError  # (records with payload and vector, next offset or None)
+
     # --- the ItemIndex contract --------------------------------------------------------
     def upsert(self, items: Sequence[IndexedItem]) -> None:
         """Insert or replace items by id; vectors are stored normalised."""
         if not items:
             return
-        _check_items(items, self.dim)
+        _check_items(items, self.dim, self.distance)
+        prepare = _unit if self.distance == "cosine" else _plain
         self._write(
             [
                 (
                     self._point_id(item.item_id),
-                    _unit(item.vector),
+                    prepare(item.vector),
                     {"item_id": item.item_id, "title": item.title},
                 )
                 for item in items
@@ -179,6 +197,16 @@ class _QdrantIndex:
         records = self._retrieve([self._point_id(i) for i in dict.fromkeys(item_ids)])
         found = (_from_record(record) for record in records)
         return {item.item_id: item for item in found}
+
+    def scan(self, batch_size: int = 1024) -> Iterator[list[IndexedItem]]:
+        """Every item with its vector, `batch_size` at a time (Qdrant's scroll)."""
+        offset: Any = None
+        while True:
+            records, offset = self._scroll(offset, batch_size)
+            if records:
+                yield [_from_record(record) for record in records]
+            if offset is None:
+                return
 
     def search_batch(
         self,
@@ -231,16 +259,16 @@ class EdgeItemIndex(_QdrantIndex):
     One open instance per shard: Edge locks the shard's write-ahead log.
     """
 
-    def __init__(self, path: Path, dim: int, name: str = "items") -> None:
+    def __init__(self, path: Path, dim: int, name: str = "items", distance: Distance = "cosine") -> None:
         import qdrant_edge as edge
 
         self._edge = edge
         self.dim = dim
+        self.distance = _check_distance(distance)
         self.path = Path(path) / name
         self._init_point_ids()
-        config = edge.EdgeConfig(
-            vectors=edge.EdgeVectorParams(size=dim, distance=edge.Distance.Cosine)
-        )
+        metric = edge.Distance.Cosine if distance == "cosine" else edge.Distance.Dot
+        config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dim, distance=metric))
         if self.path.exists() and any(self.path.iterdir()):
             try:  # Edge checks the config against what the shard on disk was made with
                 self._shard = edge.EdgeShard.load(str(self.path), config)
@@ -282,6 +310,13 @@ class EdgeItemIndex(_QdrantIndex):
         ]
         return self._shard.query_batch(edge.QueryBatchRequest(requests))
 
+    def _scroll(self, offset: Any, limit: int) -> tuple[list[Any], Any]:
+        request = self._edge.ScrollRequest(
+            offset=offset, limit=limit, with_payload=True, with_vector=True
+        )
+        records, next_offset = self._shard.scroll(request)
+        return records, next_offset
+
     def count(self) -> int:
         return int(self._shard.count(self._edge.CountRequest(exact=True)))
 
@@ -298,12 +333,19 @@ class ClientItemIndex(_QdrantIndex):
     """
 
     def __init__(
-        self, url: str, dim: int, collection: str = "items", api_key: str | None = None
+        self,
+        url: str,
+        dim: int,
+        collection: str = "items",
+        api_key: str | None = None,
+        distance: Distance = "cosine",
     ) -> None:
         from qdrant_client import QdrantClient, models
 
         self._models = models
         self.dim = dim
+        self.distance = _check_distance(distance)
+        metric = models.Distance.COSINE if distance == "cosine" else models.Distance.DOT
         self.collection = collection
         self._init_point_ids()
         if url == ":memory:":
@@ -315,16 +357,16 @@ class ClientItemIndex(_QdrantIndex):
         if self._client.collection_exists(collection):
             params = self._client.get_collection(collection).config.params.vectors
             size = getattr(params, "size", None)  # None: named vectors, which we do not use
-            if size != dim:
+            if size != dim or getattr(params, "distance", metric) != metric:
                 self._client.close()
                 raise ValueError(
                     f"Qdrant collection {collection!r} holds vectors {params!r}, "
-                    f"this index needs one unnamed vector of size {dim}"
+                    f"this index needs one unnamed {distance} vector of size {dim}"
                 )
         else:
             self._client.create_collection(
                 collection,
-                vectors_config=models.VectorParams(size=dim, distance=models.Distance.COSINE),
+                vectors_config=models.VectorParams(size=dim, distance=metric),
             )
 
     def _write(self, points: list[tuple[str, list[float], dict[str, str]]]) -> None:
@@ -353,6 +395,11 @@ class ClientItemIndex(_QdrantIndex):
         responses = self._client.query_batch_points(self.collection, requests=requests)
         return [response.points for response in responses]
 
+    def _scroll(self, offset: Any, limit: int) -> tuple[list[Any], Any]:
+        return self._client.scroll(
+            self.collection, limit=limit, offset=offset, with_payload=True, with_vectors=True
+        )
+
     def count(self) -> int:
         return int(self._client.count(self.collection, exact=True).count)
 
@@ -360,11 +407,24 @@ class ClientItemIndex(_QdrantIndex):
         self._client.close()
 
 
-def open_index(settings: Settings, dim: int) -> ItemIndex:
-    """The backend the settings ask for: Qdrant Edge (default) or a Qdrant server."""
+def open_index(
+    settings: Settings, dim: int, name: str | None = None, distance: Distance = "cosine"
+) -> ItemIndex:
+    """The backend the settings ask for: Qdrant Edge (default) or a Qdrant server.
+
+    `name` picks another collection (Edge: shard) than the settings' one, e.g. the
+    retrieval vectors of one model version.
+    """
+    collection = name or settings.collection
     if settings.index_mode == "client":
         if settings.qdrant_url is None:  # Settings already refuses this; say so if bypassed
             raise ValueError("index_mode=client needs STREAMREC_QDRANT_URL")
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return ClientItemIndex(settings.qdrant_url, dim, settings.collection, api_key)
-    return EdgeItemIndex(settings.resolved_index_path, dim, settings.collection)
+        return ClientItemIndex(settings.qdrant_url, dim, collection, api_key, distance)
+    return EdgeItemIndex(settings.resolved_index_path, dim, collection, distance)
+
+
+def _check_distance(distance: str) -> Distance:
+    if distance not in ("cosine", "dot"):
+        raise ValueError(f"distance must be 'cosine' or 'dot', got {distance!r}")
+    return distance  # type: ignore[return-value]

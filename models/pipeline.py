@@ -6,21 +6,31 @@ the very same code.
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 from streamrec.models.catalog import CatalogIndexer
 from streamrec.models.device import select_device
 from streamrec.models.encoder import TextEncoder
-from streamrec.models.index import ItemIndex, open_index
+from streamrec.models.index import IndexedItem, ItemIndex, open_index
 from streamrec.models.popularity import TrendingItems
 from streamrec.models.recommender import Recommender, RecommenderConfig
-from streamrec.models.scoring import ContentScorer
+from streamrec.models.scoring import ContentScorer, Scorer
+from streamrec.models.serving import RankerScorer, open_scorer
+from streamrec.models.store import DirectoryModelStore
 from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 
 @dataclass
 class Pipeline:
-    """The catalogue indexer and the recommender, sharing one item index."""
+    """The catalogue indexer and the recommender, sharing one item index.
+
+    The recommender serves the pinned (`STREAMREC_MODEL_VERSION`) or newest checkpoint of the
+    model store; with none, the content scorer, and `model_version` says so.
+    """
 
     index: ItemIndex
     catalog: CatalogIndexer
@@ -33,13 +43,43 @@ class Pipeline:
             settings.encoder_path, device=str(device), batch_size=settings.encoder_batch_size
         )
         index = open_index(settings, encoder.dim)
+        try:
+            scorer: Scorer = open_scorer(
+                DirectoryModelStore(settings.resolved_model_dir),
+                settings.model_version,
+                index,
+                lambda name, dim: open_index(settings, dim, name=name, distance="dot"),
+                settings.collection,
+                device,
+            ) or ContentScorer(device)
+        except Exception:
+            index.close()
+            raise
+        if isinstance(scorer, RankerScorer):
+            log.info("serving checkpoint %s (%s)", scorer.version, settings.resolved_model_dir)
+        else:
+            log.info(
+                "no checkpoint in %s: serving with the content scorer (%s)",
+                settings.resolved_model_dir,
+                scorer.version,
+            )
         recommender = Recommender(
             index=index,
-            scorer=ContentScorer(device),
+            scorer=scorer,
             trending=TrendingItems(half_life_s=settings.trending_half_life_s),
             config=RecommenderConfig.from_settings(settings),
         )
         return cls(index=index, catalog=CatalogIndexer(encoder, index), recommender=recommender)
 
+    def store_items(self, items: Sequence[IndexedItem]) -> None:
+        """Write embedded catalogue items to the text index and the ranker's retrieval index."""
+        self.index.upsert(items)
+        scorer = self.recommender.scorer
+        if isinstance(scorer, RankerScorer):
+            scorer.index_items(items)
+
     def close(self) -> None:
+        scorer = self.recommender.scorer
+        if isinstance(scorer, RankerScorer) and scorer.retrieval is not None:
+            scorer.retrieval.close()
         self.index.close()

@@ -1,13 +1,15 @@
 """The pure event -> recommendation pipeline that workers, the evaluator and benchmarks all call.
 
 One call handles one micro-batch: learn every user's new events, retrieve candidates from the
-item index (neighbours of recent items and of the user vector, consumed items excluded, trending
-items for users without a usable history), score all candidates in one batched pass, keep top-K
-with a reason per item. No Faust, no Kafka: state comes in and goes out as plain objects.
+item index (text neighbours of recent items; the user vector's nearest items, through the
+ranker's own retrieval index when a ranker serves; consumed items excluded; trending items for
+users without a usable history), score all candidates in one batched pass, keep top-K with a
+reason per item. No Faust, no Kafka: state comes in and goes out as plain objects.
 """
 
 from __future__ import annotations
 
+import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -15,14 +17,15 @@ from dataclasses import dataclass, field
 import numpy as np
 import torch
 
-from streamrec.models.index import IndexedItem, ItemIndex
+from streamrec.models.index import IndexedItem, ItemIndex, Neighbour
 from streamrec.models.popularity import TrendingItems
-from streamrec.models.scoring import Scorer, ScoringBatch
-from streamrec.models.state import EVENT_WEIGHTS, UserState
+from streamrec.models.scoring import Scorer, ScoringBatch, SequenceScorer
+from streamrec.models.state import EVENT_WEIGHTS, Interaction, UserState
 from streamrec.stream.messages import Event, RecommendedItem
 from streamrec.stream.settings import Settings
 
 TRENDING_REASON = "trending"
+MODEL_REASON = "picked for you after {title}"
 _MIN_WEIGHT = 1e-6
 
 
@@ -71,6 +74,18 @@ class _Profile:
     history: list[IndexedItem] = field(default_factory=list)  # newest first
     weights: list[float] = field(default_factory=list)
     seeds: list[IndexedItem] = field(default_factory=list)
+    events: list[Interaction] = field(default_factory=list)  # a sequence scorer's input, oldest first
+
+
+class Source(enum.Enum):
+    """Where a candidate came from; it decides the reason shown with the item."""
+
+    NEIGHBOUR = "neighbour"  # text-similar to one of the user's recent items
+    MODEL = "model"  # the ranker's retrieval (user vector against item vectors)
+    TRENDING = "trending"
+
+
+Candidates = dict[str, tuple[IndexedItem, Source]]  # item id -> (text-space item, source)
 
 
 class Recommender:
@@ -95,6 +110,13 @@ class Recommender:
     def model_version(self) -> str:
         return self.scorer.version
 
+    @property
+    def sequence_scorer(self) -> SequenceScorer | None:
+        """The scorer, when it brings a user tower and a retrieval index (the ranker)."""
+        if getattr(self.scorer, "retrieval", None) is not None:
+            return self.scorer  # type: ignore[return-value]
+        return None
+
     def learn(self, users: Sequence[UserBatch]) -> None:
         """Apply every new event to its user's state and to the trending counts."""
         for user in users:
@@ -112,17 +134,21 @@ class Recommender:
 
     def recommend(self, states: Sequence[UserState]) -> list[RankedList]:
         """Top-K lists for the given users as they are now (no learning)."""
-        profiles = self._profiles(states)
-        candidates = self._retrieve(states, profiles)
+        profiles, text = self._profiles(states)
+        users = self._user_vectors(profiles, text)
+        candidates = self._retrieve(states, profiles, users)
         return [
             RankedList(state.user_id, items, None)
-            for state, items in zip(states, self._rank(states, profiles, candidates))
+            for state, items in zip(states, self._rank(states, profiles, candidates, users))
         ]
 
     # --- stages -----------------------------------------------------------------------
-    def _profiles(self, states: Sequence[UserState]) -> list[_Profile]:
+    def _profiles(self, states: Sequence[UserState]) -> tuple[list[_Profile], dict[str, np.ndarray]]:
         """Fetch the vectors of every user's recent items in one index call."""
         cfg = self.config
+        scorer = self.sequence_scorer
+        sequence_length = scorer.history_length if scorer is not None else 0
+        events_per_user = [list(state.recent)[-sequence_length:] if sequence_length else [] for state in states]
         recent_per_user = []
         for state in states:
             seen: dict[str, tuple[str, float]] = {}
@@ -132,10 +158,13 @@ class Recommender:
                 if len(seen) >= cfg.profile_items:
                     break
             recent_per_user.append(seen)
-        wanted = sorted({item for recent in recent_per_user for item in recent})
+        wanted = sorted(
+            {item for recent in recent_per_user for item in recent}
+            | {event.item_id for events in events_per_user for event in events}
+        )
         known = self.index.get(wanted) if wanted else {}
         profiles = []
-        for state, recent in zip(states, recent_per_user):
+        for state, recent, events in zip(states, recent_per_user, events_per_user):
             now = state.last_ts or 0.0
             profile = _Profile()
             for item_id, (kind, ts) in recent.items():
@@ -147,47 +176,84 @@ class Recommender:
                 profile.history.append(item)
                 profile.weights.append(max(EVENT_WEIGHTS.get(kind, 1.0) * decay, _MIN_WEIGHT))
             profile.seeds = profile.history[: cfg.seed_items]
+            if profile.history:
+                profile.events = [event for event in events if event.item_id in known]
             profiles.append(profile)
-        return profiles
+        return profiles, {item_id: item.vector for item_id, item in known.items()}
+
+    def _user_vectors(
+        self, profiles: Sequence[_Profile], text: dict[str, np.ndarray]
+    ) -> torch.Tensor | None:
+        """The sequence scorer's user vectors (B, D'), one pass for the batch; None without one."""
+        scorer = self.sequence_scorer
+        if scorer is None:
+            return None
+        return scorer.user_vectors([profile.events for profile in profiles], text)
 
     def _retrieve(
-        self, states: Sequence[UserState], profiles: Sequence[_Profile]
-    ) -> list[dict[str, tuple[IndexedItem, bool]]]:
-        """Candidates per user: id -> (item, retrieved as a neighbour?)."""
+        self,
+        states: Sequence[UserState],
+        profiles: Sequence[_Profile],
+        users: torch.Tensor | None,
+    ) -> list[Candidates]:
+        """Candidates per user: text neighbours of recent items, the user vector's nearest
+        items (the ranker's retrieval index, else the text index), and trending items."""
         cfg = self.config
+        limit = max(cfg.neighbours_per_item, cfg.k)  # enough to fill a list
+        scorer = self.sequence_scorer
         queries: list[np.ndarray] = []  # each (D,)
         owners: list[int] = []
+        model_rows = [row for row, profile in enumerate(profiles) if profile.history and scorer]
         for row, profile in enumerate(profiles):
             for seed in profile.seeds:
                 queries.append(seed.vector)
                 owners.append(row)
-            if len(profile.history) > 1:
+            if scorer is None and len(profile.history) > 1:
                 queries.append(_user_vector(profile))
                 owners.append(row)
-        candidates: list[dict[str, tuple[IndexedItem, bool]]] = [{} for _ in states]
+        candidates: list[Candidates] = [{} for _ in states]
+        consumed = {row: states[row].consumed for row in set(owners) | set(model_rows)}
         if queries:
-            consumed = {row: states[row].consumed for row in set(owners)}  # one copy per user
             results = self.index.search_batch(
                 np.stack(queries),  # (Q, D)
-                limit=max(cfg.neighbours_per_item, cfg.k),  # enough to fill a list
+                limit=limit,
                 exclude=[consumed[row] for row in owners],
             )
-            # Hits carry their items; fetch (once per batch) only those an index left bare.
-            bare = sorted({n.item_id for hits in results for n in hits if n.item is None})
-            found = self.index.get(bare) if bare else {}
-            for row, neighbours in zip(owners, results):
-                for neighbour in neighbours:
-                    item = neighbour.item or found.get(neighbour.item_id)
-                    if item is not None:
-                        candidates[row][item.item_id] = (item, True)
+            self._collect(candidates, owners, results, Source.NEIGHBOUR)
+        if scorer is not None and users is not None and model_rows:
+            model_queries = scorer.queries(users[model_rows])  # (Q', D')
+            results = scorer.retrieval.search_batch(
+                model_queries, limit=limit, exclude=[consumed[row] for row in model_rows]
+            )
+            # The retrieval index holds model vectors; scoring reads text vectors.
+            wanted = sorted({n.item_id for hits in results for n in hits})
+            text = self.index.get(wanted) if wanted else {}
+            bare = [[Neighbour(n.item_id, n.score) for n in hits] for hits in results]
+            self._collect(candidates, model_rows, bare, Source.MODEL, text)
         self._add_trending(states, candidates)
         return candidates
 
-    def _add_trending(
+    def _collect(
         self,
-        states: Sequence[UserState],
-        candidates: list[dict[str, tuple[IndexedItem, bool]]],
+        candidates: list[Candidates],
+        owners: Sequence[int],
+        results: Sequence[Sequence[Neighbour]],
+        source: Source,
+        known: dict[str, IndexedItem] | None = None,
     ) -> None:
+        """Add search hits to their users' candidates (the first source to find one wins)."""
+        known = dict(known or {})
+        # Hits carry their items; fetch (once per batch) only those an index left bare.
+        bare = sorted({n.item_id for hits in results for n in hits if n.item is None} - set(known))
+        if bare:
+            known.update(self.index.get(bare))
+        for row, hits in zip(owners, results):
+            for hit in hits:
+                item = hit.item or known.get(hit.item_id)
+                if item is not None:
+                    candidates[row].setdefault(item.item_id, (item, source))
+
+    def _add_trending(self, states: Sequence[UserState], candidates: list[Candidates]) -> None:
         """Top trending items (those in the catalogue) join every user's candidates."""
         cfg = self.config
         # Ask for enough that k survive after removing a user's consumed items.
@@ -200,14 +266,15 @@ class Recommender:
                 if added >= cfg.k:
                     break
                 if item_id in known and not state.has_consumed(item_id):
-                    user_candidates.setdefault(item_id, (known[item_id], False))
+                    user_candidates.setdefault(item_id, (known[item_id], Source.TRENDING))
                     added += 1
 
     def _rank(
         self,
         states: Sequence[UserState],
         profiles: Sequence[_Profile],
-        candidates: Sequence[dict[str, tuple[IndexedItem, bool]]],
+        candidates: Sequence[Candidates],
+        users: torch.Tensor | None,
     ) -> list[list[RecommendedItem]]:
         cfg = self.config
         warm = [row for row, profile in enumerate(profiles) if profile.history]
@@ -227,7 +294,11 @@ class Recommender:
                 ]
         if not warm:
             return lists
-        batch, ids = _pad([profiles[row] for row in warm], [candidates[row] for row in warm])
+        batch, ids = _pad(
+            [profiles[row] for row in warm],
+            [candidates[row] for row in warm],
+            users[warm] if users is not None else None,
+        )
         scores = self.scorer.score(batch)  # (B, C)
         # For the reason: which history item each candidate is most like.
         similarity = torch.einsum("bcd,bld->bcl", batch.candidates, batch.history)  # (B, C, L)
@@ -240,12 +311,13 @@ class Recommender:
                 if not math.isfinite(score):
                     break
                 item_id = ids[b][column]
-                _, from_neighbours = candidates[row][item_id]
-                reason = (
-                    f"similar to {profiles[row].history[int(closest[b, column])].title}"
-                    if from_neighbours
-                    else TRENDING_REASON
-                )
+                _, source = candidates[row][item_id]
+                if source is Source.NEIGHBOUR:
+                    reason = f"similar to {profiles[row].history[int(closest[b, column])].title}"
+                elif source is Source.MODEL:
+                    reason = MODEL_REASON.format(title=profiles[row].history[0].title)
+                else:
+                    reason = TRENDING_REASON
                 ranked.append(RecommendedItem(item_id=item_id, score=round(score, 6), reason=reason))
             lists[row] = ranked
         return lists
@@ -261,7 +333,9 @@ def _user_vector(profile: _Profile) -> np.ndarray:
 
 
 def _pad(
-    profiles: Sequence[_Profile], candidates: Sequence[dict[str, tuple[IndexedItem, bool]]]
+    profiles: Sequence[_Profile],
+    candidates: Sequence[Candidates],
+    users: torch.Tensor | None = None,
 ) -> tuple[ScoringBatch, list[list[str]]]:
     """Pack users into padded tensors; also return candidate ids per row."""
     dim = profiles[0].history[0].vector.shape[0]
@@ -286,5 +360,7 @@ def _pad(
         history_weights=torch.from_numpy(weights),
         candidates=torch.from_numpy(cand),
         candidate_mask=torch.from_numpy(mask),
+        candidate_ids=ids,
+        user_vectors=users,
     )
     return batch, ids

@@ -1,7 +1,8 @@
 """The `Scorer` interface of the core and its first implementation, content similarity.
 
 A scorer sees one micro-batch at once as padded tensors and returns one score per candidate, in
-a single batched torch pass. The learned ranker (its own issue) plugs in behind the same interface.
+a single batched torch pass. The learned ranker (`serving.RankerScorer`) plugs in behind the same
+interface and brings a user tower and a retrieval index of its own (`SequenceScorer`).
 
 >>> import torch
 >>> hist = torch.tensor([[[1.0, 0.0], [0.0, 1.0]]])            # (B=1, L=2, D=2)
@@ -16,9 +17,11 @@ a single batched torch pass. The learned ranker (its own issue) plugs in behind 
 
 from __future__ import annotations
 
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Protocol
+from typing import Any, Protocol
 
+import numpy as np
 import torch
 
 CONTENT_SCORER_VERSION = "content-v1"
@@ -32,6 +35,8 @@ class ScoringBatch:
     history_weights: torch.Tensor  # (B, L) event-type x recency weight, 0 where padded
     candidates: torch.Tensor  # (B, C, D) candidate item vectors, zeros where padded
     candidate_mask: torch.Tensor  # (B, C) True where a real candidate sits
+    candidate_ids: list[list[str]] | None = None  # (B, <=C) ids of the real candidates
+    user_vectors: torch.Tensor | None = None  # (B, D') the scorer's own user vectors, if any
 
 
 class Scorer(Protocol):
@@ -41,6 +46,23 @@ class Scorer(Protocol):
 
     def score(self, batch: ScoringBatch) -> torch.Tensor:
         """Scores (B, C); padded candidates get -inf."""
+        ...
+
+
+class SequenceScorer(Scorer, Protocol):
+    """A scorer with its own user tower and retrieval index (the learned ranker)."""
+
+    history_length: int  # most recent events the user tower reads
+    retrieval: Any  # ItemIndex of this version's item vectors (dot product), or None
+
+    def user_vectors(
+        self, histories: Sequence[Sequence[Any]], text: Mapping[str, np.ndarray]
+    ) -> torch.Tensor:
+        """(B, D') from each user's recent events (oldest first) and item text vectors."""
+        ...
+
+    def queries(self, users: torch.Tensor) -> np.ndarray:
+        """Retrieval queries (B, D') for `retrieval`."""
         ...
 
 

@@ -103,6 +103,7 @@ class Settings(BaseSettings):
     encoder_path: Path | None = None  # local HF model dir (default: packaged all-MiniLM-L6-v2)
     encoder_batch_size: int = Field(64, ge=1, le=4_096)  # texts per encoder forward pass
     model_dir: Path | None = None  # model store directory (default: <data_dir>/models)
+    model_version: str | None = None  # serve this checkpoint (pinned); default: the newest
     device: Literal["auto", "cpu", "cuda"] = "auto"  # torch device; auto = cuda when present
     table_store: str = "memory://"  # Faust table store (`rocksdb://` with rocksdict installed)
 

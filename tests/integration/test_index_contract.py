@@ -112,6 +112,45 @@ def test_search_batch_finds_the_true_nearest_neighbours(index: ItemIndex) -> Non
             assert n.score == pytest.approx(float(by_id[n.item_id].vector @ query), abs=ATOL)
 
 
+def test_scan_returns_every_item_once(index: ItemIndex) -> None:
+    items = _items(25, seed=5)
+    index.upsert(items)
+    batches = list(index.scan(batch_size=7))
+    assert all(1 <= len(batch) <= 7 for batch in batches)
+    seen = [item.item_id for batch in batches for item in batch]
+    assert sorted(seen) == sorted(item.item_id for item in items)
+    by_id = {item.item_id: item for item in items}
+    for batch in batches:
+        for item in batch:
+            np.testing.assert_allclose(item.vector, by_id[item.item_id].vector, atol=ATOL)
+
+
+def test_scan_of_an_empty_index_yields_nothing(index: ItemIndex) -> None:
+    assert list(index.scan()) == []
+
+
+@pytest.mark.parametrize("backend", ["edge", "client"])
+def test_dot_index_keeps_lengths_and_ranks_by_dot_product(backend: str, tmp_path: Path) -> None:
+    rng = np.random.default_rng(9)
+    vectors = (rng.normal(size=(40, DIM)) * rng.uniform(0.1, 3.0, size=(40, 1))).astype(np.float32)
+    items = [IndexedItem(f"i{k}", vectors[k], f"T{k}") for k in range(40)]
+    index: ItemIndex = (
+        EdgeItemIndex(tmp_path / "dot", DIM, distance="dot")
+        if backend == "edge"
+        else ClientItemIndex(":memory:", DIM, distance="dot")
+    )
+    try:
+        index.upsert(items)
+        np.testing.assert_allclose(index.get(["i3"])["i3"].vector, vectors[3], rtol=1e-5)
+        query = rng.normal(size=(1, DIM)).astype(np.float32)  # (1, D)
+        [hits] = index.search_batch(query, limit=5)
+        expected = [f"i{k}" for k in np.argsort(-(vectors @ query[0]))[:5]]
+        assert [hit.item_id for hit in hits] == expected
+        assert hits[0].score == pytest.approx(float(np.max(vectors @ query[0])), rel=1e-4)
+    finally:
+        index.close()
+
+
 def test_exclusion_is_per_query(index: ItemIndex) -> None:
     items = _items(60, seed=3)
     index.upsert(items)
