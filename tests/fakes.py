@@ -8,7 +8,7 @@ from streamrec.models.index import IndexedItem, Neighbour
 
 
 class BruteForceIndex:
-    """Exact cosine search over a dict; the contract of ItemIndex, nothing more."""
+    """Exact search (dot product; cosine for unit vectors) over a dict: the ItemIndex contract."""
 
     def __init__(self, dim: int) -> None:
         self.dim = dim
@@ -30,6 +30,11 @@ class BruteForceIndex:
             )
             out.append([Neighbour(item_id=item.item_id, score=score) for score, item in scored[:limit]])
         return out
+
+    def scan(self, batch_size: int = 1024):
+        items = list(self.items.values())
+        for start in range(0, len(items), batch_size):
+            yield items[start : start + batch_size]
 
     def count(self) -> int:
         return len(self.items)

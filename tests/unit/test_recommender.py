@@ -110,3 +110,69 @@ def test_list_length_is_k_when_enough_candidates(k: int) -> None:
     [ranked] = rec.process_batch([UserBatch(UserState("al"), [_event("al", "c0-0", 1)])])
     assert len(ranked.items) == k
     assert len({i.item_id for i in ranked.items}) == k
+
+
+def _ranker_scorer(index: BruteForceIndex, store_dir):
+    import torch
+
+    from streamrec.models.ranker import Ranker, RankerConfig
+    from streamrec.models.serving import open_scorer
+    from streamrec.models.store import DirectoryModelStore
+
+    torch.manual_seed(0)
+    config = RankerConfig(text_dim=DIM, dim=8, max_len=5, layers=1, heads=2, id_buckets=64, dropout=0.0)
+    store = DirectoryModelStore(store_dir)
+    manifest = store.save(Ranker(config).state_dict(), config.to_dict())
+    retrieval = BruteForceIndex(config.dim)
+    scorer = open_scorer(store, None, index, lambda name, dim: retrieval, "items")
+    return scorer, manifest, store
+
+
+def test_a_ranker_checkpoint_serves_lists_in_its_own_order_with_its_version(tmp_path) -> None:
+    import torch
+
+    index = _clustered_catalogue()
+    scorer, manifest, _ = _ranker_scorer(index, tmp_path)
+    assert scorer.retrieval.count() == index.count()  # this version's vectors for every item
+    rec = Recommender(
+        index=index,
+        scorer=scorer,
+        trending=TrendingItems(half_life_s=3600.0),
+        config=RecommenderConfig(k=5, seed_items=2, neighbours_per_item=6, profile_items=10),
+    )
+    assert rec.model_version == manifest.version
+    events = [_event("alice", f"c1-{j}", j, "click") for j in range(3)]
+    [ranked] = rec.process_batch([UserBatch(UserState("alice"), events)])
+    ids = [item.item_id for item in ranked.items]
+    assert len(ids) == 5 and not set(ids) & {"c1-0", "c1-1", "c1-2"}
+    # The scores are the ranker's own w·(u ⊙ h) + b, recomputed here from its parts.
+    text = {item_id: item.vector for item_id, item in index.items.items()}
+    user = scorer.user_vectors([[e for e in events]], text)  # (1, D)
+    candidates = scorer.item_vectors(ids, np.stack([text[i] for i in ids]))  # (5, D)
+    with torch.inference_mode():
+        expected = scorer.ranker.score(user, torch.from_numpy(candidates))[0].tolist()
+    assert [item.score for item in ranked.items] == pytest.approx(expected, abs=1e-4)
+    assert expected == sorted(expected, reverse=True)
+    assert all(
+        item.reason.startswith("similar to cluster 1") or item.reason == "picked for you after cluster 1 item 2"
+        for item in ranked.items
+    ), [item.reason for item in ranked.items]
+    # A cold user still gets trending items, and new catalogue items reach the retrieval index.
+    [cold] = rec.recommend([UserState("bob")])
+    assert [item.reason for item in cold.items] == [TRENDING_REASON] * len(cold.items)
+    fresh = IndexedItem("new-1", index.items["c0-0"].vector, "brand new")
+    index.upsert([fresh])
+    scorer.index_items([fresh])
+    assert "new-1" in scorer.retrieval.get(["new-1"])
+
+
+def test_a_pinned_checkpoint_that_is_missing_is_an_error_and_no_checkpoint_means_none(tmp_path) -> None:
+    from streamrec.models.serving import open_scorer
+    from streamrec.models.store import DirectoryModelStore, ModelStoreError
+
+    index = _clustered_catalogue()
+    empty = DirectoryModelStore(tmp_path / "empty")
+    assert open_scorer(empty, None, index, lambda name, dim: BruteForceIndex(dim), "items") is None
+    _, _, store = _ranker_scorer(index, tmp_path / "store")
+    with pytest.raises(ModelStoreError):
+        open_scorer(store, "ranker-missing", index, lambda name, dim: BruteForceIndex(dim), "items")
