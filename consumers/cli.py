@@ -1,4 +1,5 @@
-"""The `streamrec` command line: broker, worker, produce, tail, demo, schema.
+"""The `streamrec` command line: broker, worker, produce, tail, demo, bench, model, pretrain,
+evaluate, schema.
 
 Every command reads the same settings (`STREAMREC_*` env vars); flags only pick what to do.
 """
@@ -16,6 +17,7 @@ from pathlib import Path
 from pydantic import ValidationError
 
 from streamrec.consumers.model_commands import add_model_parser
+from streamrec.consumers.offline_commands import add_offline_parsers
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger("streamrec")
@@ -205,6 +207,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_bench)
 
     add_model_parser(sub)
+    add_offline_parsers(sub)
 
     p = sub.add_parser("schema", help="print, write or check the JSON Schemas of the topics")
     p.add_argument("topic", nargs="?", help="print this topic's schema (e.g. events)")
