@@ -266,6 +266,13 @@ class Ranker(nn.Module):
         self.norm = nn.LayerNorm(config.dim)
         self.w = nn.Parameter(torch.ones(config.dim))  # interaction weights
         self.b = nn.Parameter(torch.zeros(()))  # interaction bias
+        # Small like the item vectors (~0.03): at torch's default N(0, 1) these embeddings
+        # would drown the items in the transformer's input.
+        for table in (self.types, self.gaps, self.positions):
+            nn.init.normal_(table.weight, std=0.02)
+            if table.padding_idx is not None:
+                with torch.no_grad():
+                    table.weight[table.padding_idx].zero_()
 
     def item_vectors(self, text: torch.Tensor, ids: torch.Tensor) -> torch.Tensor:
         """Item vectors h (N, D) from text vectors (N, T) and hashed ids (N, 2)."""

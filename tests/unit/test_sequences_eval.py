@@ -1,0 +1,119 @@
+"""Dataset loaders (tiny files in every format), the leave-one-out split and the metrics."""
+
+from __future__ import annotations
+
+import json
+import math
+from pathlib import Path
+
+import numpy as np
+import pytest
+
+from streamrec.models.baselines import ItemCooccurrenceModel, MarkovModel
+from streamrec.models.evaluation import evaluate, leave_one_out
+from streamrec.models.ranker import Step
+from streamrec.models.sequences import load_sequences
+
+SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
+
+
+def test_movielens_sorts_by_time_and_shuffles_ties_by_seed(tmp_path: Path) -> None:
+    rows = ["userId,movieId,rating,timestamp"] + [f"1,{m},4.0,100" for m in range(1, 9)] + ["1,50,2.0,50", "2,3,5.0,7"]
+    (tmp_path / "ratings.csv").write_bytes("\r\n".join(rows).encode() + b"\r\n")
+    (tmp_path / "movies.csv").write_text('movieId,title,genres\n3,"Heat (1995)",Action|Crime\n')
+    orders = {seed: [s.item_id for s in load_sequences("movielens", tmp_path, seed=seed).sequences["1"]] for seed in range(4)}
+    assert all(order[0] == "50" for order in orders.values())  # earliest first
+    assert orders[0] == [s.item_id for s in load_sequences("movielens", tmp_path, seed=0).sequences["1"]]
+    assert len({tuple(order) for order in orders.values()}) > 1  # ties shuffled, per seed
+    data = load_sequences("movielens", tmp_path)
+    assert data.item_text["3"].startswith("Heat (1995)") and data.sequences["1"][0].type == "view"
+    assert data.sequences["2"][0].type == "click" and "tie" in data.description["tie_breaking"]
+
+
+def test_beauty_and_generic_formats(tmp_path: Path) -> None:
+    (tmp_path / "Beauty.txt").write_text("1 10 11 12\n2 11 12\n")
+    (tmp_path / "Beauty_item2attributes.json").write_text(json.dumps({"10": [5, 7]}))
+    beauty = load_sequences("beauty", tmp_path)
+    assert [s.item_id for s in beauty.sequences["1"]] == ["10", "11", "12"]
+    assert beauty.sequences["1"][1].ts - beauty.sequences["1"][0].ts == 86_400
+    assert "a5 a7" in beauty.item_text["10"] and beauty.item_text["11"] == "product 11"
+    (tmp_path / "log.jsonl").write_text('{"user": "u", "item": "x", "timestamp": 2}\n{"user": "u", "item": "y", "timestamp": 1, "type": "purchase"}\n')
+    (tmp_path / "items.csv").write_text("id,text\nx,a blue kettle\n")
+    generic = load_sequences("generic", tmp_path / "log.jsonl", items_path=tmp_path / "items.csv")
+    assert [(s.item_id, s.type) for s in generic.sequences["u"]] == [("y", "purchase"), ("x", "view")]
+    assert generic.item_text == {"x": "a blue kettle", "y": "item y"}
+
+
+@pytest.mark.parametrize(
+    ("body", "message"),
+    [
+        ("user,item,timestamp\nu,x,soon\n", ":2: needs user, item and a numeric timestamp"),
+        ("user,item,timestamp,type\nu,x,1,view\nu,y,2,like\n", ":3: unknown event type"),
+    ],
+)
+def test_bad_generic_rows_name_their_line(tmp_path: Path, body: str, message: str) -> None:
+    (tmp_path / "log.csv").write_text(body)
+    with pytest.raises(ValueError, match=message):
+        load_sequences("generic", tmp_path / "log.csv")
+
+
+def test_missing_files_say_what_layout_is_expected(tmp_path: Path) -> None:
+    with pytest.raises(FileNotFoundError, match="ratings.csv"):
+        load_sequences("movielens", tmp_path)
+
+
+class _Fixed:
+    """Scores a planted rank for each target (rank r: r-1 unseen items score higher)."""
+
+    name = "fixed"
+
+    def __init__(self, ranks: list[int], n_items: int) -> None:
+        self.ranks, self.n_items = ranks, n_items
+
+    def fit(self, train, items) -> None:
+        pass
+
+    def score(self, histories):
+        scores = np.zeros((len(histories), self.n_items), dtype=np.float32)
+        for row, rank in enumerate(self.ranks[: len(histories)]):
+            scores[row, 1 : 1 + rank - 1] = 2.0  # better than the target (column 0)
+            scores[row, 0] = 1.0
+            scores[row, 1 + rank - 1 :] = 0.0
+        self.ranks = self.ranks[len(histories) :]
+        return scores
+
+
+def test_metrics_match_a_hand_computation() -> None:
+    items = [f"i{n}" for n in range(40)]
+    cases = [(f"u{n}", [], Step("i0", "view", 0.0)) for n in range(3)]
+    metrics = evaluate(_Fixed([1, 3, 20], 40), cases, items)
+    assert metrics.hr_at_10 == pytest.approx(2 / 3)
+    assert metrics.ndcg_at_10 == pytest.approx((1.0 + 1 / math.log2(4)) / 3)
+    assert metrics.mrr == pytest.approx((1 + 1 / 3 + 1 / 20) / 3)
+
+
+def test_history_is_excluded_but_not_the_target() -> None:
+    items = ["a", "b", "c"]
+    model = _Fixed([3], 3)  # b and c score above the target a
+    seen = [Step("b", "view", 0.0), Step("c", "view", 1.0), Step("a", "view", 2.0)]
+    assert evaluate(model, [("u", seen, Step("a", "view", 3.0))], items).hr_at_10 == 1.0
+    assert evaluate(_Fixed([3], 3), [("u", seen, Step("a", "view", 3.0))], items).mrr == 1.0
+
+
+def test_split_and_baselines_on_a_toy_dataset(tmp_path: Path) -> None:
+    lines = ["user,item,timestamp"] + [f"u{u},{i},{t}" for u in range(6) for t, i in enumerate("abcd")]
+    lines += [f"long{u},{i},{t}" for u in range(3) for t, i in enumerate("abcdef")]  # trains b -> c
+    (tmp_path / "log.csv").write_text("\n".join(lines) + "\nshort,a,0\n")
+    data = load_sequences("generic", tmp_path / "log.csv")
+    split = leave_one_out(data)
+    assert len(split.test) == 9 and split.train["short"] == data.sequences["short"]
+    assert [s.item_id for s in split.train["u0"]] == ["a", "b"] and split.valid[0][2].item_id == "c"
+    for model in (MarkovModel(), ItemCooccurrenceModel(window=1)):
+        model.fit(split.train, split.items)
+        assert evaluate(model, split.valid, split.items).mrr == 1.0  # after b comes c
+
+
+@pytest.mark.skipif(not (SHARED / "ml-latest-small").is_dir(), reason="shared MovieLens copy not present")
+def test_real_movielens_counts() -> None:
+    data = load_sequences("movielens", SHARED / "ml-latest-small")
+    assert data.description["n_users"] == 610 and data.description["n_events"] == 100_836
