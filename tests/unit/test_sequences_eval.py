@@ -107,7 +107,7 @@ def test_split_and_baselines_on_a_toy_dataset(tmp_path: Path) -> None:
     data = load_sequences("generic", tmp_path / "log.csv")
     split = leave_one_out(data)
     assert len(split.test) == 9 and split.train["short"] == data.sequences["short"]
-    assert [s.item_id for s in split.train["u0"]] == ["a", "b"] and split.valid[0][2].item_id == "c"
+    assert [s.item_id for s in split.train["u0"]] == ["a", "b"] and dict((u, t) for u, _, t in split.valid)["u0"].item_id == "c"
     for model in (MarkovModel(), ItemCooccurrenceModel(window=1)):
         model.fit(split.train, split.items)
         assert evaluate(model, split.valid, split.items).mrr == 1.0  # after b comes c
