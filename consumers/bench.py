@@ -1,7 +1,8 @@
 """`streamrec bench`: throughput and latency of the core the workers run (no broker involved).
 
-Prints a table and writes JSON: catalogue embedding (items/s), and the event -> list pipeline
-(learn, retrieve from Qdrant Edge, score, top-K) per micro-batch size.
+Prints a table and writes JSON: catalogue embedding (items/s), the event -> list pipeline
+(learn, retrieve from Qdrant Edge, score, top-K) per micro-batch size, and the ranker's
+scoring throughput (candidates per second at batch 1 and 256).
 """
 
 from __future__ import annotations
@@ -13,10 +14,15 @@ import time
 from pathlib import Path
 
 import numpy as np
+import torch
 
 from streamrec.models.pipeline import Pipeline
+from streamrec.models.ranker import Ranker, RankerConfig, Step
 from streamrec.models.recommender import UserBatch
+from streamrec.models.scoring import ScoringBatch
+from streamrec.models.serving import RankerScorer
 from streamrec.models.state import UserState
+from streamrec.models.store import Manifest
 from streamrec.models.synthetic import SyntheticWorld
 from streamrec.stream.settings import Settings
 
@@ -30,6 +36,39 @@ def _group(events: list) -> dict[str, list]:
     for event in events:
         by_user.setdefault(event.user_id, []).append(event)
     return by_user
+
+
+def ranker_scoring(device: str = "cpu", candidates: int = 100, repeats: int = 20) -> list[dict]:
+    """Candidates scored per second by the default-size ranker (user tower + item tower + score)."""
+    config = RankerConfig()
+    model = Ranker(config).to(device).eval()
+    rows = []
+    for users in (1, 256):
+        text = torch.nn.functional.normalize(torch.randn(users, candidates, config.text_dim), dim=-1)
+        ids = [[f"item-{u}-{c}" for c in range(candidates)] for u in range(users)]
+        history = [[Step(f"item-{u}-{n}", "view", T0 + 60.0 * n) for n in range(config.max_len)] for u in range(users)]
+        vectors = {step.item_id: text[0, 0].numpy() for steps in history for step in steps}
+        scorer = RankerScorer(model, _bench_manifest(config), device)
+        timings = []
+        for _ in range(repeats + 2):
+            begin = time.perf_counter()
+            user_vectors = scorer.user_vectors(history, vectors)
+            scorer.score(ScoringBatch(
+                history=torch.zeros(users, 1, config.text_dim), history_weights=torch.ones(users, 1),
+                candidates=text, candidate_mask=torch.ones(users, candidates, dtype=torch.bool),
+                candidate_ids=ids, user_vectors=user_vectors,
+            ))
+            timings.append(time.perf_counter() - begin)
+        per_batch = float(np.median(timings[2:]))
+        rows.append({"users_per_batch": users, "candidates_per_user": candidates,
+                     "batch_ms": round(per_batch * 1000, 2),
+                     "candidates_per_s": round(users * candidates / per_batch)})
+    return rows
+
+
+def _bench_manifest(config: RankerConfig) -> Manifest:
+    return Manifest(version="bench", parent=None, created_at="1970-01-01T00:00:00+00:00", kind="ranker",
+                    config=config.to_dict(), sha256="0" * 64, shapes={}, data={}, metrics={})
 
 
 def run_bench(n_items: int, n_users: int, events_per_size: int, out: Path | None) -> dict:
@@ -74,6 +113,7 @@ def run_bench(n_items: int, n_users: int, events_per_size: int, out: Path | None
                 }
             )
         pipeline.close()
+        results["ranker_scoring"] = ranker_scoring(results["device"])
     finally:
         shutil.rmtree(work, ignore_errors=True)
     _print(results)
@@ -90,3 +130,8 @@ def _print(results: dict) -> None:
     print(f"\n{'batch':>6} {'events/s':>10} {'p50 ms':>8} {'p99 ms':>8}")
     for row in results["batches"]:
         print(f"{row['batch_size']:>6} {row['events_per_s']:>10} {row['batch_p50_ms']:>8} {row['batch_p99_ms']:>8}")
+
+    print(f"\nranker scoring ({results['device']}, default size, {results['ranker_scoring'][0]['candidates_per_user']} candidates per user):")
+    print(f"{'users':>6} {'batch ms':>9} {'candidates/s':>13}")
+    for row in results["ranker_scoring"]:
+        print(f"{row['users_per_batch']:>6} {row['batch_ms']:>9} {row['candidates_per_s']:>13}")
