@@ -8,6 +8,7 @@ everything cleanly at the end or on Ctrl-C and prints throughput and latency fig
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import os
 import shutil
 import signal
@@ -15,6 +16,7 @@ import subprocess
 import sys
 import time
 import urllib.request
+from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -81,6 +83,25 @@ async def _wait_for_worker(
     raise RuntimeError(f"the worker did not index the catalogue within {WORKER_READY_TIMEOUT_S}s; see {log}")
 
 
+@contextlib.contextmanager
+def _ctrl_c_event() -> Iterator[asyncio.Event]:
+    """An event set by Ctrl-C, so the stream stops the way its end does (drain, close the
+    clients) rather than by cancelling whatever await happens to be running."""
+    stop = asyncio.Event()
+    loop = asyncio.get_running_loop()
+
+    def interrupt() -> None:
+        if not stop.is_set():
+            _say("\ninterrupted; stopping ...")
+        stop.set()
+
+    loop.add_signal_handler(signal.SIGINT, interrupt)
+    try:
+        yield stop
+    finally:
+        loop.remove_signal_handler(signal.SIGINT)
+
+
 async def _stream(
     settings: Settings,
     world: SyntheticWorld,
@@ -90,90 +111,65 @@ async def _stream(
     rate: float,
     stats: DemoStats,
 ) -> None:
-    # Ctrl-C stops the stream the way its end does (drain, close the clients), rather than
-    # cancelling whatever await happens to be running.
-    stop = asyncio.Event()
+    with _ctrl_c_event() as stop:
+        await ensure_topics(settings)
+        titles = {item.item_id: (item.attributes or {}).get("title", item.item_id) for item in world.items(0.0)}
+        async with EventProducer(settings) as producer:
+            items = world.items(ts=time.time())
+            await send_items(producer, items)
+            _say(f"produced a catalogue of {len(items)} items; waiting for the worker to embed them ...")
+            await _wait_for_worker(worker, settings.metrics_port, len(items), worker_log, stop)
+            if stop.is_set():
+                return
+            stats.worker_ready_s = time.monotonic() - stats.started
+            _say(f"worker ready after {stats.worker_ready_s:.1f}s; streaming events for {duration_s:.0f}s at {rate:.0f}/s\n")
 
-    def interrupt() -> None:
-        if not stop.is_set():
-            _say("\ninterrupted; stopping ...")
-        stop.set()
+            reader = await open_reader(settings, settings.topics.recommendations, from_beginning=True)
+            last_print = 0.0
+            last_arrival = time.monotonic()
 
-    asyncio.get_running_loop().add_signal_handler(signal.SIGINT, interrupt)
-    try:
-        await _stream_until(settings, world, worker, worker_log, duration_s, rate, stats, stop)
-    finally:
-        asyncio.get_running_loop().remove_signal_handler(signal.SIGINT)
+            async def read_loop() -> None:
+                nonlocal last_print, last_arrival
+                while True:
+                    batches = await reader.getmany(timeout_ms=200)
+                    for records in batches.values():
+                        for record in records:
+                            rec = Recommendation.model_validate_json(record.value)
+                            now = time.monotonic()
+                            last_arrival = now
+                            stats.recommendations += 1
+                            stats.latencies_ms.append(rec.latency_ms)
+                            if stats.first_recommendation_s is None:
+                                stats.first_recommendation_s = now - stats.started
+                            if stats.recommendations <= PRINT_FIRST or now - last_print >= PRINT_EVERY_S:
+                                last_print = now
+                                likes = ", ".join(sorted(world.favourite_categories(rec.user_id)))
+                                _say(f"[likes {likes}] " + format_recommendation(rec, titles))
 
-
-async def _stream_until(
-    settings: Settings,
-    world: SyntheticWorld,
-    worker: subprocess.Popen,
-    worker_log: Path,
-    duration_s: float,
-    rate: float,
-    stats: DemoStats,
-    stop: asyncio.Event,
-) -> None:
-    await ensure_topics(settings)
-    titles = {item.item_id: (item.attributes or {}).get("title", item.item_id) for item in world.items(0.0)}
-    async with EventProducer(settings) as producer:
-        items = world.items(ts=time.time())
-        await send_items(producer, items)
-        _say(f"produced a catalogue of {len(items)} items; waiting for the worker to embed them ...")
-        await _wait_for_worker(worker, settings.metrics_port, len(items), worker_log, stop)
-        if stop.is_set():
-            return
-        stats.worker_ready_s = time.monotonic() - stats.started
-        _say(f"worker ready after {stats.worker_ready_s:.1f}s; streaming events for {duration_s:.0f}s at {rate:.0f}/s\n")
-
-        reader = await open_reader(settings, settings.topics.recommendations, from_beginning=True)
-        last_print = 0.0
-        last_arrival = time.monotonic()
-
-        async def read_loop() -> None:
-            nonlocal last_print, last_arrival
-            while True:
-                batches = await reader.getmany(timeout_ms=200)
-                for records in batches.values():
-                    for record in records:
-                        rec = Recommendation.model_validate_json(record.value)
-                        now = time.monotonic()
-                        last_arrival = now
-                        stats.recommendations += 1
-                        stats.latencies_ms.append(rec.latency_ms)
-                        if stats.first_recommendation_s is None:
-                            stats.first_recommendation_s = now - stats.started
-                        if stats.recommendations <= PRINT_FIRST or now - last_print >= PRINT_EVERY_S:
-                            last_print = now
-                            likes = ", ".join(sorted(world.favourite_categories(rec.user_id)))
-                            _say(f"[likes {likes}] " + format_recommendation(rec, titles))
-
-        reading = asyncio.create_task(read_loop())
-        try:
-            n_events = max(1, int(duration_s * rate))
-            events = world.events(n_events, start_ts=time.time(), rate_per_s=rate)
-            deadline = time.monotonic() + duration_s
-            stats.produced = await send_paced(
-                producer,
-                events,
-                rate,
-                retime=True,
-                progress=False,
-                should_stop=lambda: stop.is_set() or time.monotonic() > deadline,
-            )
-            drain_until = time.monotonic() + DRAIN_MAX_S
-            while (
-                not stop.is_set()
-                and time.monotonic() < drain_until
-                and time.monotonic() - last_arrival < DRAIN_IDLE_S
-            ):
-                await asyncio.sleep(0.2)
-        finally:
-            reading.cancel()
-            await asyncio.gather(reading, return_exceptions=True)
-            await asyncio.wait_for(reader.stop(), CLOSE_TIMEOUT_S)
+            reading = asyncio.create_task(read_loop())
+            try:
+                n_events = max(1, int(duration_s * rate))
+                events = world.events(n_events, start_ts=time.time(), rate_per_s=rate)
+                deadline = time.monotonic() + duration_s
+                stats.produced = await send_paced(
+                    producer,
+                    events,
+                    rate,
+                    retime=True,
+                    progress=False,
+                    should_stop=lambda: stop.is_set() or time.monotonic() > deadline,
+                )
+                drain_until = time.monotonic() + DRAIN_MAX_S
+                while (
+                    not stop.is_set()
+                    and time.monotonic() < drain_until
+                    and time.monotonic() - last_arrival < DRAIN_IDLE_S
+                ):
+                    await asyncio.sleep(0.2)
+            finally:
+                reading.cancel()
+                await asyncio.gather(reading, return_exceptions=True)
+                await asyncio.wait_for(reader.stop(), CLOSE_TIMEOUT_S)
 
 
 def _stop(process: subprocess.Popen) -> None:

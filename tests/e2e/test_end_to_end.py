@@ -24,7 +24,7 @@ import pytest
 from streamrec.consumers.feed import open_reader
 from streamrec.models.synthetic import SyntheticWorld
 from streamrec.stream.broker import free_port
-from streamrec.stream.messages import DeadLetter, Event, Recommendation
+from streamrec.stream.messages import DeadLetter, Event, Item, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
@@ -105,6 +105,23 @@ async def group_offsets(settings: Settings) -> dict[str, tuple[int | None, int]]
         await consumer.stop()
 
 
+async def index_catalogue(
+    producer: EventProducer, settings: Settings, world: SyntheticWorld, process: subprocess.Popen, log_path: Path
+) -> list[Item]:
+    """Produce the world's catalogue and wait until the worker has indexed all of it."""
+    items = world.items(ts=time.time())
+    for item in items:
+        await producer.send_item(item)
+    await producer.flush()
+
+    def ready() -> bool:
+        assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+        return metric_sum(scrape(settings.metrics_port), "streamrec_items_indexed_total") >= len(items)
+
+    await wait_until(ready, WORKER_READY_S, "the worker to index the catalogue")
+    return items
+
+
 def bad_messages(now: float) -> list[tuple[bytes, str]]:
     """(raw value, the DLQ reason it must get), each unique so it can be found in the DLQ."""
     good = {"user_id": "u-bad", "item_id": "i-bad", "type": "view", "ts": now}
@@ -171,16 +188,7 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
     async with EventProducer(settings) as producer, \
             TopicCollector(settings, settings.topics.recommendations) as recs, \
             TopicCollector(settings, settings.topics.dlq) as dlq:
-        items = world.items(ts=time.time())
-        for item in items:
-            await producer.send_item(item)
-        await producer.flush()
-
-        def ready() -> bool:
-            assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
-            return metric_sum(scrape(settings.metrics_port), "streamrec_items_indexed_total") >= len(items)
-
-        await wait_until(ready, WORKER_READY_S, "the worker to index the catalogue")
+        items = await index_catalogue(producer, settings, world, process, log_path)
 
         # A live stream of valid events, interleaved with bad messages.
         now = time.time()

@@ -26,10 +26,8 @@ from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
 from tests.e2e.test_end_to_end import (
     OUTPUT_WAIT_S,
-    WORKER_READY_S,
     TopicCollector,
-    metric_sum,
-    scrape,
+    index_catalogue,
     start_worker,
     wait_until,
 )
@@ -63,16 +61,7 @@ async def test_worker_serves_the_newest_checkpoint(settings: Settings, tmp_path:
     try:
         async with EventProducer(settings) as producer, \
                 TopicCollector(settings, settings.topics.recommendations) as recs:
-            items = world.items(ts=time.time())
-            for item in items:
-                await producer.send_item(item)
-            await producer.flush()
-
-            def ready() -> bool:
-                assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
-                return metric_sum(scrape(settings.metrics_port), "streamrec_items_indexed_total") >= len(items)
-
-            await wait_until(ready, WORKER_READY_S, "the worker to index the catalogue")
+            await index_catalogue(producer, settings, world, process, log_path)
             now = time.time()
             events = [e.model_copy(update={"ts": now + n * 0.001}) for n, e in enumerate(world.events(60, start_ts=now))]
             for event in events:
