@@ -55,7 +55,7 @@ class RankerConfig:
     max_len: int = 50  # L: most recent events the user tower reads
     layers: int = 2  # transformer blocks in the user tower
     heads: int = 2  # attention heads per block (dim must divide by it)
-    dropout: float = 0.3  # dropout on embeddings, attention and MLP while training
+    dropout: float = 0.5  # dropout on embeddings, attention and MLP while training
     id_buckets: int = 1 << 15  # rows of each of the two hashed id tables (0 = no id embedding)
     gap_buckets: int = 32  # log2-spaced buckets of the seconds since the previous event
 
