@@ -8,6 +8,8 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 
+from faust.types import TP
+
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.pipeline import Pipeline
 from streamrec.stream.settings import Settings
@@ -35,11 +37,56 @@ def _transport_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Tr
         def _new_consumer_thread(self) -> ConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+        def _new_offset(self, tp: TP) -> int | None:
+            # Faust commits past one never-acked message at the head of a partition (its
+            # `min(acked) - committed > 1` check); around a rebalance, a message fetched
+            # before the seek to committed offsets can be dropped that way, unprocessed.
+            # Refuse that commit and read the partition again from the committed offset.
+            committed = self._committed_offset[tp]
+            rewind = head_gap(self._acked[tp], committed, self._rewound.get(tp))
+            if rewind is not None:
+                log.warning(
+                    "offset %s of %s was never processed; reading again from there", rewind, tp
+                )
+                self._rewound[tp] = rewind
+                self._thread.seek(tp, rewind)
+                self._read_offset[tp] = rewind or None
+                return None
+            return super()._new_offset(tp)
+
+        @property
+        def _rewound(self) -> dict[TP, int]:
+            # committed offset -> already rewound to it once (set lazily: Faust's __init__ is long)
+            if not hasattr(self, "_rewound_offsets"):
+                self._rewound_offsets: dict[TP, int] = {}
+            return self._rewound_offsets
+
     class Transport(faust_aiokafka.Transport):
         pass
 
     Transport.Consumer = Consumer
     return Transport
+
+
+def head_gap(acked: list[int], committed: int | None, rewound_to: int | None) -> int | None:
+    """The offset to read a partition again from, when a commit would skip an unprocessed one.
+
+    `committed` is the next offset to read (Kafka's meaning); `acked` the offsets processed
+    since. If the lowest acked offset lies beyond `committed`, the message at `committed` was
+    never processed: the partition is read again from there. Once only per committed offset:
+    if it still does not show up, the offset does not exist (compaction, transaction marker)
+    and Faust's own rule applies.
+
+    >>> head_gap([11, 12], committed=10, rewound_to=None)
+    10
+    >>> head_gap([10, 11], committed=10, rewound_to=None) is None
+    True
+    >>> head_gap([11, 12], committed=10, rewound_to=10) is None
+    True
+    """
+    if not acked or committed is None or min(acked) <= committed or rewound_to == committed:
+        return None
+    return committed
 
 
 class StreamrecApp(faust.App):
