@@ -6,12 +6,12 @@ Agents stay a few lines each: read, call a handler, produce what it returns.
 from __future__ import annotations
 
 import time
-from collections.abc import Container, Iterable, Sequence
+from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.pipeline import Pipeline
-from streamrec.models.recommender import UserBatch
+from streamrec.models.recommender import OnlineOutcome, UserBatch
 from streamrec.models.state import UserState
 from streamrec.stream.messages import DeadLetter, Event, Item, Recommendation
 from streamrec.stream.settings import Settings
@@ -93,6 +93,8 @@ class RecommendHandler:
         self.settings = settings
         self.pipeline = pipeline
         self.metrics = metrics
+        # Also told every batch's online outcomes (the canary judge listens here).
+        self.on_outcomes: Callable[[Sequence[OnlineOutcome]], None] | None = None
 
     def handle(
         self, events: Sequence[Event], states: dict[str, UserState | None]
@@ -114,10 +116,12 @@ class RecommendHandler:
             for user_id, user_events in by_user.items()
         ]
         recommender = self.pipeline.recommender
-        recommender.learn(batch)
+        outcomes = recommender.learn(batch)
         learned = time.perf_counter()
         ranked = recommender.recommend([user.state for user in batch])
+        recommender.remember_served(batch, ranked)
         ranked_at = time.perf_counter()
+        self.observe_online(outcomes)
         self.metrics.stage_latency.labels(stage="state").observe(learned - started)
         self.metrics.stage_latency.labels(stage="rank").observe(ranked_at - learned)
         self.metrics.batch_size.labels(agent="recommend").observe(len(events))
@@ -129,13 +133,25 @@ class RecommendHandler:
                 Recommendation(
                     user_id=ranked_list.user_id,
                     items=ranked_list.items,
-                    model_version=recommender.model_version,
+                    model_version=ranked_list.model_version,
                     trigger_event_id=trigger.event_id,
                     generated_at=generated_at,
                     latency_ms=round(max(0.0, generated_at - trigger.ts) * 1000.0, 3),
                 )
             )
         return messages, {user.state.user_id: user.state for user in batch}
+
+    def observe_online(self, outcomes: Sequence[OnlineOutcome]) -> None:
+        """Count live hits per version; the arm says whether it was a canary's."""
+        canary = self.pipeline.recommender.canary
+        canary_version = canary.scorer.version if canary is not None else None
+        for outcome in outcomes:
+            arm = "canary" if outcome.model_version == canary_version else "main"
+            self.metrics.online_events.labels(model_version=outcome.model_version, arm=arm).inc()
+            if outcome.hit:
+                self.metrics.online_hits.labels(model_version=outcome.model_version, arm=arm).inc()
+        if self.on_outcomes is not None and outcomes:
+            self.on_outcomes(outcomes)
 
     def observe_published(self, messages: Sequence[Recommendation]) -> None:
         """Record end-to-end latency (event ts -> on the topic) once the lists are produced."""

@@ -71,13 +71,54 @@ class WorkerMetrics:
             ["agent"],
             registry=r,
         )
+        self.model_updates = Counter(
+            "streamrec_model_updates_total",
+            "Messages read from model-updates, by action and outcome (swapped, unchanged, refused)"
+            " and, when refused, the reason.",
+            ["action", "outcome", "reason"],
+            registry=r,
+        )
+        self.model_swaps = Counter(
+            "streamrec_model_swaps_total", "Model versions swapped in while serving.", registry=r
+        )
+        self.model_swap_seconds = Histogram(
+            "streamrec_model_swap_seconds",
+            "Loading, verifying and building retrieval vectors for a new version (off the serving path).",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.model_update_delay = Histogram(
+            "streamrec_model_update_delay_seconds",
+            "A version's creation (created_at) -> serving in this worker.",
+            buckets=LATENCY_BUCKETS_S,
+            registry=r,
+        )
+        self.model_created = Gauge(
+            "streamrec_model_created_timestamp_seconds",
+            "When the serving version was created (its age is time() minus this).",
+            registry=r,
+        )
+        self.online_events = Counter(
+            "streamrec_online_events_total",
+            "Events of users who had been served a list, by the version that ranked it.",
+            ["model_version", "arm"],
+            registry=r,
+        )
+        self.online_hits = Counter(
+            "streamrec_online_hits_total",
+            "Those events whose item was in that list (hit-rate@K = hits / events).",
+            ["model_version", "arm"],
+            registry=r,
+        )
         self.dedup_size = Gauge(
             "streamrec_dedup_ids", "Event ids remembered for de-duplication.", registry=r
         )
 
-    def set_model_version(self, version: str) -> None:
+    def set_model_version(self, version: str, created_at: float | None = None) -> None:
         self.model_info.clear()
         self.model_info.labels(version=version).set(1)
+        if created_at is not None:
+            self.model_created.set(created_at)
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)

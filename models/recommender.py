@@ -10,6 +10,7 @@ reason per item. No Faust, no Kafka: state comes in and goes out as plain object
 from __future__ import annotations
 
 import enum
+import hashlib
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -60,11 +61,38 @@ class UserBatch:
 
 @dataclass
 class RankedList:
-    """The top-K list for one user, and the newest event that triggered it."""
+    """The top-K list for one user, the newest event that triggered it, the model that ranked it."""
 
     user_id: str
     items: list[RecommendedItem]
     trigger: Event | None
+    model_version: str = ""
+
+
+@dataclass(frozen=True)
+class OnlineOutcome:
+    """Test-then-learn, live: was an event's item in the last list served to its user?"""
+
+    model_version: str  # the version that ranked that list
+    hit: bool
+
+
+@dataclass(frozen=True)
+class Canary:
+    """A second scorer served to a fixed share of users, chosen by a stable hash of the id."""
+
+    scorer: Scorer
+    fraction: float  # 0..1 share of users
+
+    def serves(self, user_id: str) -> bool:
+        """Stable across processes and restarts (blake2b, not Python's salted `hash`).
+
+        >>> canary = Canary(scorer=None, fraction=0.5)  # type: ignore[arg-type]
+        >>> canary.serves("u1") == canary.serves("u1"), Canary(None, 0.0).serves("u1")  # type: ignore[arg-type]
+        (True, False)
+        """
+        digest = hashlib.blake2b(user_id.encode(), digest_size=8).digest()
+        return int.from_bytes(digest, "big") / 2**64 < self.fraction
 
 
 @dataclass
@@ -105,6 +133,7 @@ class Recommender:
         self.scorer = scorer
         self.trending = trending
         self.config = config or RecommenderConfig()
+        self.canary: Canary | None = None
 
     @property
     def model_version(self) -> str:
@@ -113,16 +142,28 @@ class Recommender:
     @property
     def sequence_scorer(self) -> SequenceScorer | None:
         """The scorer, when it brings a user tower and a retrieval index (the ranker)."""
-        if getattr(self.scorer, "retrieval", None) is not None:
-            return self.scorer  # type: ignore[return-value]
-        return None
+        return _sequence_scorer(self.scorer)
 
-    def learn(self, users: Sequence[UserBatch]) -> None:
-        """Apply every new event to its user's state and to the trending counts."""
+    def scorer_for(self, user_id: str) -> Scorer:
+        """The canary's scorer for the users in its share, else the main one."""
+        canary = self.canary
+        return canary.scorer if canary is not None and canary.serves(user_id) else self.scorer
+
+    def learn(self, users: Sequence[UserBatch]) -> list[OnlineOutcome]:
+        """Apply every new event to its user's state and to the trending counts.
+
+        Before an event is learned, it is checked against the last list served to its user:
+        the outcomes are the live hit-rate of each model version.
+        """
+        outcomes = []
         for user in users:
             for event in user.events:
-                user.state.learn(event)
+                state = user.state
+                if state.served_version is not None:
+                    outcomes.append(OnlineOutcome(state.served_version, event.item_id in state.served))
+                state.learn(event)
                 self.trending.learn(event.item_id, event.ts, EVENT_WEIGHTS[event.type])
+        return outcomes
 
     def process_batch(self, users: Sequence[UserBatch]) -> list[RankedList]:
         """Learn the batch's events, then rank for every user in it (one list per user)."""
@@ -130,24 +171,45 @@ class Recommender:
         ranked = self.recommend([user.state for user in users])
         for ranked_list, user in zip(ranked, users):
             ranked_list.trigger = user.events[-1] if user.events else None
+        self.remember_served(users, ranked)
         return ranked
 
+    @staticmethod
+    def remember_served(users: Sequence[UserBatch], ranked: Sequence[RankedList]) -> None:
+        """Record each published list in its user's state (for the online hit-rate)."""
+        for user, ranked_list in zip(users, ranked):
+            user.state.serve(ranked_list.model_version, [item.item_id for item in ranked_list.items])
+
     def recommend(self, states: Sequence[UserState]) -> list[RankedList]:
-        """Top-K lists for the given users as they are now (no learning)."""
-        profiles, text = self._profiles(states)
-        users = self._user_vectors(profiles, text)
-        candidates = self._retrieve(states, profiles, users)
+        """Top-K lists for the given users as they are now (no learning); one scoring pass
+        per model version served (two while a canary runs)."""
+        arms: dict[int, tuple[Scorer, list[int]]] = {}
+        for row, state in enumerate(states):
+            scorer = self.scorer_for(state.user_id)
+            arms.setdefault(id(scorer), (scorer, []))[1].append(row)
+        ranked: list[RankedList | None] = [None] * len(states)
+        for scorer, rows in arms.values():
+            for row, ranked_list in zip(rows, self._recommend_with(scorer, [states[r] for r in rows])):
+                ranked[row] = ranked_list
+        return [ranked_list for ranked_list in ranked if ranked_list is not None]
+
+    def _recommend_with(self, scorer: Scorer, states: Sequence[UserState]) -> list[RankedList]:
+        profiles, text = self._profiles(states, scorer)
+        users = self._user_vectors(profiles, text, scorer)
+        candidates = self._retrieve(states, profiles, users, scorer)
         return [
-            RankedList(state.user_id, items, None)
-            for state, items in zip(states, self._rank(states, profiles, candidates, users))
+            RankedList(state.user_id, items, None, scorer.version)
+            for state, items in zip(states, self._rank(states, profiles, candidates, users, scorer))
         ]
 
     # --- stages -----------------------------------------------------------------------
-    def _profiles(self, states: Sequence[UserState]) -> tuple[list[_Profile], dict[str, np.ndarray]]:
+    def _profiles(
+        self, states: Sequence[UserState], scorer: Scorer
+    ) -> tuple[list[_Profile], dict[str, np.ndarray]]:
         """Fetch the vectors of every user's recent items in one index call."""
         cfg = self.config
-        scorer = self.sequence_scorer
-        sequence_length = scorer.history_length if scorer is not None else 0
+        sequence_scorer = _sequence_scorer(scorer)
+        sequence_length = sequence_scorer.history_length if sequence_scorer is not None else 0
         events_per_user = [list(state.recent)[-sequence_length:] if sequence_length else [] for state in states]
         recent_per_user = []
         for state in states:
@@ -182,10 +244,10 @@ class Recommender:
         return profiles, {item_id: item.vector for item_id, item in known.items()}
 
     def _user_vectors(
-        self, profiles: Sequence[_Profile], text: dict[str, np.ndarray]
+        self, profiles: Sequence[_Profile], text: dict[str, np.ndarray], scorer: Scorer
     ) -> torch.Tensor | None:
         """The sequence scorer's user vectors (B, D'), one pass for the batch; None without one."""
-        scorer = self.sequence_scorer
+        scorer = _sequence_scorer(scorer)
         if scorer is None:
             return None
         return scorer.user_vectors([profile.events for profile in profiles], text)
@@ -195,12 +257,13 @@ class Recommender:
         states: Sequence[UserState],
         profiles: Sequence[_Profile],
         users: torch.Tensor | None,
+        scorer: Scorer,
     ) -> list[Candidates]:
         """Candidates per user: text neighbours of recent items, the user vector's nearest
         items (the ranker's retrieval index, else the text index), and trending items."""
         cfg = self.config
         limit = max(cfg.neighbours_per_item, cfg.k)  # enough to fill a list
-        scorer = self.sequence_scorer
+        scorer = _sequence_scorer(scorer)
         queries: list[np.ndarray] = []  # each (D,)
         owners: list[int] = []
         model_rows = [row for row, profile in enumerate(profiles) if profile.history and scorer]
@@ -275,6 +338,7 @@ class Recommender:
         profiles: Sequence[_Profile],
         candidates: Sequence[Candidates],
         users: torch.Tensor | None,
+        scorer: Scorer,
     ) -> list[list[RecommendedItem]]:
         cfg = self.config
         warm = [row for row, profile in enumerate(profiles) if profile.history]
@@ -299,7 +363,7 @@ class Recommender:
             [candidates[row] for row in warm],
             users[warm] if users is not None else None,
         )
-        scores = self.scorer.score(batch)  # (B, C)
+        scores = scorer.score(batch)  # (B, C)
         # For the reason: which history item each candidate is most like.
         similarity = torch.einsum("bcd,bld->bcl", batch.candidates, batch.history)  # (B, C, L)
         similarity = similarity.masked_fill(batch.history_weights[:, None, :] <= 0, -2.0)
@@ -321,6 +385,13 @@ class Recommender:
                 ranked.append(RecommendedItem(item_id=item_id, score=round(score, 6), reason=reason))
             lists[row] = ranked
         return lists
+
+
+def _sequence_scorer(scorer: Scorer) -> SequenceScorer | None:
+    """The scorer, when it brings a user tower and a retrieval index (the ranker)."""
+    if getattr(scorer, "retrieval", None) is not None:
+        return scorer  # type: ignore[return-value]
+    return None
 
 
 def _user_vector(profile: _Profile) -> np.ndarray:

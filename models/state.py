@@ -18,6 +18,7 @@ from __future__ import annotations
 
 import math
 from collections import OrderedDict, deque
+from collections.abc import Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -76,6 +77,8 @@ class UserState:
         self._rates = {kind: _DecayedRate() for kind in EVENT_TYPES}
         self._last_ts: float | None = None
         self.out_of_order = 0
+        self.served: tuple[str, ...] = ()  # item ids of the last list served to this user
+        self.served_version: str | None = None  # the model version that ranked that list
 
     # --- learning ----------------------------------------------------------------------
     def learn(self, event: Event) -> None:
@@ -94,6 +97,11 @@ class UserState:
             self._consumed.popitem(last=False)
         self._counts[event.type] = self._counts.get(event.type, 0) + 1
         self._rates[event.type].update(event.ts)
+
+    def serve(self, model_version: str, item_ids: Sequence[str]) -> None:
+        """Remember the list just served, to check the user's next events against it."""
+        self.served = tuple(item_ids)
+        self.served_version = model_version
 
     # --- reading -----------------------------------------------------------------------
     @property
@@ -156,6 +164,7 @@ class UserState:
             "rates": {k: [r.mass, r.ts] for k, r in self._rates.items()},
             "last_ts": self._last_ts,
             "out_of_order": self.out_of_order,
+            "served": [self.served_version, list(self.served)],
         }
 
     @classmethod
@@ -180,6 +189,9 @@ class UserState:
                 state._rates[str(kind)] = _DecayedRate(float(mass), None if ts is None else float(ts))
             state._last_ts = None if data["last_ts"] is None else float(data["last_ts"])
             state.out_of_order = int(data.get("out_of_order", 0))
+            served_version, served = data.get("served") or (None, [])
+            if served_version is not None:
+                state.serve(str(served_version), [str(item_id) for item_id in served])
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed user state: {exc!r}") from exc
         return state
