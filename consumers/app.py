@@ -7,7 +7,6 @@ from typing import Any
 
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
-
 from faust.types import TP
 
 from streamrec.consumers.metrics import WorkerMetrics

@@ -149,7 +149,9 @@ def load_ranker(manifest: Manifest, tensors: Mapping[str, torch.Tensor]) -> Rank
         ranker = Ranker(config)
         ranker.load_state_dict(dict(tensors), strict=True)
     except (ValueError, TypeError, RuntimeError) as exc:
-        raise ModelStoreError(f"checkpoint {manifest.version} does not fit the ranker: {exc}") from exc
+        raise ModelStoreError(
+            f"checkpoint {manifest.version} does not fit the ranker: {exc}", reason="config"
+        ) from exc
     return ranker.eval()
 
 
@@ -178,7 +180,8 @@ def open_scorer(
     if ranker.config.text_dim != text_index.dim:
         raise ModelStoreError(
             f"checkpoint {manifest.version} reads {ranker.config.text_dim}-d text vectors, "
-            f"the item index holds {text_index.dim}-d ones (another text encoder?)"
+            f"the item index holds {text_index.dim}-d ones (another text encoder?)",
+            reason="config",
         )
     scorer = RankerScorer(ranker, manifest, device)
     retrieval = open_retrieval(retrieval_name(collection, manifest.version), ranker.config.dim)

@@ -52,7 +52,14 @@ _SHA256 = re.compile(r"^[0-9a-f]{64}$")
 
 
 class ModelStoreError(Exception):
-    """A checkpoint that cannot be trusted or found; the message says why."""
+    """A checkpoint that cannot be trusted or found; the message says why, `reason` in a word.
+
+    Reasons: checksum, non_finite, shape, config, corrupt, unknown_version, unreadable.
+    """
+
+    def __init__(self, message: str, reason: str = "unreadable") -> None:
+        super().__init__(message)
+        self.reason = reason
 
 
 @dataclass(frozen=True)
@@ -260,12 +267,15 @@ class DirectoryModelStore:
         actual = hashlib.sha256(payload).hexdigest()
         if actual != manifest.sha256:
             raise ModelStoreError(
-                f"{version}: weights sha256 mismatch: manifest {manifest.sha256}, file {actual}"
+                f"{version}: weights sha256 mismatch: manifest {manifest.sha256}, file {actual}",
+                reason="checksum",
             )
         try:
             tensors = load_safetensors(payload)
         except (SafetensorError, ValueError, RuntimeError, TypeError) as exc:
-            raise ModelStoreError(f"{version}: weights file is corrupt: {exc}") from None
+            raise ModelStoreError(
+                f"{version}: weights file is corrupt: {exc}", reason="corrupt"
+            ) from None
         _check_tensors(version, manifest, tensors)
         return manifest, tensors
 
@@ -297,7 +307,8 @@ class DirectoryModelStore:
         directory = self.root / version
         if not plain or not directory.is_dir():
             raise ModelStoreError(
-                f"unknown version {version!r} in {self.root}; {self._available()}"
+                f"unknown version {version!r} in {self.root}; {self._available()}",
+                reason="unknown_version",
             )
         return directory
 
@@ -315,18 +326,22 @@ def _check_tensors(version: str, manifest: Manifest, tensors: Mapping[str, torch
         missing = sorted(set(manifest.shapes) - set(tensors))
         extra = sorted(set(tensors) - set(manifest.shapes))
         raise ModelStoreError(
-            f"{version}: tensor names differ from manifest: missing {missing}, unexpected {extra}"
+            f"{version}: tensor names differ from manifest: missing {missing}, unexpected {extra}",
+            reason="shape",
         )
     for name, tensor in tensors.items():
         if list(tensor.shape) != manifest.shapes[name]:
             raise ModelStoreError(
                 f"{version}: tensor {name!r} has shape {list(tensor.shape)},"
-                f" manifest says {manifest.shapes[name]}"
+                f" manifest says {manifest.shapes[name]}",
+                reason="shape",
             )
         if (tensor.is_floating_point() or tensor.is_complex()) and not bool(
             torch.isfinite(tensor).all()
         ):
-            raise ModelStoreError(f"{version}: tensor {name!r} contains NaN or Inf")
+            raise ModelStoreError(
+                f"{version}: tensor {name!r} contains NaN or Inf", reason="non_finite"
+            )
 
 
 def _write_synced(path: Path, payload: bytes) -> None:

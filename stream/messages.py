@@ -72,15 +72,25 @@ class Recommendation(_Message):
     latency_ms: float = Field(description="generated_at - trigger event ts, in milliseconds")
 
 
+ModelAction = Literal["publish", "pin", "unpin", "rollback", "canary", "promote"]
+
+
 class ModelUpdate(_Message):
-    """A new model version is ready (`model-updates` topic)."""
+    """A model version to serve (`model-updates` topic; every worker reads every message).
+
+    `action` says why: `publish` (a new version, served unless a version is pinned), `pin` and
+    `rollback` (serve this version until `unpin`), `unpin` (serve the newest again; `version`
+    names it), `canary` (serve this version to a share of users first), `promote` (the canary
+    becomes the version everyone gets). Every message names a whole, verifiable version.
+    """
 
     version: str
-    uri: str
-    sha256: str = Field(pattern=r"^[0-9a-f]{64}$")
+    uri: str = Field(description="where the checkpoint lives, e.g. file:///models/<version>")
+    sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the safetensors weights file")
     parent_version: str | None = None
     metrics: dict[str, float] = Field(default_factory=dict)
-    created_at: float
+    created_at: float = Field(description="unix seconds when the version was created")
+    action: ModelAction = "publish"
 
 
 class DeadLetter(_Message):
