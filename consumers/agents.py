@@ -18,9 +18,10 @@ from streamrec.consumers.handlers import (
     dead_letter,
 )
 from streamrec.consumers.metrics import CONTENT_TYPE, WorkerMetrics
+from streamrec.consumers.model_updates import ModelSwapper, follow_model_updates
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.state import UserState
-from streamrec.stream.messages import DeadLetter, Event
+from streamrec.stream.messages import DeadLetter, Event, ModelUpdate
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import Rejection
 
@@ -49,6 +50,7 @@ def register_agents(
     items_topic = raw_topic(topics.items)
     recommendations_topic = raw_topic(topics.recommendations)
     dlq_topic = raw_topic(topics.dlq)
+    model_updates_topic = raw_topic(topics.model_updates)
 
     # use_partitioner=True: writes inside stream.take() go to the key's partition
     # (faust-streaming issue 497); keys are user ids, as on events.by-user; values are
@@ -65,6 +67,26 @@ def register_agents(
     validator = ingest_handler.validator
     recommend_handler = RecommendHandler(settings, pipeline, metrics)
     catalog_handler = CatalogHandler(settings, metrics)
+
+    async def publish_model_update(update: ModelUpdate) -> None:
+        await model_updates_topic.send(value=update.to_bytes())
+
+    swapper = ModelSwapper(settings, pipeline, metrics, publish=publish_model_update)
+    recommend_handler.on_outcomes = swapper.observe
+
+    @app.task
+    async def model_updates() -> None:
+        """Follow `model-updates` (a broadcast: every worker reads every message)."""
+        delay = 1.0
+        while True:
+            try:
+                await follow_model_updates(settings, swapper)
+            except asyncio.CancelledError:
+                raise
+            except Exception:  # broker away, topic missing: keep serving, try again
+                log.exception("following model-updates failed; retrying in %.0f s", delay)
+                await asyncio.sleep(delay)
+                delay = min(delay * 2, 30.0)
 
     async def send_dead_letter(letter: DeadLetter) -> None:
         await dlq_topic.send(value=letter.to_bytes())
@@ -143,7 +165,8 @@ def register_agents(
             started = time.perf_counter()
             indexed = await asyncio.to_thread(pipeline.catalog.embed, items)
             embedded = time.perf_counter()
-            pipeline.store_items(indexed)
+            async with swapper.catalog_lock:  # not while a version's vectors are being built
+                pipeline.store_items(indexed)
             metrics.stage_latency.labels(stage="embed").observe(embedded - started)
             metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
             metrics.batch_size.labels(agent="catalog").observe(len(items))
@@ -155,7 +178,14 @@ def register_agents(
 
     class HealthView(View):
         async def get(self, request: Request) -> Response:
-            return self.json({"status": "ok", "model_version": pipeline.recommender.model_version})
+            canary = pipeline.recommender.canary
+            return self.json(
+                {
+                    "status": "ok",
+                    "model_version": pipeline.recommender.model_version,
+                    "canary_version": canary.scorer.version if canary is not None else None,
+                }
+            )
 
     app.page("/metrics")(MetricsView)
     app.page("/healthz")(HealthView)

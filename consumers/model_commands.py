@@ -1,4 +1,8 @@
-"""`streamrec model list|show VERSION`: look into the model store without loading any weights.
+"""`streamrec model ...`: look into the model store, and tell every worker what to serve.
+
+`list` and `show VERSION` read the store without loading any weights. `publish`, `pin`,
+`unpin`, `rollback`, `canary` and `promote` send one message to `model-updates`, which every
+worker reads (and a restarted worker replays), so the decision reaches all of them.
 
 >>> import argparse
 >>> parser = argparse.ArgumentParser(prog="streamrec")
@@ -12,9 +16,12 @@ from __future__ import annotations
 
 import argparse
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
+
+if TYPE_CHECKING:
+    from streamrec.stream.messages import ModelUpdate
 
 PREFERRED_METRICS = ("hr@10", "ndcg@10")  # shown first when present: the offline headline
 MAX_METRICS = 3  # a table row stays readable
@@ -36,6 +43,22 @@ def add_model_parser(sub: argparse._SubParsersAction) -> None:
     show = commands.add_parser("show", help="print one checkpoint's manifest as JSON")
     show.add_argument("version")
     show.set_defaults(func=cmd_model_show)
+    for action, text in (
+        ("publish", "serve VERSION (unless a version is pinned)"),
+        ("pin", "serve VERSION everywhere and ignore new versions until `unpin`"),
+        ("canary", "serve VERSION to STREAMREC_CANARY_FRACTION of users first"),
+        ("promote", "serve VERSION to everyone (ends a canary)"),
+    ):
+        command = commands.add_parser(action, help=text)
+        command.add_argument("version")
+        command.set_defaults(func=cmd_model_control, action=action)
+    unpin = commands.add_parser("unpin", help="follow new versions again (serves the newest)")
+    unpin.set_defaults(func=cmd_model_control, action="unpin", version=None)
+    rollback = commands.add_parser(
+        "rollback", help="pin the version served before the current one (or VERSION)"
+    )
+    rollback.add_argument("version", nargs="?", default=None)
+    rollback.set_defaults(func=cmd_model_control, action="rollback")
 
 
 def cmd_model_list(args: argparse.Namespace) -> int:
@@ -70,6 +93,64 @@ def cmd_model_show(args: argparse.Namespace) -> int:
         return 1
     print(manifest.to_json(), end="")
     return 0
+
+
+def cmd_model_control(args: argparse.Namespace) -> int:
+    """Send one control message to `model-updates` (needs STREAMREC_BROKER)."""
+    import asyncio
+
+    from streamrec.consumers.model_updates import read_history, update_for
+    from streamrec.models.store import DirectoryModelStore, ModelStoreError
+    from streamrec.stream.producer import EventProducer
+    from streamrec.stream.settings import Settings
+
+    settings = Settings()
+    store = DirectoryModelStore(_model_dir(args))
+
+    async def send() -> str:
+        version = args.version
+        if args.action == "unpin":
+            newest = store.latest()
+            if newest is None:
+                raise ModelStoreError(f"no checkpoint in {store.root}")
+            version = newest.version
+        elif args.action == "rollback" and version is None:
+            history = await read_history(settings)
+            version = previous_version(history)
+            if version is None:
+                raise ModelStoreError("nothing to roll back to: fewer than two versions were served")
+        update = update_for(store, version, args.action)
+        async with EventProducer(settings) as producer:
+            await producer.send_raw(settings.topics.model_updates, update.to_bytes())
+        return version
+
+    try:
+        version = asyncio.run(send())
+    except ModelStoreError as exc:
+        print(f"error: {exc}", file=sys.stderr)
+        return 1
+    print(f"{args.action} {version}: sent to {settings.topics.model_updates}")
+    return 0
+
+
+def previous_version(history: Sequence[ModelUpdate]) -> str | None:
+    """The main version served before the current one, by folding the topic's history.
+
+    >>> from streamrec.models.control import update
+    >>> previous_version([update("publish", "v1"), update("publish", "v2")])
+    'v1'
+    >>> previous_version([update("publish", "v1")]) is None
+    True
+    """
+    from streamrec.models.control import ModelControl
+
+    control = ModelControl()
+    served: list[str] = []
+    for message in history:
+        main = control.apply(message).main
+        if main is not None and (not served or served[-1] != main.version):
+            served.append(main.version)
+    return served[-2] if len(served) >= 2 else None
 
 
 def metrics_summary(metrics: Mapping[str, Any]) -> str:

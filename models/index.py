@@ -19,6 +19,7 @@ the same point; the item id and title travel in the payload.
 from __future__ import annotations
 
 import functools
+import shutil
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
 from dataclasses import dataclass
@@ -95,6 +96,10 @@ class ItemIndex(Protocol):
     def count(self) -> int: ...
 
     def close(self) -> None: ...
+
+    def drop(self) -> None:
+        """Close and delete the collection with all its data (an old version's vectors)."""
+        ...
 
 
 def _check_items(items: Sequence[IndexedItem], dim: int, distance: str) -> None:
@@ -325,6 +330,10 @@ class EdgeItemIndex(_QdrantIndex):
         self._shard.flush()
         self._shard.close()
 
+    def drop(self) -> None:
+        self._shard.close()
+        shutil.rmtree(self.path, ignore_errors=True)
+
 
 class ClientItemIndex(_QdrantIndex):
     """A Qdrant collection through `qdrant-client`: a server URL, `:memory:`, or `path:DIR`.
@@ -404,6 +413,10 @@ class ClientItemIndex(_QdrantIndex):
         return int(self._client.count(self.collection, exact=True).count)
 
     def close(self) -> None:
+        self._client.close()
+
+    def drop(self) -> None:
+        self._client.delete_collection(self.collection)
         self._client.close()
 
 

@@ -74,12 +74,17 @@ class Pipeline:
     def store_items(self, items: Sequence[IndexedItem]) -> None:
         """Write embedded catalogue items to the text index and the ranker's retrieval index."""
         self.index.upsert(items)
-        scorer = self.recommender.scorer
-        if isinstance(scorer, RankerScorer):
-            scorer.index_items(items)
+        for scorer in self.scorers():
+            if isinstance(scorer, RankerScorer):
+                scorer.index_items(items)
+
+    def scorers(self) -> list[Scorer]:
+        """The scorers serving now: the main one, and the canary's while one runs."""
+        canary = self.recommender.canary
+        return [self.recommender.scorer] + ([canary.scorer] if canary is not None else [])
 
     def close(self) -> None:
-        scorer = self.recommender.scorer
-        if isinstance(scorer, RankerScorer) and scorer.retrieval is not None:
-            scorer.retrieval.close()
+        for scorer in self.scorers():
+            if isinstance(scorer, RankerScorer) and scorer.retrieval is not None:
+                scorer.retrieval.close()
         self.index.close()

@@ -107,6 +107,23 @@ class Settings(BaseSettings):
     device: Literal["auto", "cpu", "cuda"] = "auto"  # torch device; auto = cuda when present
     table_store: str = "memory://"  # Faust table store (`rocksdb://` with rocksdict installed)
 
+    # --- model updates: hot swap and canary --------------------------------------------
+    canary_fraction: float = Field(0.0, ge=0, le=1)  # share of users a new version goes to first (0 = off)
+    canary_min_events: int = Field(200, ge=1)  # events per arm before a canary is judged
+    canary_margin: float = Field(0.0, ge=0, le=1)  # promote if canary hit-rate >= main's - this
+
+    # --- trainer sidecar ---------------------------------------------------------------
+    trainer_group: str | None = None  # its consumer group (default: <app_id>-trainer)
+    trainer_window_events: int = Field(20_000, ge=10)  # sliding window: at most this many events
+    trainer_window_s: float = Field(86_400.0, gt=0)  # ... and none older than this (event time, s)
+    trainer_every_events: int = Field(1_000, ge=1)  # fine-tune after this many new events ...
+    trainer_every_s: float = Field(60.0, gt=0)  # ... or this long (s), whichever comes first
+    trainer_min_events: int = Field(200, ge=2)  # no cycle with fewer events in the window
+    trainer_steps: int = Field(200, ge=1)  # optimiser steps per cycle (bounded work)
+    trainer_holdout: float = Field(0.2, gt=0, lt=1)  # newest share of the window kept for evaluation
+    trainer_margin: float = Field(0.0, ge=0, le=1)  # publish if candidate >= serving - this (hit-rate@K)
+    trainer_metrics_port: int = Field(6067, ge=0, le=65_535)  # the trainer's /metrics (0 = off)
+
     # --- operations --------------------------------------------------------------------
     metrics_port: int = Field(6066, ge=0, le=65_535)  # HTTP port of /metrics and /healthz
     metrics_host: str = "127.0.0.1"  # bind address of the HTTP endpoint
@@ -147,6 +164,10 @@ class Settings(BaseSettings):
     @property
     def resolved_model_dir(self) -> Path:
         return self.model_dir or self.data_dir / "models"
+
+    @property
+    def resolved_trainer_group(self) -> str:
+        return self.trainer_group or f"{self.app_id}-trainer"
 
     def kafka_client_options(self) -> dict[str, object]:
         """Security options for aiokafka clients (SASL/TLS passed through)."""

@@ -41,3 +41,6 @@ class BruteForceIndex:
 
     def close(self) -> None:
         pass
+
+    def drop(self) -> None:
+        self.items.clear()
