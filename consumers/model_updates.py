@@ -281,7 +281,7 @@ async def _catch_up(consumer: Any, tps: list[Any], on_invalid: Callable[[str], N
     """Messages up to the end offsets seen now (the history), in order per partition."""
     ends = await consumer.end_offsets(tps)
     history: list[ModelUpdate] = []
-    while any(await consumer.position(tp) < ends[tp] for tp in tps):
+    while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
         batch = await consumer.getmany(timeout_ms=500)
         for records in batch.values():
             history.extend(_parsed(records, on_invalid))

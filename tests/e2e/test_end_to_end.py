@@ -147,8 +147,9 @@ def e2e_settings(settings: Settings) -> Settings:
     )
 
 
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {
+def streamrec_env(settings: Settings) -> dict[str, str]:
+    """The environment a `streamrec` subprocess needs to reach this test's broker and files."""
+    return {
         **os.environ,
         "HF_HUB_OFFLINE": "1",
         "STREAMREC_BROKER": settings.broker,
@@ -160,6 +161,10 @@ def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
         "STREAMREC_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
         "STREAMREC_K": str(settings.k),
     }
+
+
+def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = streamrec_env(settings)
     with log_path.open("ab") as log:
         return subprocess.Popen(
             [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
