@@ -167,15 +167,23 @@ def open_scorer(
     open_retrieval: RetrievalOpener,
     collection: str,
     device: torch.device | str = "cpu",
+    expected_sha256: str | None = None,
 ) -> RankerScorer | None:
     """The checkpoint to serve (pinned `version`, else the newest), ready; None if none exists.
 
     A pinned version that is missing or fails verification is an error; so is the newest
-    one failing (serving silently on something else would hide the problem).
+    one failing (serving silently on something else would hide the problem). With
+    `expected_sha256` (from a `model-updates` message), the weights must be those.
     """
     if version is None and store.latest() is None:
         return None
     manifest, tensors = store.load(version)
+    if expected_sha256 is not None and manifest.sha256 != expected_sha256:
+        raise ModelStoreError(
+            f"{manifest.version}: the update names weights {expected_sha256[:12]}..., "
+            f"the store holds {manifest.sha256[:12]}...",
+            reason="checksum",
+        )
     ranker = load_ranker(manifest, tensors)
     if ranker.config.text_dim != text_index.dim:
         raise ModelStoreError(
