@@ -60,6 +60,15 @@ def cmd_worker(args: argparse.Namespace) -> int:
     return 0
 
 
+# --- trainer ---------------------------------------------------------------------------
+def cmd_trainer(args: argparse.Namespace) -> int:
+    from streamrec.consumers.trainer import run_trainer
+
+    settings = _settings()
+    _logging(settings.log_level)
+    return run_trainer(settings)
+
+
 # --- produce ---------------------------------------------------------------------------
 def cmd_produce(args: argparse.Namespace) -> int:
     from streamrec.consumers.feed import produce_dataset, produce_synthetic
@@ -173,6 +182,11 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("worker", help="run a stream worker (ingest, recommend, catalog agents)")
     p.set_defaults(func=cmd_worker)
+
+    p = sub.add_parser(
+        "trainer", help="run the trainer sidecar: fine-tune on a sliding window, publish new versions"
+    )
+    p.set_defaults(func=cmd_trainer)
 
     p = sub.add_parser("produce", help="produce a catalogue and events (synthetic or a dataset)")
     p.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic")

@@ -49,6 +49,19 @@ def fuse(text_vector: np.ndarray, extra: Sequence[float] | None) -> np.ndarray:
     return (mixed / np.linalg.norm(mixed)).astype(np.float32)
 
 
+def embed_items(encoder: Encoder, items: Sequence[Item]) -> list[IndexedItem]:
+    """Items -> their text vectors (fused with any precomputed vector) and titles, in one
+    batched encoder pass. The worker's catalogue and the trainer both embed items here, so
+    the model trains on the very vectors it is served with."""
+    if not items:
+        return []
+    vectors = encoder.encode([item.text for item in items])  # (N, D)
+    return [
+        IndexedItem(item_id=item.item_id, vector=fuse(vector, item.vector), title=title_of(item))
+        for item, vector in zip(items, vectors)
+    ]
+
+
 class CatalogIndexer:
     """Embeds catalogue items and upserts them into the index."""
 
@@ -60,13 +73,7 @@ class CatalogIndexer:
 
     def embed(self, items: Sequence[Item]) -> list[IndexedItem]:
         """The slow, pure part: one batched encoder pass over the items' text."""
-        if not items:
-            return []
-        vectors = self.encoder.encode([item.text for item in items])  # (N, D)
-        return [
-            IndexedItem(item_id=item.item_id, vector=fuse(vector, item.vector), title=title_of(item))
-            for item, vector in zip(items, vectors)
-        ]
+        return embed_items(self.encoder, items)
 
     def upsert(self, items: Sequence[Item]) -> int:
         """Embed and store; returns how many items were written."""

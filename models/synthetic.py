@@ -84,6 +84,21 @@ class SyntheticWorld:
             for item_id, title, category, text in self._items
         ]
 
+    def switch_tastes(self, seed: int = 1) -> None:
+        """A planted change of taste: every user now favours categories they did not before.
+
+        >>> world = SyntheticWorld(seed=1, n_items=40, n_users=5, n_categories=4)
+        >>> before = {u: world.favourite_categories(u) for u in world.user_ids()}
+        >>> world.switch_tastes()
+        >>> all(not before[u] & world.favourite_categories(u) for u in world.user_ids())
+        True
+        """
+        rng = random.Random(f"{self.seed}-switch-{seed}")
+        names = [c.name for c in self.categories]
+        for user, old in self._tastes.items():
+            fresh = [name for name in names if name not in old] or names
+            self._tastes[user] = frozenset(rng.sample(fresh, min(len(old), len(fresh))))
+
     def user_ids(self) -> list[str]:
         return list(self._tastes)
 

@@ -166,7 +166,11 @@ def train_ranker(
             figures.update({f"valid_{k}": float(v) for k, v in validate(model).items()})
         figures["seconds"] = round(time.perf_counter() - started, 2)
         result.epochs.append(figures)
-        log.info("epoch %s", {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()})
+        log.log(
+            logging.INFO if progress else logging.DEBUG,  # quiet for the trainer's short cycles
+            "epoch %s",
+            {k: round(v, 4) if isinstance(v, float) else v for k, v in figures.items()},
+        )
         if progress:
             print(" ".join(f"{k}={v:.4f}" if isinstance(v, float) else f"{k}={v}" for k, v in figures.items()), flush=True)
         value = figures.get(f"valid_{config.monitor}", -figures["loss"])
