@@ -1,0 +1,130 @@
+"""End to end: the trainer sidecar follows a change of taste and the worker serves its versions.
+
+Real broker, real worker, real trainer (subprocesses). Users of a synthetic shop switch
+their favourite categories; the trainer fine-tunes from the served checkpoint on its window,
+publishes a version that is better on the newest events, the worker swaps it in, and the
+online hit-rate (was the next event's item in the list served before it?) of the new
+version beats the old version's after the switch.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import subprocess
+import sys
+import time
+from pathlib import Path
+
+import pytest
+
+from streamrec.models.store import DirectoryModelStore
+from streamrec.models.synthetic import SyntheticWorld
+from streamrec.stream.messages import Recommendation
+from streamrec.stream.producer import EventProducer
+from streamrec.stream.settings import Settings
+from streamrec.stream.topics import ensure_topics
+from tests.e2e.test_end_to_end import (
+    OUTPUT_WAIT_S,
+    TopicCollector,
+    index_catalogue,
+    scrape,
+    start_worker,
+    streamrec_env,
+    wait_until,
+)
+from tests.e2e.test_serving_checkpoint import _train_checkpoint
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
+CHUNK = 100  # events sent at once; the worker serves lists between chunks
+
+
+def _online(metrics: dict[str, float], version: str) -> tuple[float, float]:
+    """(events, hits) counted for lists ranked by `version`."""
+    events = sum(v for k, v in metrics.items() if k.startswith("streamrec_online_events_total{") and version in k)
+    hits = sum(v for k, v in metrics.items() if k.startswith("streamrec_online_hits_total{") and version in k)
+    return events, hits
+
+
+async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: Path) -> None:
+    from streamrec.stream.broker import free_port
+
+    settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
+    world = SyntheticWorld(seed=5, n_items=60, n_users=20, n_categories=3)
+    store = DirectoryModelStore(settings.resolved_model_dir)
+    v1 = _train_checkpoint(world, store)
+    await ensure_topics(settings)
+    trainer_port = free_port()
+    trainer_env = {
+        **streamrec_env(settings),
+        "STREAMREC_TRAINER_METRICS_PORT": str(trainer_port),
+        "STREAMREC_TRAINER_WINDOW_EVENTS": "800",
+        "STREAMREC_TRAINER_EVERY_EVENTS": "400",
+        "STREAMREC_TRAINER_EVERY_S": "5",
+        "STREAMREC_TRAINER_MIN_EVENTS": "300",
+        "STREAMREC_TRAINER_STEPS": "150",
+        "STREAMREC_TRAINER_HOLDOUT": "0.25",
+    }
+    log_path, trainer_log = tmp_path / "worker.log", tmp_path / "trainer.log"
+    worker = start_worker(settings, log_path)
+    with trainer_log.open("ab") as out:
+        trainer = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.consumers.cli", "trainer"],
+            env=trainer_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    stream = iter(range(10, 10_000))
+    try:
+        async with EventProducer(settings) as producer, \
+                TopicCollector(settings, settings.topics.recommendations) as recs:
+            await index_catalogue(producer, settings, world, worker, log_path)
+
+            async def send_chunks(n_chunks: int) -> None:
+                for _ in range(n_chunks):
+                    assert worker.poll() is None and trainer.poll() is None, trainer_log.read_text()[-3000:]
+                    now = time.time()
+                    for event in world.events(CHUNK, start_ts=now, rate_per_s=200, stream=next(stream)):
+                        await producer.send_event(event)
+                    await producer.flush()
+                    await asyncio.sleep(1.0)
+
+            await send_chunks(3)  # the old tastes, served by v1
+            at_switch = scrape(settings.metrics_port)
+            world.switch_tastes()
+            swaps = lambda: scrape(settings.metrics_port).get("streamrec_model_swaps_total", 0.0)  # noqa: E731
+            deadline = time.monotonic() + 240
+            while swaps() < 1 and time.monotonic() < deadline:
+                await send_chunks(1)
+            assert swaps() >= 1, trainer_log.read_text()[-3000:]
+            at_swap = scrape(settings.metrics_port)
+            await send_chunks(6)  # the new tastes, served by the trainer's version
+            await wait_until(lambda: len(recs.values) > 0, OUTPUT_WAIT_S, "lists")
+            final = scrape(settings.metrics_port)
+            trainer_metrics = scrape(trainer_port)
+    finally:
+        for process in (worker, trainer):
+            process.terminate()
+        for process in (worker, trainer):
+            try:
+                process.wait(timeout=30)
+            except subprocess.TimeoutExpired:
+                process.kill()
+
+    published = [m for m in store.list() if m.version != v1]
+    assert published and published[0].parent == v1, [m.parent for m in published]
+    assert published[0].data["source"] == "trainer" and "hr@5" in published[0].metrics
+    assert trainer_metrics.get('streamrec_trainer_cycles_total{outcome="published"}', 0) >= 1
+    assert trainer_metrics.get("streamrec_trainer_steps_total", 0) >= 150
+
+    lists = [Recommendation.model_validate_json(v) for v in recs.values]
+    served = {r.model_version for r in lists[-50:]}
+    assert served <= {m.version for m in published}, served  # the newest lists: trainer versions
+
+    # After the switch: the old version's lists vs the new versions' lists.
+    old_events, old_hits = (a - b for a, b in zip(_online(at_swap, v1), _online(at_switch, v1)))
+    new = [_online(final, m.version) for m in published]
+    new_events, new_hits = sum(e for e, _ in new), sum(h for _, h in new)
+    assert old_events > 0 and new_events >= 200, (old_events, new_events)
+    old_rate, new_rate = old_hits / old_events, new_hits / new_events
+    print(f"online hit-rate@5 after the switch: {v1} {old_rate:.3f} ({old_events:.0f} events), "
+          f"trainer versions {new_rate:.3f} ({new_events:.0f} events)")
+    assert new_rate > 5 / 60  # better than a random list of 5 of the 60 items
+    assert new_rate > old_rate
