@@ -47,6 +47,7 @@ test-e2e: setup
 ## bench: core pipeline throughput and latency (prints a table, writes .streamrec/bench.json)
 bench: setup
 	$(VENV)/bin/streamrec bench --out .streamrec/bench.json
+	$(VENV)/bin/streamrec bench-trainer --out .streamrec/bench-trainer.json
 
 ## schemas: regenerate stream/schemas/*.json from the pydantic models
 schemas: setup

@@ -132,6 +132,14 @@ def cmd_bench(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_bench_trainer(args: argparse.Namespace) -> int:
+    from streamrec.consumers.bench_trainer import run_bench_trainer
+
+    _logging("WARNING")
+    run_bench_trainer(args.out)
+    return 0
+
+
 # --- schema ----------------------------------------------------------------------------
 def schema_dir() -> Path:
     import streamrec.stream
@@ -219,6 +227,10 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--events", type=int, default=2048, help="events per batch size")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     p.set_defaults(func=cmd_bench)
+
+    p = sub.add_parser("bench-trainer", help="a fine-tuning cycle and a hot swap with the default model")
+    p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.set_defaults(func=cmd_bench_trainer)
 
     add_model_parser(sub)
     add_offline_parsers(sub)
