@@ -22,7 +22,7 @@ from typing import Any
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.control import CanaryJudge, ModelControl, ServingPlan, Target
 from streamrec.models.device import select_device
-from streamrec.models.index import open_index
+from streamrec.models.index import ItemIndex, open_index
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.recommender import Canary, OnlineOutcome, Recommender
 from streamrec.models.scoring import Scorer
@@ -54,6 +54,7 @@ class ModelSwapper:
         self.catalog_lock = asyncio.Lock()
         self.judge: CanaryJudge | None = None
         self._swapping = asyncio.Lock()
+        self._cleanups: set[asyncio.Future[None]] = set()
 
     @property
     def recommender(self) -> Recommender:
@@ -179,11 +180,22 @@ class ModelSwapper:
         if scorer is self.recommender.scorer or (canary is not None and scorer is canary.scorer):
             return
         retrieval = getattr(scorer, "retrieval", None)
-        if retrieval is not None:
-            try:
-                retrieval.drop()
-            except Exception:  # never let clean-up break serving
-                log.exception("could not drop the retrieval vectors of %s", scorer.version)
+        if retrieval is not None:  # deleting 10k vectors takes a moment: not on the event loop
+            task = asyncio.ensure_future(asyncio.to_thread(_drop, retrieval, scorer.version))
+            self._cleanups.add(task)
+            task.add_done_callback(self._cleanups.discard)
+
+    async def drain(self) -> None:
+        """Wait for clean-ups still running (tests, shutdown)."""
+        while self._cleanups:
+            await asyncio.gather(*list(self._cleanups))
+
+
+def _drop(retrieval: ItemIndex, version: str) -> None:
+    try:
+        retrieval.drop()
+    except Exception:  # never let clean-up break serving
+        log.exception("could not drop the retrieval vectors of %s", version)
 
 
 def update_for(

@@ -71,6 +71,7 @@ async def test_canary_is_promoted_and_the_old_version_retired(tmp_path: Path) ->
         assert sent[0].metrics["canary_hit_rate"] == 0.5 and sent[0].metrics["main_hit_rate"] == 0.25
 
         await swapper.on_update(sent[0])  # as read back from model-updates
+        await swapper.drain()
         assert recommender.model_version == v2 and recommender.canary is None
         assert not retrieval_v1.exists()  # the old version's vectors are freed
         assert {r.model_version for r in recommender.recommend([u.state for u in users[:10]])} == {v2}
