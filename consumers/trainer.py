@@ -14,6 +14,7 @@ import logging
 import time
 from typing import Any
 
+import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from streamrec.consumers.metrics import LATENCY_BUCKETS_S
@@ -94,6 +95,8 @@ class TrainerService:
 
     def __init__(self, settings: Settings) -> None:
         self.settings = settings
+        if settings.trainer_threads:  # a sidecar must not starve the workers beside it
+            torch.set_num_threads(settings.trainer_threads)
         self.device = select_device(settings.device)
         self.encoder = TextEncoder(settings.encoder_path, device=str(self.device), batch_size=settings.encoder_batch_size)
         self.store = DirectoryModelStore(settings.resolved_model_dir)

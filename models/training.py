@@ -17,7 +17,7 @@ import copy
 import logging
 import math
 import time
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import asdict, dataclass, field, replace
 from typing import Any
 
@@ -66,6 +66,7 @@ class TrainResult:
     steps: int = 0
     seconds: float = 0.0
     examples: int = 0
+    loss: float | None = None  # weighted mean over every step (`train_steps`)
 
 
 @dataclass
@@ -117,50 +118,14 @@ def train_ranker(
     progress: bool = True,
 ) -> TrainResult:
     """Train `model` in place; with `validate`, keep the best epoch and stop early."""
-    from tqdm import tqdm
-
-    if len(windows) == 0:
-        raise ValueError("no training windows: every sequence has fewer than two known events")
-    torch.manual_seed(config.seed)
-    generator = torch.Generator().manual_seed(config.seed)
-    model.to(device)
-    text, ids = table.text.to(device), table.ids.to(device)
-    type_weights = _TYPE_WEIGHTS.to(device)
-    n_items = len(table)
-    targets = windows.rows[:, 1:]
-    popularity = torch.bincount(targets[targets >= 0], minlength=n_items).float()  # (N,)
-    popularity = (popularity / popularity.sum()).to(device)
-    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
     result = TrainResult(examples=len(windows))
     best_state: dict[str, torch.Tensor] | None = None
     best_value = -math.inf
     stale = 0
     started = time.perf_counter()
-    lengths = (windows.rows >= 0).sum(dim=1)  # (E,)
-    for epoch in range(1, config.epochs + 1):
-        model.train()
-        batches = _length_bucketed_batches(lengths, config.batch_size, generator)
-        total_loss, total_weight = 0.0, 0.0
-        bar = tqdm(batches, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
-        for step, chosen in enumerate(bar):
-            negatives = torch.randint(n_items, (config.negatives,), generator=generator)
-            loss, weight = _step_loss(
-                model, text, ids, popularity, type_weights,
-                windows.rows[chosen].to(device), windows.types[chosen].to(device),
-                windows.gaps[chosen].to(device), negatives.to(device), device,
-            )
-            optimizer.zero_grad(set_to_none=True)
-            loss.backward()
-            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
-            optimizer.step()
-            result.steps += 1
-            total_loss += float(loss.detach()) * weight
-            total_weight += weight
-            if step % 20 == 0:
-                bar.set_postfix(loss=f"{total_loss / max(total_weight, 1e-9):.3f}")
-            if config.max_steps is not None and result.steps >= config.max_steps:
-                break
-        figures: dict[str, float] = {"epoch": epoch, "loss": total_loss / max(total_weight, 1e-9)}
+    for epoch in _epochs(model, table, windows, config, device, progress):
+        figures: dict[str, float] = {"epoch": epoch.number, "loss": epoch.loss}
+        result.steps = epoch.steps
         if validate is not None:
             model.eval()
             figures.update({f"valid_{k}": float(v) for k, v in validate(model).items()})
@@ -177,18 +142,102 @@ def train_ranker(
         if value > best_value:
             best_value, stale = value, 0
             best_state = copy.deepcopy(model.state_dict())
-            result.best_epoch, result.best_metrics = epoch, figures
+            result.best_epoch, result.best_metrics = epoch.number, figures
         else:
             stale += 1
             if stale >= config.patience:
                 break
-        if config.max_steps is not None and result.steps >= config.max_steps:
-            break
     if best_state is not None:
         model.load_state_dict(best_state)
     model.eval()
     result.seconds = round(time.perf_counter() - started, 2)
     return result
+
+
+def train_steps(
+    model: Ranker, table: ItemTable, windows: Windows, steps: int, config: TrainConfig, device: torch.device
+) -> TrainResult:
+    """Train `model` in place for `steps` optimiser steps and keep the last weights.
+
+    As many passes over `windows` as the steps take; no validation, no early stopping, no
+    going back to an earlier epoch (fine-tuning cycles: bounded work from given weights).
+    `config.epochs`, `patience`, `monitor` and `max_steps` do not apply; the rest does.
+    `loss` is the weighted mean over every step. Same data, config and seed: same weights.
+    """
+    if steps < 1:
+        raise ValueError(f"steps must be >= 1, got {steps}")
+    config = replace(config, epochs=steps, max_steps=steps)  # every epoch takes at least one step
+    result = TrainResult(examples=len(windows))
+    started = time.perf_counter()
+    total_loss = total_weight = 0.0
+    for epoch in _epochs(model, table, windows, config, device, progress=False):
+        result.epochs.append({"epoch": epoch.number, "loss": epoch.loss, "steps": epoch.steps})
+        result.steps = epoch.steps
+        total_loss += epoch.loss * epoch.weight
+        total_weight += epoch.weight
+    model.eval()
+    result.loss = total_loss / max(total_weight, 1e-9)
+    result.seconds = round(time.perf_counter() - started, 2)
+    return result
+
+
+@dataclass(frozen=True)
+class _Epoch:
+    number: int  # 1-based
+    loss: float  # weighted mean loss of the epoch's steps
+    weight: float  # total loss weight of the epoch's positions
+    steps: int  # steps so far, all epochs
+
+
+def _epochs(
+    model: Ranker, table: ItemTable, windows: Windows, config: TrainConfig, device: torch.device, progress: bool
+) -> Iterator[_Epoch]:
+    """Seed, then run epochs of shuffled batches (up to `config.max_steps`), one item each.
+
+    The caller may look at (validate, copy) the model between epochs, or stop early.
+    """
+    from tqdm import tqdm
+
+    if len(windows) == 0:
+        raise ValueError("no training windows: every sequence has fewer than two known events")
+    torch.manual_seed(config.seed)
+    generator = torch.Generator().manual_seed(config.seed)
+    model.to(device)
+    text, ids = table.text.to(device), table.ids.to(device)
+    type_weights = _TYPE_WEIGHTS.to(device)
+    n_items = len(table)
+    targets = windows.rows[:, 1:]
+    popularity = torch.bincount(targets[targets >= 0], minlength=n_items).float()  # (N,)
+    popularity = (popularity / popularity.sum()).to(device)
+    optimizer = torch.optim.AdamW(model.parameters(), lr=config.lr, weight_decay=config.weight_decay)
+    lengths = (windows.rows >= 0).sum(dim=1)  # (E,)
+    steps = 0
+    for epoch in range(1, config.epochs + 1):
+        model.train()
+        batches = _length_bucketed_batches(lengths, config.batch_size, generator)
+        total_loss, total_weight = 0.0, 0.0
+        bar = tqdm(batches, desc=f"epoch {epoch}", unit="step", disable=not progress, leave=False)
+        for step, chosen in enumerate(bar):
+            negatives = torch.randint(n_items, (config.negatives,), generator=generator)
+            loss, weight = _step_loss(
+                model, text, ids, popularity, type_weights,
+                windows.rows[chosen].to(device), windows.types[chosen].to(device),
+                windows.gaps[chosen].to(device), negatives.to(device), device,
+            )
+            optimizer.zero_grad(set_to_none=True)
+            loss.backward()
+            torch.nn.utils.clip_grad_norm_(model.parameters(), 5.0)
+            optimizer.step()
+            steps += 1
+            total_loss += float(loss.detach()) * weight
+            total_weight += weight
+            if step % 20 == 0:
+                bar.set_postfix(loss=f"{total_loss / max(total_weight, 1e-9):.3f}")
+            if config.max_steps is not None and steps >= config.max_steps:
+                break
+        yield _Epoch(epoch, total_loss / max(total_weight, 1e-9), total_weight, steps)
+        if config.max_steps is not None and steps >= config.max_steps:
+            return
 
 
 def _length_bucketed_batches(

@@ -123,6 +123,7 @@ class Settings(BaseSettings):
     trainer_holdout: float = Field(0.2, gt=0, lt=1)  # newest share of the window kept for evaluation
     trainer_margin: float = Field(0.0, ge=0, le=1)  # publish if candidate >= serving - this (hit-rate@K)
     trainer_metrics_port: int = Field(6067, ge=0, le=65_535)  # the trainer's /metrics (0 = off)
+    trainer_threads: int = Field(1, ge=0, le=256)  # torch threads of the trainer (0 = all cores)
 
     # --- operations --------------------------------------------------------------------
     metrics_port: int = Field(6066, ge=0, le=65_535)  # HTTP port of /metrics and /healthz

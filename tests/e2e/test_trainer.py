@@ -49,7 +49,7 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
     from streamrec.stream.broker import free_port
 
     settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
-    world = SyntheticWorld(seed=5, n_items=240, n_users=20, n_categories=3)
+    world = SyntheticWorld(seed=5, n_items=120, n_users=20, n_categories=3)
     store = DirectoryModelStore(settings.resolved_model_dir)
     v1 = _train_checkpoint(world, store)
     await ensure_topics(settings)
@@ -96,7 +96,7 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
             while swaps() < 1 and time.monotonic() < deadline:
                 await send_chunks(1)
             assert swaps() >= 1, trainer_log.read_text()[-3000:]
-            await send_chunks(6)  # the new tastes, served by the trainer's version
+            await send_chunks(10)  # the new tastes, served by the trainer's versions
             await wait_until(lambda: len(recs.values) > 0, OUTPUT_WAIT_S, "lists")
             final = scrape(settings.metrics_port)
             trainer_metrics = scrape(trainer_port)
@@ -116,6 +116,13 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
     assert trainer_metrics.get("streamrec_trainer_steps_total", 0) >= 150
 
     lists = [Recommendation.model_validate_json(v) for v in recs.values]
+    on_taste: dict[str, list[int]] = {}  # version -> [items in the user's new tastes, items]
+    for rec in lists:
+        counts = on_taste.setdefault(rec.model_version, [0, 0])
+        counts[0] += sum(world.category_of(i.item_id) in world.favourite_categories(rec.user_id) for i in rec.items)
+        counts[1] += len(rec.items)
+    print("share of listed items in the new tastes, by version:",
+          {v[-8:]: round(good / max(n, 1), 2) for v, (good, n) in on_taste.items()})
     served = {r.model_version for r in lists[-50:]}
     assert served <= {m.version for m in published}, served  # the newest lists: trainer versions
 
@@ -127,9 +134,10 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
     )
     new = [_online(final, m.version) for m in published]
     new_events, new_hits = sum(e for e, _ in new), sum(h for _, h in new)
-    assert first_events > 0 and new_events >= 200, (first_events, new_events)
+    assert first_events > 0 and new_events >= 500, (first_events, new_events)
     first_rate, new_rate = first_hits / first_events, new_hits / new_events
-    chance = settings.k / 240
+    chance = settings.k / 120
     print(f"online hit-rate@5: first chunk after the switch {first_rate:.3f} ({first_events:.0f} events), "
           f"trainer versions later {new_rate:.3f} ({new_events:.0f} events), a random list {chance:.3f}")
-    assert new_rate > 2 * chance and new_rate > first_rate
+    # ~1000 events: the standard error of a rate near 0.05 is ~0.007
+    assert new_rate > chance and new_rate > first_rate + 0.01
