@@ -132,8 +132,9 @@ class ContinualTrainer:
         table = ItemTable.from_vectors(
             items, np.stack([cycle.vectors[i] for i in items]), base.config.id_buckets
         )
-        candidate, report = fine_tune(base, table, cycle.events, self.config.finetune, self.device)
-        report.parent_version = version
+        candidate, report = fine_tune(
+            base, table, cycle.events, self.config.finetune, self.device, parent_version=version
+        )
         manifest = None
         if report.accepted:
             figures = report.to_dict()
