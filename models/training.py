@@ -46,8 +46,8 @@ class TrainConfig:
     batch_size: int = 128  # windows of L+1 events per step
     lr: float = 1e-3  # AdamW learning rate
     weight_decay: float = 0.01  # AdamW decoupled weight decay
-    negatives: int = 2048  # uniformly sampled negatives per step (plus in-batch ones)
-    patience: int = 8  # epochs without a better validation metric before stopping
+    negatives: int = 8192  # uniformly sampled negatives per step (plus in-batch ones)
+    patience: int = 12  # epochs without a better validation metric before stopping
     monitor: str = "ndcg@10"  # validation metric that early stopping watches (higher = better)
     seed: int = 0  # seeds shuffling, sampling, dropout and initialisation
     max_steps: int | None = None  # hard cap on steps (quick runs, fine-tuning cycles)
