@@ -19,7 +19,6 @@ from streamrec.models.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
-from streamrec.stream.topics import ensure_topics
 from tests.e2e.test_end_to_end import (
     OUTPUT_WAIT_S,
     TopicCollector,
@@ -29,7 +28,7 @@ from tests.e2e.test_end_to_end import (
     streamrec_env,
     wait_until,
 )
-from tests.e2e.test_serving_checkpoint import _train_checkpoint
+from tests.e2e.test_serving_checkpoint import with_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -59,13 +58,9 @@ def _cli(settings: Settings, *args: str) -> str:
 
 
 async def test_hot_swap_refusal_and_rollback(settings: Settings, tmp_path: Path) -> None:
-    from streamrec.stream.broker import free_port
 
-    settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
     world = SyntheticWorld(seed=5, n_items=60, n_users=10, n_categories=3)
-    store = DirectoryModelStore(settings.resolved_model_dir)
-    v1 = _train_checkpoint(world, store)
-    await ensure_topics(settings)
+    settings, store, v1 = await with_checkpoint(settings, world)
     log_path = tmp_path / "worker.log"
     process = start_worker(settings, log_path)
     metric = lambda name: scrape(settings.metrics_port).get(name, 0.0)  # noqa: E731

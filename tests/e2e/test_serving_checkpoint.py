@@ -49,6 +49,17 @@ def _train_checkpoint(world: SyntheticWorld, store: DirectoryModelStore) -> str:
     return manifest.version
 
 
+async def with_checkpoint(settings: Settings, world: SyntheticWorld) -> tuple[Settings, DirectoryModelStore, str]:
+    """Settings for one worker (own metrics port, K=5), a trained checkpoint in its store, topics made."""
+    from streamrec.stream.broker import free_port
+
+    settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
+    store = DirectoryModelStore(settings.resolved_model_dir)
+    version = _train_checkpoint(world, store)
+    await ensure_topics(settings)
+    return settings, store, version
+
+
 async def test_worker_serves_the_newest_checkpoint(settings: Settings, tmp_path: Path) -> None:
     from streamrec.stream.broker import free_port
 

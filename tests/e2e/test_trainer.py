@@ -17,12 +17,10 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.models.store import DirectoryModelStore
 from streamrec.models.synthetic import SyntheticWorld
 from streamrec.stream.messages import Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
-from streamrec.stream.topics import ensure_topics
 from tests.e2e.test_end_to_end import (
     OUTPUT_WAIT_S,
     TopicCollector,
@@ -32,7 +30,7 @@ from tests.e2e.test_end_to_end import (
     streamrec_env,
     wait_until,
 )
-from tests.e2e.test_serving_checkpoint import _train_checkpoint
+from tests.e2e.test_serving_checkpoint import with_checkpoint
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 CHUNK = 100  # events sent at once; the worker serves lists between chunks
@@ -48,11 +46,8 @@ def _online(metrics: dict[str, float], version: str) -> tuple[float, float]:
 async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: Path) -> None:
     from streamrec.stream.broker import free_port
 
-    settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
     world = SyntheticWorld(seed=5, n_items=120, n_users=20, n_categories=3)
-    store = DirectoryModelStore(settings.resolved_model_dir)
-    v1 = _train_checkpoint(world, store)
-    await ensure_topics(settings)
+    settings, store, v1 = await with_checkpoint(settings, world)
     trainer_port = free_port()
     trainer_env = {
         **streamrec_env(settings),
