@@ -3,8 +3,8 @@
 Real broker, real worker, real trainer (subprocesses). Users of a synthetic shop switch
 their favourite categories; the trainer fine-tunes from the served checkpoint on its window,
 publishes a version that is not worse on the newest events, the worker swaps it in, and the
-online hit-rate (was the next event's item in the list served before it?) recovers: right
-after the switch the lists miss, later the trainer's versions hit well above chance.
+online hit-rate (was the next event's item in the list served before it?) of its versions is
+well above chance, and the newest version's lists are mostly in the users' new tastes.
 """
 
 from __future__ import annotations
@@ -134,5 +134,8 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
     chance = settings.k / 120
     print(f"online hit-rate@5: first chunk after the switch {first_rate:.3f} ({first_events:.0f} events), "
           f"trainer versions later {new_rate:.3f} ({new_events:.0f} events), a random list {chance:.3f}")
-    # ~1000 events: the standard error of a rate near 0.05 is ~0.007
-    assert new_rate > chance and new_rate > first_rate + 0.01
+    # ~1000 events: the standard error of a rate near 0.08 is ~0.009 (the first chunk's, ~0.025)
+    assert new_rate > chance
+    newest = lists[-1].model_version  # later versions learned the new tastes: their lists show it
+    good, n = on_taste[newest]
+    assert good / n > 0.6, on_taste  # a list blind to tastes: ~1/3 (most users now like 1 of 3 categories)
