@@ -266,10 +266,14 @@ async def follow_model_updates(settings: Settings, swapper: ModelSwapper, ready:
 
 
 async def _open_consumer(settings: Settings) -> tuple[Any, list[Any]]:
-    """A group-less consumer assigned every partition of `model-updates`, at the beginning."""
+    return await open_broadcast_reader(settings, [settings.topics.model_updates])
+
+
+async def open_broadcast_reader(settings: Settings, topics: Sequence[str]) -> tuple[Any, list[Any]]:
+    """A group-less consumer assigned every partition of `topics`, at the beginning: every
+    process that opens one reads every message (workers and the trainer alike)."""
     from aiokafka import AIOKafkaConsumer, TopicPartition
 
-    topic = settings.topics.model_updates
     consumer = AIOKafkaConsumer(
         bootstrap_servers=settings.bootstrap_servers,
         group_id=None,
@@ -280,7 +284,7 @@ async def _open_consumer(settings: Settings) -> tuple[Any, list[Any]]:
     )
     await consumer.start()
     try:
-        tps = [TopicPartition(topic, p) for p in await _partitions(consumer, topic)]
+        tps = [TopicPartition(topic, p) for topic in topics for p in await _partitions(consumer, topic)]
         consumer.assign(tps)
         await consumer.seek_to_beginning(*tps)
     except BaseException:

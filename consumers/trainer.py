@@ -18,7 +18,7 @@ import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
 from streamrec.consumers.metrics import LATENCY_BUCKETS_S
-from streamrec.consumers.model_updates import update_for
+from streamrec.consumers.model_updates import open_broadcast_reader, update_for
 from streamrec.models.catalog import embed_items
 from streamrec.models.continual import ContinualConfig, ContinualTrainer, CycleOutcome
 from streamrec.models.control import ModelControl
@@ -121,11 +121,14 @@ class TrainerService:
             settings.topics.events, group_id=settings.resolved_trainer_group,
             auto_offset_reset="earliest", enable_auto_commit=True, **options,
         )
-        # The catalogue and the control messages: the whole history, no group (like a worker).
-        side = AIOKafkaConsumer(group_id=None, auto_offset_reset="earliest", enable_auto_commit=False, **options)
         async with EventProducer(settings) as producer:
             await events.start()
-            await side.start()
+            try:
+                # The catalogue and the control messages: the whole history, no group (like a worker).
+                side, _ = await open_broadcast_reader(settings, [settings.topics.items, settings.topics.model_updates])
+            except BaseException:
+                await events.stop()
+                raise
             try:
                 tasks = [
                     asyncio.ensure_future(self._read_events(events)),
@@ -163,18 +166,7 @@ class TrainerService:
                 self.metrics.window_events.set(len(self.core.window))
 
     async def _read_side(self, consumer: Any) -> None:
-        from aiokafka import TopicPartition
-
-        from streamrec.consumers.model_updates import _partitions
-
         topics = self.settings.topics
-        tps = [
-            TopicPartition(topic, p)
-            for topic in (topics.items, topics.model_updates)
-            for p in await _partitions(consumer, topic)
-        ]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
         while True:
             batch = await consumer.getmany(timeout_ms=1000, max_records=1000)
             items: list[Item] = []
