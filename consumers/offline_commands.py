@@ -14,12 +14,13 @@ import time
 from pathlib import Path
 from typing import Any
 
-DATASETS = ("movielens", "beauty", "generic")
+DATASETS = ("movielens", "beauty", "generic", "synthetic")
 
 
 def _add_dataset_arguments(p: argparse.ArgumentParser) -> None:
     p.add_argument("--dataset", choices=DATASETS, required=True)
-    p.add_argument("--path", type=Path, required=True, help="dataset directory (movielens, beauty) or file (generic)")
+    p.add_argument("--path", type=Path, default=None,
+                   help="dataset directory (movielens, beauty) or file (generic); synthetic needs none")
     p.add_argument("--items", type=Path, default=None, help="generic: item file (CSV/JSONL with id, text)")
     p.add_argument("--users-fraction", type=float, default=None, help="use a seeded sample of this share of users")
     p.add_argument("--seed", type=int, default=0)
@@ -28,6 +29,7 @@ def _add_dataset_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
+    from streamrec.consumers.prequential_command import add_prequential_arguments
     from streamrec.models.ranker import RankerConfig
     from streamrec.models.training import TrainConfig
 
@@ -52,11 +54,15 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
     p.add_argument("--out", type=Path, default=None, help="also write the report as JSON here")
     p.set_defaults(func=cmd_pretrain)
 
-    p = sub.add_parser("evaluate", help="rank held-out items with baselines and a checkpoint")
+    p = sub.add_parser(
+        "evaluate",
+        help="leave-one-out (baselines and a checkpoint) or prequential (the whole system, test-then-learn)",
+    )
     _add_dataset_arguments(p)
-    p.add_argument("--protocol", choices=["leave-one-out"], default="leave-one-out")
+    p.add_argument("--protocol", choices=["leave-one-out", "prequential"], default="leave-one-out")
     p.add_argument("--checkpoint", default=None, help="checkpoint version, or 'latest' (default: baselines only)")
     p.add_argument("--out", type=Path, default=None, help="write the results as JSON here")
+    add_prequential_arguments(p)
     p.set_defaults(func=cmd_evaluate)
 
 
@@ -77,7 +83,7 @@ def _context(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
 def _dataset(args: argparse.Namespace) -> Any:
     from streamrec.models.sequences import load_sequences
 
-    print(f"loading {args.dataset} from {args.path} ...", flush=True)
+    print(f"loading {args.dataset} from {args.path or 'the generator'} ...", flush=True)
     dataset = load_sequences(args.dataset, args.path, items_path=args.items, seed=args.seed)
     if args.users_fraction is not None:
         dataset = dataset.subset_users(args.users_fraction, args.seed)
@@ -138,7 +144,12 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     from streamrec.models.pretrain import load_for_evaluation
     from streamrec.models.store import ModelStoreError
 
-    settings, store, device, cache = _context(args)
+    context = _context(args)
+    if args.protocol == "prequential":
+        from streamrec.consumers.prequential_command import cmd_prequential
+
+        return cmd_prequential(args, context)
+    settings, store, device, cache = context
     try:
         dataset = _dataset(args)
         split = leave_one_out(dataset)

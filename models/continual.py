@@ -15,7 +15,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass, field, replace
 
 import numpy as np
 import torch
@@ -122,9 +122,11 @@ class ContinualTrainer:
         self.last_cycle_at = now
         return CycleInput(self.window.events(), dict(self.vectors), self.serving_version, now)
 
-    def run(self, cycle: CycleInput) -> CycleOutcome:
+    def run(self, cycle: CycleInput, steps: int | None = None) -> CycleOutcome:
         """Fine-tune from the served weights, evaluate, save if not worse (thread-safe: it
-        touches only `cycle` and the store)."""
+        touches only `cycle` and the store). `steps` overrides the configured budget (a first
+        version trained from scratch needs more than a routine cycle)."""
+        config = self.config.finetune if steps is None else replace(self.config.finetune, steps=steps)
         base, version = self._serving_model(cycle.serving_version)
         items = sorted(cycle.vectors)
         if not items:
@@ -133,7 +135,7 @@ class ContinualTrainer:
             items, np.stack([cycle.vectors[i] for i in items]), base.config.id_buckets
         )
         candidate, report = fine_tune(
-            base, table, cycle.events, self.config.finetune, self.device, parent_version=version
+            base, table, cycle.events, config, self.device, parent_version=version
         )
         manifest = None
         if report.accepted:

@@ -37,14 +37,18 @@ class Pipeline:
     recommender: Recommender
 
     @classmethod
-    def from_settings(cls, settings: Settings) -> Pipeline:
+    def from_settings(
+        cls, settings: Settings, *, scorer: Scorer | None = None, encoder: TextEncoder | None = None
+    ) -> Pipeline:
+        """Open the index and the scorer the settings name (`scorer`: serve this one instead
+        of the model store's; `encoder`: share an already loaded text encoder)."""
         device = select_device(settings.device)
-        encoder = TextEncoder(
+        encoder = encoder or TextEncoder(
             settings.encoder_path, device=str(device), batch_size=settings.encoder_batch_size
         )
         index = open_index(settings, encoder.dim)
         try:
-            scorer: Scorer = open_scorer(
+            scorer = scorer or open_scorer(
                 DirectoryModelStore(settings.resolved_model_dir),
                 settings.model_version,
                 index,

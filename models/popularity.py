@@ -14,7 +14,7 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Collection
+from collections.abc import Collection, Sequence
 
 PRUNE_TO = 0.9  # when over capacity, keep this fraction of the capacity (the top scores)
 REBASE_AFTER_HALF_LIVES = 64.0  # move the reference time once scores grow by 2**64
@@ -61,6 +61,12 @@ class TrendingItems:
 
     def score(self, item_id: str) -> float:
         return self._scores.get(item_id, 0.0) * self._to_now()
+
+    def scores(self, item_ids: Sequence[str]) -> list[float]:
+        """`score` of many items at once (one decay factor for all)."""
+        factor = self._to_now()
+        get = self._scores.get
+        return [get(item, 0.0) * factor for item in item_ids]
 
     def top(self, n: int, exclude: Collection[str] = ()) -> list[tuple[str, float]]:
         """The n highest scores (decayed to the latest event time), best first."""

@@ -30,7 +30,7 @@ from streamrec.models.datasets import CLICK_MIN_RATING, load_movielens_items
 from streamrec.models.ranker import Step
 from streamrec.stream.messages import EVENT_TYPES
 
-DatasetKind = Literal["movielens", "beauty", "generic"]
+DatasetKind = Literal["movielens", "beauty", "generic", "synthetic"]
 BEAUTY_START_TS = 1_600_000_000.0  # simulated time of every Beauty user's first event
 BEAUTY_STEP_S = 86_400.0  # Beauty has no timestamps: consecutive events one day apart
 
@@ -71,17 +71,31 @@ class SequenceDataset:
 
 
 def load_sequences(
-    kind: DatasetKind, path: Path, items_path: Path | None = None, seed: int = 0
+    kind: DatasetKind,
+    path: Path | None,
+    items_path: Path | None = None,
+    seed: int = 0,
+    strong_rating: float | None = CLICK_MIN_RATING,
 ) -> SequenceDataset:
-    """Load a dataset as time-ordered sequences (see the module docstring for the formats)."""
+    """Load a dataset as time-ordered sequences (see the module docstring for the formats).
+
+    `strong_rating`: MovieLens ratings at or above it become clicks, the others views (None:
+    every rating a view). `synthetic` needs no path: the demo's shop (`SyntheticWorld`), seeded.
+    """
+    if kind == "synthetic":
+        from streamrec.models.synthetic import synthetic_sequences
+
+        return synthetic_sequences(seed=seed)
+    if path is None:
+        raise ValueError(f"the {kind} dataset needs --path")
     path = Path(path)
     if kind == "movielens":
-        return _movielens(path, seed)
+        return _movielens(path, seed, strong_rating)
     if kind == "beauty":
         return _beauty(path)
     if kind == "generic":
         return _generic(path, items_path, seed)
-    raise ValueError(f"unknown dataset kind {kind!r}; one of movielens, beauty, generic")
+    raise ValueError(f"unknown dataset kind {kind!r}; one of movielens, beauty, generic, synthetic")
 
 
 def _counts(sequences: dict[str, list[Step]]) -> dict[str, int]:
@@ -117,7 +131,7 @@ def _require(path: Path, name: str, layout: str) -> Path:
     return file
 
 
-def _movielens(path: Path, seed: int) -> SequenceDataset:
+def _movielens(path: Path, seed: int, strong_rating: float | None) -> SequenceDataset:
     ratings = _require(path, "ratings.csv", "MovieLens layout: ratings.csv and movies.csv")
     _require(path, "movies.csv", "MovieLens layout: ratings.csv and movies.csv")
     rows = []
@@ -125,7 +139,8 @@ def _movielens(path: Path, seed: int) -> SequenceDataset:
         for line, row in enumerate(csv.DictReader(file), start=2):
             try:
                 rating = float(row["rating"])
-                step = Step(row["movieId"].strip(), "click" if rating >= CLICK_MIN_RATING else "view",
+                strong = strong_rating is not None and rating >= strong_rating
+                step = Step(row["movieId"].strip(), "click" if strong else "view",
                             float(row["timestamp"]))
             except (KeyError, TypeError, ValueError) as exc:
                 raise ValueError(f"{ratings}:{line}: bad rating row ({exc})") from None
@@ -137,7 +152,8 @@ def _movielens(path: Path, seed: int) -> SequenceDataset:
     title = {i: str((items[i].attributes or {}).get("title", i)) if i in items else i for i in used}
     return SequenceDataset("movielens", sequences, text, title, {
         "dataset": "movielens", "path": str(path), **_counts(sequences),
-        "event_mapping": f"every rating is an event: rating >= {CLICK_MIN_RATING} -> click, else view",
+        "event_mapping": "every rating is an event: "
+        + (f"rating >= {strong_rating:g} -> click, else view" if strong_rating is not None else "a view"),
         "tie_breaking": f"seeded shuffle inside equal timestamps (seed {seed}); {ties} tied steps",
     })
 

@@ -17,8 +17,12 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
+from typing import TYPE_CHECKING
 
 from streamrec.stream.messages import Event, Item
+
+if TYPE_CHECKING:
+    from streamrec.models.sequences import SequenceDataset
 
 FAVOURITE_PROBABILITY = 0.85  # an event touches one of the user's favourite categories
 TYPE_PROBABILITIES = (("view", 0.75), ("click", 0.20), ("purchase", 0.05))
@@ -137,3 +141,30 @@ class SyntheticWorld:
             )
             ts += rng.expovariate(rate_per_s)
         return out
+
+
+def synthetic_sequences(
+    seed: int = 7, n_events: int = 20_000, n_items: int = 400, n_users: int = 200
+) -> SequenceDataset:
+    """The synthetic shop as a dataset (what `streamrec evaluate --dataset synthetic` replays).
+
+    >>> data = synthetic_sequences(seed=1, n_events=50, n_items=16, n_users=4)
+    >>> data.description["n_events"], len(data.item_text) <= 16
+    (50, True)
+    """
+    from streamrec.models.sequences import SequenceDataset, Step
+
+    world = SyntheticWorld(seed=seed, n_items=n_items, n_users=n_users)
+    sequences: dict[str, list[Step]] = {}
+    for event in world.events(n_events, start_ts=1_700_000_000.0):
+        sequences.setdefault(event.user_id, []).append(Step(event.item_id, event.type, event.ts))
+    used = {step.item_id for steps in sequences.values() for step in steps}
+    items = {item.item_id: item for item in world.items(ts=0.0) if item.item_id in used}
+    return SequenceDataset(
+        "synthetic",
+        sequences,
+        {item_id: item.text for item_id, item in items.items()},
+        {item_id: str((item.attributes or {})["title"]) for item_id, item in items.items()},
+        {"dataset": "synthetic", "seed": seed, "n_users": len(sequences), "n_items": len(used),
+         "n_events": n_events, "event_mapping": "generated view/click/purchase (75/20/5 %)"},
+    )
