@@ -8,6 +8,7 @@ import time
 from typing import Any
 
 import faust
+from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 
 from streamrec.consumers.handlers import (
@@ -17,7 +18,12 @@ from streamrec.consumers.handlers import (
     RecommendHandler,
     dead_letter,
 )
-from streamrec.consumers.metrics import CONTENT_TYPE, WorkerMetrics
+from streamrec.consumers.metrics import (
+    CONTENT_TYPE,
+    SAMPLE_S,
+    WorkerMetrics,
+    sample_consumer_lag,
+)
 from streamrec.consumers.model_updates import ModelSwapper, follow_model_updates
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.state import UserState
@@ -87,6 +93,20 @@ def register_agents(
                 log.exception("following model-updates failed; retrying in %.0f s", delay)
                 await asyncio.sleep(delay)
                 delay = min(delay * 2, 30.0)
+
+    input_topics = (topics.events, topics.events_by_user, topics.items)
+
+    @app.timer(SAMPLE_S)
+    async def sample_gauges() -> None:
+        """Consumer lag of the input partitions and the catalogue size, for /metrics."""
+        try:
+            await sample_consumer_lag(app.consumer, input_topics, metrics)
+            async with swapper.catalog_lock:  # counted between two catalogue writes
+                metrics.catalogue_items.set(await asyncio.to_thread(pipeline.index.count))
+        except ConsumerNotStarted:
+            pass  # starting or rebalancing: sampled next time
+        except Exception as exc:  # a slow broker or index: keep the last figures
+            log.warning("sampling consumer lag / catalogue size failed: %r", exc)
 
     async def send_dead_letter(letter: DeadLetter) -> None:
         await dlq_topic.send(value=letter.to_bytes())

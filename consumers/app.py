@@ -11,6 +11,7 @@ from faust.types import TP
 
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.pipeline import Pipeline
+from streamrec.models.serving import RankerScorer
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -140,6 +141,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
     )
     pipeline = pipeline or Pipeline.from_settings(settings)
     metrics = WorkerMetrics()
-    metrics.set_model_version(pipeline.recommender.model_version)
+    metrics.install_faust_sensor(app)
+    scorer = pipeline.recommender.scorer
+    created = scorer.manifest.created.timestamp() if isinstance(scorer, RankerScorer) else None
+    metrics.set_model_version(scorer.version, created)
     register_agents(app, settings, pipeline, metrics)
     return app

@@ -1,9 +1,22 @@
-"""Prometheus metrics of one worker, on a registry of its own (no module-global state)."""
+"""Prometheus metrics of one worker, on a registry of its own (no module-global state).
+
+The registry also holds Faust's own sensor (`faust_*`), so the worker's one `/metrics`
+serves both. README.md ("Metrics") lists every name; `tests/unit/test_observability.py`
+checks the Grafana dashboard and the alert rules against the names registered here.
+"""
 
 from __future__ import annotations
 
+import logging
+from collections.abc import Collection, Mapping
+from typing import Any, Protocol
+
+from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
+from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+log = logging.getLogger(__name__)
 
 LATENCY_BUCKETS_S = (
     0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0,
@@ -13,6 +26,8 @@ BATCH_BUCKETS = (1, 2, 5, 10, 25, 50, 100, 250, 500, 1000, 5000)
 
 # aiohttp wants the charset apart from the content type
 CONTENT_TYPE = CONTENT_TYPE_LATEST.split(";")[0] + "; version=0.0.4"
+FAUST_PREFIX = "faust"  # Faust's sensor names: faust_messages_received_total, ... (not the app id)
+SAMPLE_S = 5.0  # consumer lag and catalogue size are sampled this often (s)
 
 
 class WorkerMetrics:
@@ -113,6 +128,35 @@ class WorkerMetrics:
         self.dedup_size = Gauge(
             "streamrec_dedup_ids", "Event ids remembered for de-duplication.", registry=r
         )
+        self.consumer_lag = Gauge(
+            "streamrec_consumer_lag",
+            "Messages not yet committed on each input partition this worker owns"
+            " (end offset - committed offset), sampled every few seconds.",
+            ["topic", "partition"],
+            registry=r,
+        )
+        self.catalogue_items = Gauge(
+            "streamrec_catalogue_items",
+            "Items in the text index this worker recommends from (sampled).",
+            registry=r,
+        )
+        # Faust's own sensor, on this registry: served by the same /metrics.
+        self.faust = FaustMetrics.create(r, FAUST_PREFIX)
+
+    def install_faust_sensor(self, app: Any) -> None:
+        """Make Faust's Prometheus sensor the app's monitor, recording into this registry.
+
+        What `faust.sensors.prometheus.setup_prometheus_sensors` does, minus the `/metrics`
+        page it would mount: the worker keeps its one `/metrics` view. Call before the app
+        starts (Faust adds its monitor to the sensors at start-up).
+        """
+        app.monitor = PrometheusMonitor(metrics=self.faust)
+
+    def record_consumer_lag(self, lags: Mapping[TP, int]) -> None:
+        """Replace the lag series: partitions no longer assigned here disappear."""
+        self.consumer_lag.clear()
+        for tp, lag in lags.items():
+            self.consumer_lag.labels(topic=tp.topic, partition=str(tp.partition)).set(lag)
 
     def set_model_version(self, version: str, created_at: float | None = None) -> None:
         self.model_info.clear()
@@ -122,3 +166,56 @@ class WorkerMetrics:
 
     def exposition(self) -> bytes:
         return generate_latest(self.registry)
+
+
+class OffsetSource(Protocol):
+    """The part of a Faust consumer the lag sampler reads."""
+
+    _committed_offset: Mapping[TP, int | None]
+
+    def assignment(self) -> set[TP]: ...
+
+    async def highwaters(self, *partitions: TP) -> Mapping[TP, int]: ...
+
+    async def earliest_offsets(self, *partitions: TP) -> Mapping[TP, int]: ...
+
+
+def partition_lags(
+    ends: Mapping[TP, int], committed: Mapping[TP, int | None], earliest: Mapping[TP, int]
+) -> dict[TP, int]:
+    """Messages behind per partition: end offset minus the committed one (Kafka's meaning:
+    the next offset to read). Never committed (None): from the earliest offset, where a
+    group without offsets starts here (`auto_offset_reset=earliest`).
+
+    >>> events0, events1 = TP("events", 0), TP("events", 1)
+    >>> partition_lags({events0: 120, events1: 7}, {events0: 100, events1: None}, {events1: 2})
+    {TP(topic='events', partition=0): 20, TP(topic='events', partition=1): 5}
+    """
+    lags = {}
+    for tp, end in ends.items():
+        start = committed.get(tp)
+        if start is None:
+            start = earliest.get(tp, 0)
+        lags[tp] = max(0, end - start)
+    return lags
+
+
+async def sample_consumer_lag(
+    consumer: OffsetSource, topics: Collection[str], metrics: WorkerMetrics
+) -> None:
+    """Ask the broker for the end offsets of the `topics` partitions assigned to this
+    worker and record their lag behind Faust's committed offsets.
+
+    End offsets come from the broker (ListOffsets), not from the last fetch, so the lag
+    keeps growing while an agent is stuck and fetches nothing.
+    """
+    tps = sorted(tp for tp in consumer.assignment() if tp.topic in topics)
+    if not tps:
+        metrics.record_consumer_lag({})
+        return
+    ends = await consumer.highwaters(*tps)
+    # Faust keeps the committed offsets it read at assignment and those it committed since.
+    committed = {tp: consumer._committed_offset.get(tp) for tp in tps}
+    never = [tp for tp, offset in committed.items() if offset is None]
+    earliest = await consumer.earliest_offsets(*never) if never else {}
+    metrics.record_consumer_lag(partition_lags(ends, committed, earliest))

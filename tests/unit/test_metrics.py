@@ -1,0 +1,86 @@
+"""The worker's metrics: consumer lag sampling, Faust's sensor behind our one /metrics."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import numpy as np
+from faust.sensors.prometheus import PrometheusMonitor
+from faust.types import TP
+
+from streamrec.consumers.app import create_app
+from streamrec.consumers.metrics import WorkerMetrics, sample_consumer_lag
+from streamrec.models.index import IndexedItem
+from streamrec.models.pipeline import Pipeline
+from streamrec.models.popularity import TrendingItems
+from streamrec.models.recommender import Recommender, RecommenderConfig
+from streamrec.models.scoring import ContentScorer
+from streamrec.stream.settings import Settings
+from tests.fakes import BruteForceIndex
+
+
+class FakeConsumer:
+    """The offsets a Faust consumer would report (a broker's end offsets, its commits)."""
+
+    def __init__(self, assigned: set[TP], ends: dict[TP, int], committed: dict[TP, int | None]) -> None:
+        self.assigned, self.ends, self._committed_offset = assigned, ends, committed
+        self.earliest_asked: list[TP] = []
+
+    def assignment(self) -> set[TP]:
+        return set(self.assigned)
+
+    async def highwaters(self, *partitions: TP) -> dict[TP, int]:
+        return {tp: self.ends[tp] for tp in partitions}
+
+    async def earliest_offsets(self, *partitions: TP) -> dict[TP, int]:
+        self.earliest_asked.extend(partitions)
+        return {tp: 3 for tp in partitions}
+
+
+def _lag(metrics: WorkerMetrics, topic: str, partition: int) -> float | None:
+    return metrics.registry.get_sample_value(
+        "streamrec_consumer_lag", {"topic": topic, "partition": str(partition)}
+    )
+
+
+async def test_lag_is_end_minus_committed_on_input_partitions_only() -> None:
+    events0, events1, changelog = TP("events", 0), TP("events", 1), TP("streamrec-user-state-changelog", 0)
+    consumer = FakeConsumer(
+        assigned={events0, events1, changelog},
+        ends={events0: 120, events1: 10, changelog: 999},
+        committed={events0: 100, events1: None, changelog: 0},
+    )
+    metrics = WorkerMetrics()
+    await sample_consumer_lag(consumer, {"events"}, metrics)
+    assert _lag(metrics, "events", 0) == 20
+    assert _lag(metrics, "events", 1) == 7  # never committed: from the earliest offset (3)
+    assert consumer.earliest_asked == [events1]
+    assert _lag(metrics, changelog.topic, 0) is None  # not an input topic
+
+    # a rebalance took partition 0 away: its series goes, the other one follows the offsets
+    consumer.assigned = {events1}
+    consumer._committed_offset[events1] = 10
+    await sample_consumer_lag(consumer, {"events"}, metrics)
+    assert _lag(metrics, "events", 0) is None
+    assert _lag(metrics, "events", 1) == 0
+
+
+def _pipeline() -> Pipeline:
+    index = BruteForceIndex(dim=2)
+    index.upsert([IndexedItem(item_id="i1", vector=np.array([1.0, 0.0], dtype=np.float32), title="one")])
+    recommender = Recommender(index, ContentScorer(), TrendingItems(), RecommenderConfig(k=3))
+    return Pipeline(index=index, catalog=None, recommender=recommender)  # type: ignore[arg-type]
+
+
+async def test_faust_sensor_records_into_the_workers_one_metrics_page(tmp_path: Path) -> None:
+    settings = Settings(app_id="metrics-test", data_dir=tmp_path)
+    app = create_app(settings, pipeline=_pipeline())
+    assert isinstance(app.monitor, PrometheusMonitor)
+    metrics_pages = [path for path in app.web.views if path.rstrip("/").endswith("metrics")]
+    assert metrics_pages == ["/metrics"]
+
+    app.monitor.track_tp_end_offset(TP("events", 2), 42)
+    response = await app.web.views["/metrics"].get(None)
+    body = response.body.decode()
+    assert 'faust_topic_partition_end_offset{partition="2",topic="events"} 42.0' in body
+    assert 'streamrec_model_info{version="content-v1"} 1.0' in body
