@@ -74,6 +74,16 @@ class TrainerMetrics:
             "streamrec_trainer_serving_info", "The version the trainer fine-tunes from (value 1).",
             ["version"], registry=r,
         )
+        self.last_cycle = Gauge(
+            "streamrec_trainer_last_cycle_timestamp_seconds",
+            "When the last cycle ended, whatever its outcome (0: none yet).", registry=r,
+        )
+        for cycle_outcome in ("published", "refused", "failed"):  # exported from the start at 0,
+            self.cycles.labels(outcome=cycle_outcome)  # so increase() sees the first of each
+
+    def record_failure(self) -> None:
+        self.cycles.labels(outcome="failed").inc()
+        self.last_cycle.set(time.time())
 
     def record(self, outcome: CycleOutcome, published_at: float | None) -> None:
         report = outcome.report
@@ -88,6 +98,7 @@ class TrainerMetrics:
         self.cycle_seconds.observe(report.seconds)
         if published_at is not None:
             self.window_to_published.observe(published_at - outcome.closed_at)
+        self.last_cycle.set(time.time())
 
 
 class TrainerService:
@@ -206,7 +217,7 @@ class TrainerService:
                 outcome = await asyncio.to_thread(self.core.run, cycle)
             except Exception:  # a failed cycle must not stop the sidecar
                 log.exception("fine-tuning cycle failed")
-                self.metrics.cycles.labels(outcome="failed").inc()
+                self.metrics.record_failure()
                 continue
             published_at = None
             if outcome.manifest is not None:

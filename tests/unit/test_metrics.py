@@ -84,3 +84,29 @@ async def test_faust_sensor_records_into_the_workers_one_metrics_page(tmp_path: 
     body = response.body.decode()
     assert 'faust_topic_partition_end_offset{partition="2",topic="events"} 42.0' in body
     assert 'streamrec_model_info{version="content-v1"} 1.0' in body
+
+
+def test_trainer_records_a_refused_and_a_failed_cycle() -> None:
+    from streamrec.consumers.trainer import TrainerMetrics
+    from streamrec.models.continual import CycleOutcome
+    from streamrec.models.finetune import CycleReport
+
+    metrics = TrainerMetrics()
+
+    def sample(name: str, **labels: str) -> float | None:
+        return metrics.registry.get_sample_value(name, labels)
+
+    # every outcome is exported at 0 from the start, so increase() sees the first of each
+    assert sample("streamrec_trainer_cycles_total", outcome="failed") == 0
+    assert sample("streamrec_trainer_last_cycle_timestamp_seconds") == 0
+    report = CycleReport(steps=12, seconds=2.0, steps_per_s=6.0, loss=3.5, candidate={"hr@10": 0.2}, serving={"hr@10": 0.3})
+    metrics.record(CycleOutcome(report, manifest=None, closed_at=100.0), published_at=None)
+    assert sample("streamrec_trainer_cycles_total", outcome="refused") == 1
+    assert sample("streamrec_trainer_steps_total") == 12
+    assert sample("streamrec_trainer_loss") == 3.5
+    assert sample("streamrec_trainer_holdout_metric", model="serving", metric="hr@10") == 0.3
+    refused_at = sample("streamrec_trainer_last_cycle_timestamp_seconds")
+    assert refused_at and refused_at > 1e9
+    metrics.record_failure()
+    assert sample("streamrec_trainer_cycles_total", outcome="failed") == 1
+    assert sample("streamrec_trainer_last_cycle_timestamp_seconds") >= refused_at
