@@ -187,6 +187,7 @@ def register_agents(
             embedded = time.perf_counter()
             async with swapper.catalog_lock:  # not while a version's vectors are being built
                 pipeline.store_items(indexed)
+                await asyncio.to_thread(pipeline.optimize_index)  # HNSW for what is new
             metrics.stage_latency.labels(stage="embed").observe(embedded - started)
             metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
             metrics.batch_size.labels(agent="catalog").observe(len(items))

@@ -35,6 +35,9 @@ POINT_NAMESPACE = uuid.UUID("5f1d7c1e-9a52-4f0c-8f0e-2b8f6a1c9d33")
 #: Item id -> point id conversions remembered per index (uuid5 costs a few µs; exclusion
 #: lists repeat the same ids every micro-batch).
 POINT_ID_CACHE_SIZE = 1 << 18
+#: Qdrant Edge builds an HNSW graph (on `optimize`) for a segment past this many KB of vectors
+#: (~650 text vectors); Qdrant's own default (10 MB) leaves small catalogues on a plain scan.
+EDGE_INDEXING_THRESHOLD_KB = 1_000
 Distance = Literal["cosine", "dot"]
 #: `ClientItemIndex(url)` with this prefix opens qdrant-client's on-disk local mode.
 LOCAL_PATH_PREFIX = "path:"
@@ -85,8 +88,20 @@ class ItemIndex(Protocol):
         queries: np.ndarray,
         limit: int,
         exclude: Sequence[Collection[str]] | None = None,
+        with_items: bool = True,
     ) -> list[list[Neighbour]]:
-        """For each query (Q, D): up to `limit` nearest items, best first, none in exclude[q]."""
+        """For each query (Q, D): up to `limit` nearest items, best first, none in exclude[q]
+        (`with_items=False`: ids and scores only, `Neighbour.item` left None)."""
+        ...
+
+    def similar(
+        self,
+        item_ids: Sequence[str],
+        limit: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[Neighbour]]:
+        """Per item: up to `limit` nearest other items, best first, none in exclude[row];
+        unknown items get none."""
         ...
 
     def scan(self, batch_size: int = 1024) -> Iterator[list[IndexedItem]]:
@@ -95,11 +110,36 @@ class ItemIndex(Protocol):
 
     def count(self) -> int: ...
 
+    def optimize(self) -> None:
+        """Build search structures for what was written (slow; call it off the event loop)."""
+        ...
+
     def close(self) -> None: ...
 
     def drop(self) -> None:
         """Close and delete the collection with all its data (an old version's vectors)."""
         ...
+
+
+def similar_by_search(
+    index: ItemIndex,
+    item_ids: Sequence[str],
+    limit: int,
+    exclude: Sequence[Collection[str]] | None = None,
+) -> list[list[Neighbour]]:
+    """`ItemIndex.similar` from `get` and `search_batch`: each item's vector as the query,
+    the item itself excluded."""
+    if exclude is not None and len(exclude) != len(item_ids):
+        raise ValueError(f"{len(exclude)} exclusion sets for {len(item_ids)} items")
+    known = index.get(list(item_ids))
+    rows = [row for row, item_id in enumerate(item_ids) if item_id in known]
+    answers: list[list[Neighbour]] = [[] for _ in item_ids]
+    if rows:
+        queries = np.stack([known[item_ids[row]].vector for row in rows])  # (Q, D)
+        banned = [set(exclude[row] if exclude else ()) | {item_ids[row]} for row in rows]
+        for row, hits in zip(rows, index.search_batch(queries, limit, banned)):
+            answers[row] = hits
+    return answers
 
 
 def _check_items(items: Sequence[IndexedItem], dim: int, distance: str) -> None:
@@ -171,8 +211,10 @@ class _QdrantIndex:
     def _exclusion(self, point_ids: set[str]) -> Any:
         raise NotImplementedError  # a filter that drops these points
 
-    def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
-        raise NotImplementedError  # per query: points with .id and .score, best first
+    def _query(
+        self, queries: list[tuple[list[float], Any]], limit: int, with_payload: bool
+    ) -> list[list[Any]]:
+        raise NotImplementedError  # per query: points with .id, .score (.payload), best first
 
     def _scroll(self, offset: Any, limit: int) -> tuple[list[Any], Any]:
         raise NotImplementedError  # (records with payload and vector, next offset or None)
@@ -203,6 +245,18 @@ class _QdrantIndex:
         found = (_from_record(record) for record in records)
         return {item.item_id: item for item in found}
 
+    def similar(
+        self,
+        item_ids: Sequence[str],
+        limit: int,
+        exclude: Sequence[Collection[str]] | None = None,
+    ) -> list[list[Neighbour]]:
+        """Each item's nearest other items (its stored vector as the query)."""
+        return similar_by_search(self, item_ids, limit, exclude)
+
+    def optimize(self) -> None:
+        """Nothing to do here: a Qdrant server optimises on its own, local mode is exact."""
+
     def scan(self, batch_size: int = 1024) -> Iterator[list[IndexedItem]]:
         """Every item with its vector, `batch_size` at a time (Qdrant's scroll)."""
         offset: Any = None
@@ -218,12 +272,15 @@ class _QdrantIndex:
         queries: np.ndarray,
         limit: int,
         exclude: Sequence[Collection[str]] | None = None,
+        with_items: bool = True,
     ) -> list[list[Neighbour]]:
         """Nearest items per query, best first, excluded ids filtered inside Qdrant.
 
         Qdrant returns ids and scores only; the vectors of the distinct hits of the whole
         batch are then fetched in one call (cheaper than a vector per hit: a user's queries
-        share many neighbours). A zero query has no direction and gets no neighbours.
+        share many neighbours), unless `with_items=False` (then the hits carry the item id
+        from the payload, for a caller that keeps the vectors itself). A zero query has no
+        direction and gets no neighbours.
         """
         queries = np.asarray(queries, dtype=np.float32)  # (Q, D)
         _check_queries(queries, self.dim, limit, None if exclude is None else len(exclude))
@@ -240,8 +297,14 @@ class _QdrantIndex:
             requests.append((query.tolist(), filters[id(banned)] if banned else None))
             rows.append(row)
         hits: list[list[Any]] = [[] for _ in queries]
-        for row, points in zip(rows, self._query(requests, limit) if requests else []):
+        answers = self._query(requests, limit, with_payload=not with_items) if requests else []
+        for row, points in zip(rows, answers):
             hits[row] = points
+        if not with_items:
+            return [
+                [Neighbour(str(point.payload["item_id"]), float(point.score)) for point in points]
+                for points in hits
+            ]
         wanted = sorted({str(point.id) for points in hits for point in points})
         items = (
             {str(record.id): _from_record(record) for record in self._retrieve(wanted)}
@@ -264,7 +327,14 @@ class EdgeItemIndex(_QdrantIndex):
     One open instance per shard: Edge locks the shard's write-ahead log.
     """
 
-    def __init__(self, path: Path, dim: int, name: str = "items", distance: Distance = "cosine") -> None:
+    def __init__(
+        self,
+        path: Path,
+        dim: int,
+        name: str = "items",
+        distance: Distance = "cosine",
+        hnsw_ef: int | None = None,
+    ) -> None:
         import qdrant_edge as edge
 
         self._edge = edge
@@ -272,8 +342,14 @@ class EdgeItemIndex(_QdrantIndex):
         self.distance = _check_distance(distance)
         self.path = Path(path) / name
         self._init_point_ids()
+        self._search = edge.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         metric = edge.Distance.Cosine if distance == "cosine" else edge.Distance.Dot
-        config = edge.EdgeConfig(vectors=edge.EdgeVectorParams(size=dim, distance=metric))
+        config = edge.EdgeConfig(
+            vectors=edge.EdgeVectorParams(size=dim, distance=metric),
+            # HNSW graphs for segments past this size; below it a plain scan (the optimizer
+            # is not part of the shard's identity: shards made without it load with it)
+            optimizers=edge.EdgeOptimizersConfig(indexing_threshold=EDGE_INDEXING_THRESHOLD_KB),
+        )
         if self.path.exists() and any(self.path.iterdir()):
             try:  # Edge checks the config against what the shard on disk was made with
                 self._shard = edge.EdgeShard.load(str(self.path), config)
@@ -301,19 +377,28 @@ class EdgeItemIndex(_QdrantIndex):
     def _exclusion(self, point_ids: set[str]) -> Any:
         return self._edge.Filter(must_not=[self._edge.HasIdCondition(point_ids)])
 
-    def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
+    def _query(
+        self, queries: list[tuple[list[float], Any]], limit: int, with_payload: bool
+    ) -> list[list[Any]]:
         edge = self._edge
         requests = [
             edge.QueryRequest(
                 limit=limit,
                 query=edge.Query.Nearest(vector),
                 with_vector=False,
-                with_payload=False,
+                with_payload=with_payload,
                 filter=condition,
+                params=self._search,
             )
             for vector, condition in queries
         ]
         return self._shard.query_batch(edge.QueryBatchRequest(requests))
+
+    def optimize(self) -> None:
+        """Index what was written since the last call into an HNSW graph (without it, every
+        query scans the shard: 0.8 ms instead of 0.1-0.2 ms at 10k items). Cheap when
+        little is new; writes wait while it runs, reads do not."""
+        self._shard.optimize()
 
     def _scroll(self, offset: Any, limit: int) -> tuple[list[Any], Any]:
         request = self._edge.ScrollRequest(
@@ -348,10 +433,12 @@ class ClientItemIndex(_QdrantIndex):
         collection: str = "items",
         api_key: str | None = None,
         distance: Distance = "cosine",
+        hnsw_ef: int | None = None,
     ) -> None:
         from qdrant_client import QdrantClient, models
 
         self._models = models
+        self._search = models.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
         self.dim = dim
         self.distance = _check_distance(distance)
         metric = models.Distance.COSINE if distance == "cosine" else models.Distance.DOT
@@ -394,10 +481,17 @@ class ClientItemIndex(_QdrantIndex):
         models = self._models
         return models.Filter(must_not=[models.HasIdCondition(has_id=sorted(point_ids))])
 
-    def _query(self, queries: list[tuple[list[float], Any]], limit: int) -> list[list[Any]]:
+    def _query(
+        self, queries: list[tuple[list[float], Any]], limit: int, with_payload: bool
+    ) -> list[list[Any]]:
         requests = [
             self._models.QueryRequest(
-                query=vector, limit=limit, filter=condition, with_vector=False, with_payload=False
+                query=vector,
+                limit=limit,
+                filter=condition,
+                with_vector=False,
+                with_payload=with_payload,
+                params=self._search,
             )
             for vector, condition in queries
         ]
@@ -433,8 +527,12 @@ def open_index(
         if settings.qdrant_url is None:  # Settings already refuses this; say so if bypassed
             raise ValueError("index_mode=client needs STREAMREC_QDRANT_URL")
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
-        return ClientItemIndex(settings.qdrant_url, dim, collection, api_key, distance)
-    return EdgeItemIndex(settings.resolved_index_path, dim, collection, distance)
+        return ClientItemIndex(
+            settings.qdrant_url, dim, collection, api_key, distance, hnsw_ef=settings.hnsw_ef
+        )
+    return EdgeItemIndex(
+        settings.resolved_index_path, dim, collection, distance, hnsw_ef=settings.hnsw_ef
+    )
 
 
 def _check_distance(distance: str) -> Distance:

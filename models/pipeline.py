@@ -14,6 +14,7 @@ from streamrec.models.catalog import CatalogIndexer
 from streamrec.models.device import select_device
 from streamrec.models.encoder import TextEncoder
 from streamrec.models.index import IndexedItem, ItemIndex, open_index
+from streamrec.models.index_cache import CachedItemIndex
 from streamrec.models.popularity import TrendingItems
 from streamrec.models.recommender import Recommender, RecommenderConfig
 from streamrec.models.scoring import ContentScorer, Scorer
@@ -46,7 +47,11 @@ class Pipeline:
         encoder = encoder or TextEncoder(
             settings.encoder_path, device=str(device), batch_size=settings.encoder_batch_size
         )
-        index = open_index(settings, encoder.dim)
+        index = CachedItemIndex(
+            open_index(settings, encoder.dim),
+            items=settings.item_cache_size,
+            neighbour_lists=settings.neighbour_cache_size,
+        )
         try:
             scorer = scorer or open_scorer(
                 DirectoryModelStore(settings.resolved_model_dir),
@@ -81,6 +86,15 @@ class Pipeline:
         for scorer in self.scorers():
             if isinstance(scorer, RankerScorer):
                 scorer.index_items(items)
+
+    def optimize_index(self) -> None:
+        """Index what `store_items` wrote (the text index and every serving version's
+        retrieval index) for fast search; slow after a large catalogue write, so a worker
+        runs it off its event loop."""
+        self.index.optimize()
+        for scorer in self.scorers():
+            if isinstance(scorer, RankerScorer) and scorer.retrieval is not None:
+                scorer.retrieval.optimize()
 
     def scorers(self) -> list[Scorer]:
         """The scorers serving now: the main one, and the canary's while one runs."""

@@ -264,25 +264,32 @@ class Recommender:
         cfg = self.config
         limit = max(cfg.neighbours_per_item, cfg.k)  # enough to fill a list
         scorer = _sequence_scorer(scorer)
-        queries: list[np.ndarray] = []  # each (D,)
-        owners: list[int] = []
+        seeds: list[str] = []  # item ids whose neighbours are candidates
+        seed_rows: list[int] = []
+        queries: list[np.ndarray] = []  # each (D,): the content user vector, without a ranker
+        query_rows: list[int] = []
         model_rows = [row for row, profile in enumerate(profiles) if profile.history and scorer]
         for row, profile in enumerate(profiles):
             for seed in profile.seeds:
-                queries.append(seed.vector)
-                owners.append(row)
+                seeds.append(seed.item_id)
+                seed_rows.append(row)
             if scorer is None and len(profile.history) > 1:
                 queries.append(_user_vector(profile))
-                owners.append(row)
+                query_rows.append(row)
         candidates: list[Candidates] = [{} for _ in states]
-        consumed = {row: states[row].consumed for row in set(owners) | set(model_rows)}
+        consumed = {row: states[row].consumed for row in {*seed_rows, *query_rows, *model_rows}}
+        if seeds:
+            results = self.index.similar(
+                seeds, limit=limit, exclude=[consumed[row] for row in seed_rows]
+            )
+            self._collect(candidates, seed_rows, results, Source.NEIGHBOUR)
         if queries:
             results = self.index.search_batch(
                 np.stack(queries),  # (Q, D)
                 limit=limit,
-                exclude=[consumed[row] for row in owners],
+                exclude=[consumed[row] for row in query_rows],
             )
-            self._collect(candidates, owners, results, Source.NEIGHBOUR)
+            self._collect(candidates, query_rows, results, Source.NEIGHBOUR)
         if scorer is not None and users is not None and model_rows:
             model_queries = scorer.queries(users[model_rows])  # (Q', D')
             results = scorer.retrieval.search_batch(
@@ -349,7 +356,7 @@ class Recommender:
                     user_candidates, key=lambda item_id: -self.trending.score(item_id)
                 )
                 lists[row] = [
-                    RecommendedItem(
+                    RecommendedItem.model_construct(  # built from checked values: no re-validation
                         item_id=item_id,
                         score=round(self.trending.score(item_id), 6),
                         reason=TRENDING_REASON,
@@ -382,7 +389,9 @@ class Recommender:
                     reason = MODEL_REASON.format(title=profiles[row].history[0].title)
                 else:
                     reason = TRENDING_REASON
-                ranked.append(RecommendedItem(item_id=item_id, score=round(score, 6), reason=reason))
+                ranked.append(
+                    RecommendedItem.model_construct(item_id=item_id, score=round(score, 6), reason=reason)
+                )
             lists[row] = ranked
         return lists
 

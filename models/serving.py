@@ -87,6 +87,7 @@ class RankerScorer:
         for batch in text_index.scan(REBUILD_BATCH):
             self.index_items(batch)
             written += len(batch)
+        retrieval.optimize()
         log.info("built retrieval vectors of %s for %d items", self.version, written)
         return written
 

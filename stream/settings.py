@@ -100,6 +100,9 @@ class Settings(BaseSettings):
     qdrant_url: str | None = None  # Qdrant server URL for index_mode=client (`:memory:` = local)
     qdrant_api_key: SecretStr | None = None  # Qdrant server API key
     collection: str = "items"  # Qdrant collection / shard name
+    hnsw_ef: int = Field(64, ge=4, le=4_096)  # HNSW search breadth: recall vs speed of a query
+    item_cache_size: int = Field(50_000, ge=1)  # item vectors kept in memory in front of Qdrant
+    neighbour_cache_size: int = Field(50_000, ge=1)  # items whose neighbour list is kept in memory
     encoder_path: Path | None = None  # local HF model dir (default: packaged all-MiniLM-L6-v2)
     encoder_batch_size: int = Field(64, ge=1, le=4_096)  # texts per encoder forward pass
     model_dir: Path | None = None  # model store directory (default: <data_dir>/models)
@@ -128,6 +131,10 @@ class Settings(BaseSettings):
     # --- operations --------------------------------------------------------------------
     metrics_port: int = Field(6066, ge=0, le=65_535)  # HTTP port of /metrics and /healthz
     metrics_host: str = "127.0.0.1"  # bind address of the HTTP endpoint
+    http_advertised_url: str | None = None  # where other workers reach this one (default http://<host>:<port>)
+    http_token: SecretStr | None = None  # Bearer token of the HTTP API (probes and /metrics stay open)
+    http_max_body_bytes: int = Field(1_048_576, ge=1_024)  # largest POST /events body (bytes)
+    http_max_batch_events: int = Field(1_000, ge=1, le=100_000)  # most events in one POST /events
     log_level: Literal["DEBUG", "INFO", "WARNING", "ERROR"] = "INFO"
 
     @field_validator("broker")
@@ -143,6 +150,8 @@ class Settings(BaseSettings):
     def _check_index(self) -> Settings:
         if self.index_mode == "client" and not self.qdrant_url:
             raise ValueError("index_mode=client needs STREAMREC_QDRANT_URL")
+        if self.http_advertised_url and not re.match(r"^https?://[^\s/]+/?$", self.http_advertised_url):
+            raise ValueError("http_advertised_url must look like http://host:port")
         if self.sasl_username and not self.security_protocol.startswith("SASL"):
             raise ValueError("sasl_username is set but security_protocol is not SASL_*")
         return self

@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from streamrec.models.index import IndexedItem, Neighbour
+from streamrec.models.index import IndexedItem, Neighbour, similar_by_search
 
 
 class BruteForceIndex:
@@ -20,7 +20,7 @@ class BruteForceIndex:
     def get(self, item_ids: Sequence[str]) -> dict[str, IndexedItem]:
         return {i: self.items[i] for i in item_ids if i in self.items}
 
-    def search_batch(self, queries, limit, exclude: Sequence[Collection[str]] | None = None):
+    def search_batch(self, queries, limit, exclude: Sequence[Collection[str]] | None = None, with_items=True):
         out = []
         for row, query in enumerate(queries):
             banned = exclude[row] if exclude else ()
@@ -30,6 +30,12 @@ class BruteForceIndex:
             )
             out.append([Neighbour(item_id=item.item_id, score=score) for score, item in scored[:limit]])
         return out
+
+    def similar(self, item_ids, limit, exclude=None):
+        return similar_by_search(self, item_ids, limit, exclude)
+
+    def optimize(self) -> None:
+        pass
 
     def scan(self, batch_size: int = 1024):
         items = list(self.items.values())

@@ -22,6 +22,7 @@ from streamrec.models.index import (
     open_index,
     point_id,
 )
+from streamrec.models.index_cache import CachedItemIndex
 from streamrec.stream.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -52,15 +53,44 @@ def _brute_force(
     return [item_id for item_id in ranking if item_id not in banned][:limit]
 
 
-@pytest.fixture(params=["edge", "client"])
+@pytest.fixture(params=["edge", "client", "cached-edge"])
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ItemIndex]:
-    backend: ItemIndex = (
-        EdgeItemIndex(tmp_path / "edge", DIM)
-        if request.param == "edge"
-        else ClientItemIndex(":memory:", DIM)
-    )
+    backend: ItemIndex
+    if request.param == "edge":
+        backend = EdgeItemIndex(tmp_path / "edge", DIM)
+    elif request.param == "client":
+        backend = ClientItemIndex(":memory:", DIM)
+    else:  # tiny caches: eviction and the filtered fallback are exercised too
+        backend = CachedItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), items=64, neighbour_lists=16, depth=6)
     yield backend
     backend.close()
+
+
+def test_similar_matches_exact_search_through_upserts_and_exclusions(index: ItemIndex) -> None:
+    items = _items(40, seed=5)
+    index.upsert(items[:30])
+    index.optimize()
+    rng = np.random.default_rng(1)
+    for round_ in range(3):
+        present = items[: 30 + 5 * round_]
+        asked = [f"item-{k}" for k in rng.choice(len(present), size=12)] + ["unknown"]
+        banned = [set(f"item-{k}" for k in rng.choice(len(present), size=4)) for _ in asked]
+        for exclude in (None, banned):
+            answers = index.similar(asked, limit=4, exclude=exclude)
+            for row, (item_id, hits) in enumerate(zip(asked, answers)):
+                if item_id == "unknown":
+                    assert hits == []
+                    continue
+                query = present[int(item_id.split("-")[1])].vector
+                skip = {item_id} | (exclude[row] if exclude else set())
+                assert [n.item_id for n in hits] == _brute_force(present, query, skip, 4)
+        # new items enter some neighbour lists; one item moves (a changed vector)
+        index.upsert(items[30 + 5 * round_ : 35 + 5 * round_])
+        moved = items[round_]
+        items[round_] = IndexedItem(moved.item_id, _unit_rows(1, seed=100 + round_)[0], moved.title)
+        index.upsert([items[round_]])
+    if isinstance(index, CachedItemIndex):  # both paths taken: kept lists and the fallback
+        assert index.hits > 0 and index.misses > 0
 
 
 def test_upsert_then_get_round_trips(index: ItemIndex) -> None:
