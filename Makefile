@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip, with its output kept in a log that is shown only when it fails
 PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 
-.PHONY: setup promtool demo bench test test-unit test-integration test-e2e schemas lint clean
+.PHONY: setup promtool chromium demo bench test test-unit test-integration test-e2e schemas lint clean
 
 ## setup: create .venv, install torch (CPU wheel) first, then the project with its dev extras
 setup: $(STAMP)
@@ -37,12 +37,22 @@ promtool:
 		} > /tmp/streamrec-apt.log 2>&1 || { cat /tmp/streamrec-apt.log; exit 1; }; \
 		command -v promtool > /dev/null; }
 
+## chromium: headless browser for the live-page test (Debian package chromium), installed once
+chromium:
+	@command -v chromium > /dev/null || { \
+		echo "installing chromium (Debian package chromium) ..."; \
+		export DEBIAN_FRONTEND=noninteractive; \
+		{ apt-get install -y -q --no-install-recommends chromium \
+		  || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; \
+		} > /tmp/streamrec-apt-chromium.log 2>&1 || { cat /tmp/streamrec-apt-chromium.log; exit 1; }; \
+		command -v chromium > /dev/null; }
+
 ## demo: broker + worker + synthetic stream on the embedded default; stops after DURATION seconds
 demo: setup
 	$(VENV)/bin/streamrec demo --duration $(DURATION) --rate $(RATE)
 
 ## test: unit, integration (real Tansu broker, Qdrant Edge, MiniLM) and end-to-end tests
-test: setup promtool
+test: setup promtool chromium
 	$(PY) -m pytest
 
 test-unit: setup promtool
@@ -51,7 +61,7 @@ test-unit: setup promtool
 test-integration: setup
 	$(PY) -m pytest tests/integration
 
-test-e2e: setup
+test-e2e: setup chromium
 	$(PY) -m pytest tests/e2e
 
 ## bench: core pipeline throughput and latency (prints a table, writes .streamrec/bench.json)
