@@ -5,6 +5,8 @@ from __future__ import annotations
 import asyncio
 import logging
 import time
+from collections import deque
+from collections.abc import AsyncIterator
 from typing import Any
 
 import faust
@@ -24,7 +26,12 @@ from streamrec.consumers.metrics import (
     WorkerMetrics,
     sample_consumer_lag,
 )
-from streamrec.consumers.model_updates import ModelSwapper, follow_model_updates
+from streamrec.consumers.model_updates import (
+    ModelSwapper,
+    follow_model_updates,
+    open_broadcast_reader,
+)
+from streamrec.consumers.views import WorkerApi, register_views
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.state import UserState
 from streamrec.stream.messages import DeadLetter, Event, ModelUpdate
@@ -34,6 +41,8 @@ from streamrec.stream.validation import Rejection
 log = logging.getLogger(__name__)
 
 USER_STATE_TABLE = "user-state"
+LATEST_LISTS_TABLE = "latest-recommendations"
+RECENT_EVENTS = 200  # the latest events kept for the HTTP API and the live page
 CATALOG_BATCH = 64  # items embedded per encoder pass
 CATALOG_WAIT_S = 0.5  # wait at most this long to fill a catalogue batch
 
@@ -68,6 +77,16 @@ def register_agents(
         key_type=bytes,  # raw user-id keys; values are JSON (the changelog uses the same)
         use_partitioner=True,
     )
+    # The last list published per user (Recommendation as plain data), for GET
+    # /users/{id}/recommendations; co-partitioned with user-state, so one worker owns both.
+    latest_lists = app.Table(
+        LATEST_LISTS_TABLE,
+        default=None,
+        partitions=settings.partitions,
+        key_type=bytes,
+        use_partitioner=True,
+    )
+    recent_events: deque[Event] = deque(maxlen=RECENT_EVENTS)
 
     ingest_handler = IngestHandler(settings, metrics)
     validator = ingest_handler.validator
@@ -168,14 +187,16 @@ def register_agents(
         await asyncio.gather(*pending)
         metrics.stage_latency.labels(stage="publish").observe(time.perf_counter() - started)
         recommend_handler.observe_published(messages)
+        for message in messages:  # only once on the topic: the API never shows an unsent list
+            latest_lists[message.user_id.encode()] = message.model_dump(exclude_none=True)
+        recent_events.extend(events)
 
-    @app.agent(items_topic, name="catalog")
-    async def catalog(stream: faust.StreamT) -> None:
-        """items -> text embedded by the encoder -> upserted into the item index."""
-        async for batch in stream.take_events(CATALOG_BATCH, within=CATALOG_WAIT_S):
+    async def index_items(batches: AsyncIterator[list[tuple[bytes | None, Origin]]]) -> None:
+        """Batches of raw `items` values -> embedded by the encoder -> upserted into the index."""
+        async for batch in batches:
             items = []
-            for event in batch:
-                parsed = catalog_handler.parse(event.value, _origin(event))
+            for raw, origin in batch:
+                parsed = catalog_handler.parse(raw, origin)
                 if isinstance(parsed, DeadLetter):
                     await send_dead_letter(parsed)
                 else:
@@ -192,6 +213,34 @@ def register_agents(
             metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
             metrics.batch_size.labels(agent="catalog").observe(len(items))
             metrics.items_indexed.inc(len(indexed))
+
+    if settings.index_mode == "edge":
+        # Each worker's embedded index must hold the whole catalogue, not the items of its
+        # partitions: read `items` as a broadcast (every worker, every partition, from the
+        # start; re-embedded at each start). A bad item is dead-lettered by every worker.
+        @app.task
+        async def catalog() -> None:
+            """items (all partitions) -> this worker's embedded item index."""
+            delay = 1.0
+            while True:
+                try:
+                    await index_items(_broadcast_batches(settings, topics.items))
+                except asyncio.CancelledError:
+                    raise
+                except Exception:  # broker away: keep serving, read the catalogue again
+                    log.exception("following items failed; retrying in %.0f s", delay)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, 30.0)
+
+    else:
+        # A shared Qdrant server: the workers of the group split the catalogue between them.
+        @app.agent(items_topic, name="catalog")
+        async def catalog(stream: faust.StreamT) -> None:
+            """items (this worker's partitions) -> the shared item index."""
+            await index_items(
+                [(event.value, _origin(event)) for event in batch]
+                async for batch in stream.take_events(CATALOG_BATCH, within=CATALOG_WAIT_S)
+            )
 
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
@@ -210,6 +259,42 @@ def register_agents(
 
     app.page("/metrics")(MetricsView)
     app.page("/healthz")(HealthView)
+    register_views(
+        app,
+        WorkerApi(
+            app=app,
+            settings=settings,
+            pipeline=pipeline,
+            user_states=user_states,
+            latest_lists=latest_lists,
+            events_topic=events_topic,
+            validator=validator,
+            recent_events=recent_events,
+            restore=lambda stored: _restore(stored, settings),
+            owner_table=USER_STATE_TABLE,
+        ),
+    )
+
+
+async def _broadcast_batches(
+    settings: Settings, topic: str
+) -> AsyncIterator[list[tuple[bytes | None, Origin]]]:
+    """Every message of `topic`, from the beginning, in batches, without a consumer group."""
+    consumer, _ = await open_broadcast_reader(settings, [topic])
+    try:
+        while True:
+            fetched = await consumer.getmany(
+                timeout_ms=int(CATALOG_WAIT_S * 1000), max_records=CATALOG_BATCH
+            )
+            batch = [
+                (record.value, Origin(record.topic, record.partition, record.offset))
+                for records in fetched.values()
+                for record in records
+            ]
+            if batch:
+                yield batch
+    finally:
+        await consumer.stop()
 
 
 def _restore(stored: Any, settings: Settings) -> UserState | None:

@@ -8,6 +8,7 @@ from typing import Any
 import faust
 from faust.transport.drivers import aiokafka as faust_aiokafka
 from faust.types import TP
+from faust.web import drivers as web_drivers
 
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.pipeline import Pipeline
@@ -100,6 +101,12 @@ class StreamrecApp(faust.App):
         transport_class = _transport_with_fetch_wait(self.fetch_max_wait_ms)
         return transport_class(self.conf.broker_consumer, self)
 
+    def _new_web(self) -> Any:
+        # "/" is the live page (consumers/views.py), not Faust's production index.
+        driver = web_drivers.by_url(self.conf.web)
+        web_class = type("StreamrecWeb", (driver,), {"production_blueprints": []})
+        return web_class(self)
+
 
 def _credentials(settings: Settings) -> Any:
     options = settings.kafka_client_options()
@@ -134,6 +141,9 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
         web_port=settings.metrics_port or 6066,
         web_bind=settings.metrics_host,
         web_host=settings.metrics_host,
+        canonical_url=settings.http_advertised_url,  # None: http://<web_host>:<web_port>
+        web_router_enabled=False,  # the worker serves its own API (consumers/views.py) and
+        web_tables_enabled=False,  # no raw table dumps
         producer_acks=-1,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 4,
