@@ -32,9 +32,13 @@ STATE_VERSION = 1
 RATE_HALF_LIFE_S = 3_600.0  # per-type event rates are exponentially decayed with this half-life
 
 
-@dataclass(frozen=True)
+@dataclass(frozen=True, slots=True)
 class Interaction:
-    """One event as remembered in the user's recent sequence."""
+    """One event as remembered in the user's recent sequence.
+
+    `slots`: a state holds `max_history` of these; without a per-object attribute dict each
+    takes 64 instead of ~115 bytes (streamrec.consumers.bench_memory measures it).
+    """
 
     item_id: str
     type: str
@@ -44,6 +48,8 @@ class Interaction:
 
 class _DecayedRate:
     """Events per second, exponentially decayed on event time (half-life `RATE_HALF_LIFE_S`)."""
+
+    __slots__ = ("mass", "ts")
 
     def __init__(self, mass: float = 0.0, ts: float | None = None) -> None:
         self.mass = mass  # decayed event count as of `ts`
