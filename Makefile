@@ -64,9 +64,9 @@ test-integration: setup
 test-e2e: setup chromium
 	$(PY) -m pytest tests/e2e
 
-## bench: core pipeline throughput and latency (prints a table, writes .streamrec/bench.json)
+## bench: the benchmark suite (core, scoring, memory, end to end; writes .streamrec/bench.json and docs/benchmarks.md)
 bench: setup
-	$(VENV)/bin/streamrec bench --out .streamrec/bench.json
+	$(VENV)/bin/streamrec bench --out .streamrec/bench.json --markdown docs/benchmarks.md
 	$(VENV)/bin/streamrec bench-trainer --out .streamrec/bench-trainer.json
 
 ## schemas: regenerate stream/schemas/*.json from the pydantic models

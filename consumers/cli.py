@@ -125,10 +125,17 @@ def cmd_demo(args: argparse.Namespace) -> int:
 
 # --- bench -----------------------------------------------------------------------------
 def cmd_bench(args: argparse.Namespace) -> int:
-    from streamrec.consumers.bench import run_bench
+    from streamrec.consumers.bench import DEFAULT_CASES, parse_cases, run_bench
 
     _logging("WARNING")
-    run_bench(args.items, args.users, args.events, args.out)
+    try:
+        cases = parse_cases(args.cases) if args.cases else DEFAULT_CASES
+    except ValueError as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 2
+    rates = [int(r) for r in args.e2e_rates.split(",") if r.strip()] if args.e2e_rates else []
+    run_bench(cases, events_per_size=args.events, users=args.users, out=args.out, e2e_rates=rates,
+              e2e_duration_s=args.e2e_duration, memory=not args.no_memory, markdown=args.markdown)
     return 0
 
 
@@ -221,11 +228,18 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.set_defaults(func=cmd_demo)
 
-    p = sub.add_parser("bench", help="throughput and latency of the core pipeline (no broker)")
-    p.add_argument("--items", type=int, default=2000)
-    p.add_argument("--users", type=int, default=500)
-    p.add_argument("--events", type=int, default=2048, help="events per batch size")
+    p = sub.add_parser("bench", help="the benchmark suite: core, scoring, memory, end to end")
+    p.add_argument("--cases", default=None,
+                   help="core cases as backend:items:scorer, comma-separated (default: edge and client, "
+                        "10k and 100k items, content and ranker)")
+    p.add_argument("--users", type=int, default=10_000)
+    p.add_argument("--events", type=int, default=2048, help="events per micro-batch size")
+    p.add_argument("--e2e-rates", default="250,500,1000,2000",
+                   help="end-to-end rates (events/s) through the broker; empty = skip")
+    p.add_argument("--e2e-duration", type=float, default=20.0, help="seconds per end-to-end rate")
+    p.add_argument("--no-memory", action="store_true", help="skip the memory figures")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    p.add_argument("--markdown", type=Path, default=None, help="write the report (docs/benchmarks.md) here")
     p.set_defaults(func=cmd_bench)
 
     p = sub.add_parser("bench-trainer", help="a fine-tuning cycle and a hot swap with the default model")

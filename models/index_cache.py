@@ -60,8 +60,8 @@ class CachedItemIndex:
         self._items: OrderedDict[str, IndexedItem] = OrderedDict()
         self._lists: OrderedDict[str, list[Neighbour]] = OrderedDict()  # best first
         self._lock = threading.Lock()  # the catalogue may write from another thread
-        self.hits = 0  # neighbour lists answered from memory
-        self.misses = 0  # ... and by the backend
+        self.hits = 0  # neighbour lists asked for that were kept
+        self.misses = 0  # ... that had to be fetched (or were unknown)
 
     # --- writes ----------------------------------------------------------------------
     def upsert(self, items: Sequence[IndexedItem]) -> None:
@@ -149,6 +149,8 @@ class CachedItemIndex:
                     continue
                 self._lists.move_to_end(item_id)
                 answers[row] = _filtered(kept, exclude[row] if exclude else (), item_id, limit, self.depth)
+        self.hits += len(item_ids) - len(unlisted)
+        self.misses += len(unlisted)
         if unlisted:
             self._fill_lists([item_ids[row] for row in unlisted])
             with self._lock:
@@ -159,8 +161,6 @@ class CachedItemIndex:
                             kept, exclude[row] if exclude else (), item_ids[row], limit, self.depth
                         )
         short = [row for row, answer in enumerate(answers) if answer is None]
-        self.hits += len(item_ids) - len(short)
-        self.misses += len(short)
         if short:  # the exclusion ate the kept list, or an unknown item: ask with the filter
             filtered = similar_by_search(
                 self, [item_ids[row] for row in short], limit,
