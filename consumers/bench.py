@@ -55,7 +55,8 @@ class CoreCase:
 
     @property
     def label(self) -> str:
-        return f"{self.backend} / {self.items // 1000}k items / {self.scorer}"
+        size = f"{self.items // 1000}k" if self.items % 1000 == 0 else str(self.items)
+        return f"{self.backend} / {size} items / {self.scorer}"
 
 
 DEFAULT_CASES = (
