@@ -1,0 +1,632 @@
+"""End-to-end benchmark through the broker: events in at fixed rates, lists out, latency and lag.
+
+Starts the embedded Tansu dev broker and one real worker process (`streamrec worker`, with its
+own data dir in a temp dir), produces a synthetic catalogue and waits until the worker has
+indexed it (its /metrics), warms up, then for each rate produces events of `users` synthetic
+users for `duration_s` seconds, while a plain consumer (partitions assigned, no group join: a
+Tansu group join takes 5-25 s) reads `recommendations`.
+
+Per rate:
+- **sent**: events sent and the send rate achieved (the producer paces itself in bursts every
+  `TICK_S` on asyncio, aiokafka batching with linger; on a small machine the producer itself
+  may fall short, which the figures then say);
+- **received**: lists whose trigger is one of this rate's events (the worker coalesces a user's
+  events within a micro-batch into one list, so `events_covered` counts the events a list
+  answers: the trigger and that user's earlier events not yet answered);
+- **sustained**: lists/s and events covered/s over the steady part (the send window minus its
+  first `STEADY_SKIP_S`);
+- **lag**: the drain, from the last send to the last list of this rate; a rate is *held* when
+  every user's last event got its list within `HELD_DRAIN_S`;
+- **latency**: from the event's send (perf_counter at produce) to its list's arrival at the
+  consumer, matched by `trigger_event_id` (p50/p95/p99/max); `worker_latency_ms` is the
+  worker's own figure (event ts -> list generated, without the output hop).
+
+A rate that leaves a backlog past `drain_max_s` ends the run (the higher rates would only
+measure that backlog). Everything is stopped and the temp dir removed at the end, on an error
+and on Ctrl-C. `python -m streamrec.consumers.bench_e2e --help`.
+"""
+
+from __future__ import annotations
+
+import argparse
+import asyncio
+import json
+import os
+import resource
+import shutil
+import signal
+import subprocess
+import sys
+import tempfile
+import time
+import urllib.request
+import uuid
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+from aiokafka import AIOKafkaConsumer
+
+from streamrec.consumers.feed import open_reader, send_items
+from streamrec.models.synthetic import SyntheticWorld
+from streamrec.stream.broker import DevBroker, free_port
+from streamrec.stream.messages import Event
+from streamrec.stream.producer import LINGER_MS, EventProducer
+from streamrec.stream.settings import Settings
+from streamrec.stream.topics import ensure_topics
+
+DEFAULT_RATES = (250, 500, 1000, 2000)  # events per second
+DEFAULT_DURATION_S = 20.0  # seconds of events per rate
+DEFAULT_USERS = 10_000
+DEFAULT_ITEMS = 2_000  # catalogue size (embedded by the worker with MiniLM, ~300 items/s)
+WARMUP_EVENTS = 300  # sent before the first rate, not measured
+WARMUP_RATE = 100.0
+TICK_S = 0.005  # the producer sends a burst of what is due every this many seconds
+FETCH_MAX_WAIT_MS = 10  # Tansu answers a fetch only when this runs out: keep it low
+HELD_DRAIN_S = 2.0  # a rate is held when its lists have all arrived this soon after the last send
+LATENCY_SLO_MS = 100.0  # "highest rate held with p99 under this"
+STEADY_SKIP_S = 2.0  # start of a send window left out of the sustained figures (at most 20 %)
+DRAIN_MAX_S = 30.0  # wait at most this long for a rate's lists after its last send
+PRODUCER_SHORTFALL = 0.95  # below this share of the asked rate, the producer could not keep up
+WORKER_READY_TIMEOUT_S = 300.0  # worker start: model load, group join, catalogue embedding
+WARMUP_TIMEOUT_S = 120.0
+PROGRESS_EVERY_S = 5.0
+POLL_S = 0.05
+STOP_GRACE_S = 20.0
+CLOSE_TIMEOUT_S = 10.0
+LOG_TAIL_CHARS = 3_000
+
+
+def _say(text: str, quiet: bool = False) -> None:
+    if not quiet:
+        print(f"[e2e] {text}", flush=True)
+
+
+def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
+    if not values:
+        return {"p50": None, "p95": None, "p99": None, "max": None}
+    p50, p95, p99 = np.percentile(values, [50, 95, 99])
+    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1),
+            "max": round(float(max(values)), 1)}
+
+
+# --- processes ----------------------------------------------------------------------------
+def _cpu_seconds(pid: int | None) -> float:
+    """User + system CPU seconds of a process (all its threads) so far; 0 when gone."""
+    if pid is None:
+        return 0.0
+    try:
+        with open(f"/proc/{pid}/stat") as stat:
+            fields = stat.read().rsplit(")", 1)[1].split()
+    except OSError:
+        return 0.0
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def _own_cpu_seconds() -> float:
+    usage = resource.getrusage(resource.RUSAGE_SELF)
+    return usage.ru_utime + usage.ru_stime
+
+
+def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
+    env = {
+        **os.environ,
+        "HF_HUB_OFFLINE": "1",
+        "TOKENIZERS_PARALLELISM": "false",
+        "STREAMREC_BROKER": settings.broker,
+        "STREAMREC_APP_ID": settings.app_id,
+        "STREAMREC_TOPIC_PREFIX": settings.topic_prefix,
+        "STREAMREC_PARTITIONS": str(settings.partitions),
+        "STREAMREC_DATA_DIR": str(settings.data_dir),
+        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
+        "STREAMREC_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
+    }
+    with log_path.open("wb") as log:
+        return subprocess.Popen(
+            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
+            start_new_session=True,  # Ctrl-C reaches the bench only; it stops the worker itself
+        )
+
+
+def _stop_worker(process: subprocess.Popen) -> int | None:
+    """SIGTERM to its process group, SIGKILL after a grace period; always reaped."""
+    if process.poll() is not None:
+        return process.returncode
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=STOP_GRACE_S)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+    return process.returncode
+
+
+def _log_tail(path: Path) -> str:
+    return path.read_text(errors="replace")[-LOG_TAIL_CHARS:] if path.exists() else "(no log)"
+
+
+def _metric(port: int, name: str) -> float | None:
+    """One unlabelled metric from the worker's /metrics; None while it does not answer."""
+    try:
+        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None
+
+
+# --- what was sent and what came back -----------------------------------------------------
+@dataclass
+class Phase:
+    """The events of one rate (or of the warm-up), as sent."""
+
+    name: str
+    sent_at: dict[str, float] = field(default_factory=dict)  # event id -> perf_counter at send
+    user_events: dict[str, list[str]] = field(default_factory=dict)  # user -> event ids, in order
+    position: dict[str, tuple[str, int]] = field(default_factory=dict)  # event id -> (user, index)
+    send_started: float = 0.0
+    last_send: float = 0.0
+
+    def record(self, event: Event, at: float) -> None:
+        self.sent_at[event.event_id] = at
+        sequence = self.user_events.setdefault(event.user_id, [])
+        self.position[event.event_id] = (event.user_id, len(sequence))
+        sequence.append(event.event_id)
+        self.last_send = at
+
+    def last_events(self) -> set[str]:
+        """Each user's last event: once all of them have a list, every event is answered."""
+        return {sequence[-1] for sequence in self.user_events.values()}
+
+
+@dataclass
+class Arrivals:
+    """Every list read from `recommendations`, in arrival order."""
+
+    at: list[float] = field(default_factory=list)  # perf_counter when the fetch returned it
+    trigger: list[str] = field(default_factory=list)
+    worker_latency_ms: list[float] = field(default_factory=list)
+    first_seen: dict[str, int] = field(default_factory=dict)  # trigger id -> first arrival's index
+    model_versions: set[str] = field(default_factory=set)
+
+    def add(self, at: float, value: bytes) -> None:
+        data = json.loads(value)
+        trigger = str(data["trigger_event_id"])
+        self.first_seen.setdefault(trigger, len(self.at))
+        self.at.append(at)
+        self.trigger.append(trigger)
+        self.worker_latency_ms.append(float(data.get("latency_ms", 0.0)))
+        self.model_versions.add(str(data.get("model_version")))
+
+
+async def _read_lists(reader: AIOKafkaConsumer, arrivals: Arrivals) -> None:
+    while True:
+        batches = await reader.getmany(timeout_ms=100)
+        now = time.perf_counter()
+        for records in batches.values():
+            for record in records:
+                arrivals.add(now, record.value)
+
+
+@dataclass
+class Run:
+    """The moving parts one benchmark run watches."""
+
+    settings: Settings
+    worker: subprocess.Popen
+    worker_log: Path
+    broker_pid: int | None
+    arrivals: Arrivals
+    reading: asyncio.Task
+    quiet: bool
+
+    def check(self) -> None:
+        """Raise if the worker or the reader died."""
+        if self.worker.poll() is not None:
+            raise RuntimeError(
+                f"the worker exited with code {self.worker.returncode}:\n{_log_tail(self.worker_log)}"
+            )
+        if self.reading.done():
+            error = self.reading.exception() if not self.reading.cancelled() else None
+            raise RuntimeError(f"the recommendations reader stopped: {error!r}")
+
+
+async def _send_paced(
+    run: Run, producer: EventProducer, events: Sequence[Event], rate: float, phase: Phase
+) -> dict[str, Any]:
+    """Send `events` at `rate`: every `TICK_S`, whatever is due (aiokafka batches a burst
+    under its linger). Each event's ts is its send time; its perf_counter is recorded."""
+    started = time.perf_counter()
+    phase.send_started = started
+    sent = 0
+    behind_max = 0.0
+    next_progress = started + PROGRESS_EVERY_S
+    total = len(events)
+    while sent < total:
+        now = time.perf_counter()
+        due = min(total, int((now - started) * rate) + 1)
+        if sent < due:
+            behind_max = max(behind_max, now - (started + sent / rate))
+        while sent < due:
+            event = events[sent].model_copy(update={"ts": time.time()})
+            phase.record(event, time.perf_counter())
+            await producer.send_event(event)
+            sent += 1
+        if now >= next_progress:
+            next_progress += PROGRESS_EVERY_S
+            run.check()
+            elapsed = now - started
+            lists = sum(1 for t in phase.sent_at if t in run.arrivals.first_seen)
+            _say(f"{phase.name}: {elapsed:4.1f}s, sent {sent} ({sent / elapsed:.0f}/s), "
+                 f"lists for them {lists}", run.quiet)
+        await asyncio.sleep(TICK_S)
+    send_s = phase.last_send - started
+    await producer.flush()
+    achieved = (total - 1) / send_s if send_s > 0 and total > 1 else float(total)
+    return {"events_sent": total, "send_s": round(send_s, 3), "achieved_rate": round(achieved, 1),
+            "producer_behind_max_ms": round(behind_max * 1000, 1),
+            "acked_after_s": round(time.perf_counter() - phase.last_send, 3)}
+
+
+async def _drain(run: Run, phase: Phase, drain_max_s: float) -> bool:
+    """Wait until every user of the phase got a list for their last event; False at the deadline."""
+    wanted = phase.last_events()
+    deadline = phase.last_send + drain_max_s
+    while time.perf_counter() < deadline:
+        run.check()
+        if all(event_id in run.arrivals.first_seen for event_id in wanted):
+            return True
+        await asyncio.sleep(POLL_S)
+    return all(event_id in run.arrivals.first_seen for event_id in wanted)
+
+
+def _phase_figures(phase: Phase, arrivals: Arrivals, duration_s: float) -> dict[str, Any]:
+    """Lists, coverage, sustained throughput and latency of one phase, from the arrivals."""
+    indices = [n for n, trigger in enumerate(arrivals.trigger) if trigger in phase.position]
+    answered: dict[str, int] = {}  # user -> index of their last answered event
+    latencies, all_latencies, worker_ms = [], [], []
+    covered_at: list[tuple[float, int]] = []  # (arrival, events this list answered)
+    duplicates = 0
+    for n in indices:
+        trigger, at = arrivals.trigger[n], arrivals.at[n]
+        if arrivals.first_seen[trigger] != n:
+            duplicates += 1
+            continue
+        user, k = phase.position[trigger]
+        latencies.append((at - phase.sent_at[trigger]) * 1000)
+        worker_ms.append(arrivals.worker_latency_ms[n])
+        first = answered.get(user, -1) + 1
+        for event_id in phase.user_events[user][first : k + 1]:
+            all_latencies.append((at - phase.sent_at[event_id]) * 1000)
+        covered_at.append((at, max(0, k + 1 - first)))
+        answered[user] = max(answered.get(user, -1), k)
+    steady_from = phase.send_started + min(STEADY_SKIP_S, 0.2 * duration_s)
+    steady_s = max(phase.last_send - steady_from, 1e-9)
+    in_window = [(at, n) for at, n in covered_at if steady_from <= at <= phase.last_send]
+    last_arrival = max((at for at, _ in covered_at), default=None)
+    thirds = _latency_by_third(phase, arrivals, indices)
+    return {
+        "lists_received": len(latencies),
+        "duplicate_lists": duplicates,
+        "events_covered": sum(n for _, n in covered_at),
+        "coalesced_events": sum(n for _, n in covered_at) - len(latencies),
+        "steady_lists_per_s": round(len(in_window) / steady_s, 1),
+        "steady_events_per_s": round(sum(n for _, n in in_window) / steady_s, 1),
+        "last_list_after_s": None if last_arrival is None else round(last_arrival - phase.last_send, 3),
+        "latency_ms": _percentiles(latencies),
+        "latency_all_events_p99_ms": _percentiles(all_latencies)["p99"],
+        "worker_latency_ms": _percentiles(worker_ms),
+        "p50_first_third_ms": thirds[0],
+        "p50_last_third_ms": thirds[1],
+    }
+
+
+def _latency_by_third(phase: Phase, arrivals: Arrivals, indices: list[int]) -> tuple[float | None, float | None]:
+    """p50 latency of the triggers sent in the first and in the last third of the window
+    (a latency that climbs through the window is lag building up)."""
+    span = max(phase.last_send - phase.send_started, 1e-9)
+    first, last = [], []
+    for n in indices:
+        trigger = arrivals.trigger[n]
+        if arrivals.first_seen[trigger] != n:
+            continue
+        sent = phase.sent_at[trigger]
+        latency = (arrivals.at[n] - sent) * 1000
+        share = (sent - phase.send_started) / span
+        if share < 1 / 3:
+            first.append(latency)
+        elif share >= 2 / 3:
+            last.append(latency)
+    return (_percentiles(first)["p50"], _percentiles(last)["p50"])
+
+
+async def _measure_rate(
+    run: Run, producer: EventProducer, world: SyntheticWorld, rate: int, duration_s: float,
+    stream: int, drain_max_s: float,
+) -> dict[str, Any]:
+    n_events = max(1, int(round(rate * duration_s)))
+    events = world.events(n_events, start_ts=time.time(), rate_per_s=rate, stream=stream)
+    phase = Phase(name=f"{rate} ev/s")
+    cpu_before = (_cpu_seconds(run.worker.pid), _own_cpu_seconds(), _cpu_seconds(run.broker_pid),
+                  time.perf_counter())
+    _say(f"{phase.name}: sending {n_events} events over {duration_s:.0f}s ...", run.quiet)
+    sent = await _send_paced(run, producer, events, rate, phase)
+    caught_up = await _drain(run, phase, drain_max_s)
+    wall = time.perf_counter() - cpu_before[3]
+    figures = _phase_figures(phase, run.arrivals, duration_s)
+    drain_s = figures["last_list_after_s"] if caught_up else None
+    held = caught_up and drain_s is not None and drain_s < HELD_DRAIN_S
+    missing = sum(1 for e in phase.last_events() if e not in run.arrivals.first_seen)
+    result: dict[str, Any] = {
+        "rate": rate,
+        "duration_s": duration_s,
+        **sent,
+        "producer_limited": sent["achieved_rate"] < PRODUCER_SHORTFALL * rate,
+        **figures,
+        "caught_up": caught_up,
+        "drain_s": drain_s,
+        "users_waiting_at_deadline": missing,
+        "held": held,
+        "lag_grew": not held,
+        "cpu_cores_used": {
+            "worker": round((_cpu_seconds(run.worker.pid) - cpu_before[0]) / wall, 2),
+            "bench": round((_own_cpu_seconds() - cpu_before[1]) / wall, 2),
+            "broker": round((_cpu_seconds(run.broker_pid) - cpu_before[2]) / wall, 2),
+        },
+    }
+    latency = figures["latency_ms"]
+    drained = f"{drain_s:.2f}s" if drain_s is not None else f"> {drain_max_s:.0f}s ({missing} users waiting)"
+    _say(f"{phase.name}: sent at {sent['achieved_rate']:.0f}/s, {figures['lists_received']} lists, drain {drained}, "
+         f"p50/p99 {latency['p50']}/{latency['p99']} ms -> {'held' if held else 'NOT held'}", run.quiet)
+    return result
+
+
+async def _bench(
+    settings: Settings, worker: subprocess.Popen, worker_log: Path, broker_pid: int | None,
+    world: SyntheticWorld,
+    rates: Sequence[int], duration_s: float, warmup_events: int, drain_max_s: float,
+    continue_after_backlog: bool, results: dict[str, Any], quiet: bool,
+) -> None:
+    await ensure_topics(settings)
+    reader = await open_reader(settings, settings.topics.recommendations, from_beginning=True)
+    arrivals = Arrivals()
+    reading = asyncio.create_task(_read_lists(reader, arrivals))
+    run = Run(settings, worker, worker_log, broker_pid, arrivals, reading, quiet)
+    try:
+        async with EventProducer(settings) as producer:
+            items = world.items(ts=time.time())
+            await send_items(producer, items)
+            _say(f"produced a catalogue of {len(items)} items; waiting for the worker to index it ...", quiet)
+            await _wait_for_catalogue(run, len(items), results)
+            _say(f"worker ready after {results['worker']['ready_s']:.1f}s", quiet)
+            if warmup_events > 0:
+                warm = Phase(name="warm-up")
+                _say(f"warm-up: {warmup_events} events at {WARMUP_RATE:.0f}/s (not measured) ...", quiet)
+                events = world.events(warmup_events, start_ts=time.time(), stream=0)
+                await _send_paced(run, producer, events, WARMUP_RATE, warm)
+                if not await _drain(run, warm, WARMUP_TIMEOUT_S):
+                    raise RuntimeError(f"no lists for the warm-up events within {WARMUP_TIMEOUT_S:.0f}s; "
+                                       f"see the worker log:\n{_log_tail(worker_log)}")
+                results["warmup"] = {"events": warmup_events,
+                                     "p50_ms": _phase_figures(warm, arrivals, 0.0)["latency_ms"]["p50"]}
+            ordered = sorted(set(rates))
+            for number, rate in enumerate(ordered, start=1):
+                result = await _measure_rate(run, producer, world, rate, duration_s, number, drain_max_s)
+                results["rates"].append(result)
+                if not result["caught_up"] and not continue_after_backlog:
+                    skipped = ordered[number:]
+                    if skipped:
+                        results["skipped_rates"] = skipped
+                        _say(f"a backlog is left after {drain_max_s:.0f}s: skipping {skipped}", quiet)
+                    break
+        results["worker"]["model_versions"] = sorted(arrivals.model_versions)
+    finally:
+        reading.cancel()
+        await asyncio.gather(reading, return_exceptions=True)
+        try:
+            await asyncio.wait_for(reader.stop(), CLOSE_TIMEOUT_S)
+        except Exception:  # closing must not mask the run's own error
+            pass
+
+
+async def _wait_for_catalogue(run: Run, n_items: int, results: dict[str, Any]) -> None:
+    started = results["_started"]
+    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
+    next_progress = time.monotonic() + PROGRESS_EVERY_S
+    while time.monotonic() < deadline:
+        run.check()
+        indexed = await asyncio.to_thread(_metric, run.settings.metrics_port, "streamrec_items_indexed_total")
+        if indexed is not None and indexed >= n_items:
+            results["worker"]["ready_s"] = round(time.monotonic() - started, 1)
+            results["worker"]["catalogue_items"] = int(indexed)
+            return
+        if time.monotonic() >= next_progress:
+            next_progress += PROGRESS_EVERY_S
+            state = "not answering yet" if indexed is None else f"{indexed:.0f}/{n_items} items indexed"
+            _say(f"worker: {state} ({time.monotonic() - started:.0f}s)", run.quiet)
+        await asyncio.sleep(0.5)
+    raise RuntimeError(f"the worker did not index the catalogue within {WORKER_READY_TIMEOUT_S:.0f}s:\n"
+                       f"{_log_tail(run.worker_log)}")
+
+
+def _summarise(results: dict[str, Any]) -> None:
+    rows = results["rates"]
+    held = [r["rate"] for r in rows
+            if r["held"] and r["latency_ms"]["p99"] is not None and r["latency_ms"]["p99"] < LATENCY_SLO_MS]
+    results["highest_rate_held_p99_under_100ms"] = max(held) if held else None
+    at_1000 = next((r for r in rows if r["rate"] == 1000), None)
+    results["p99_at_1000_ms"] = at_1000["latency_ms"]["p99"] if at_1000 else None
+    notes = results["notes"]
+    for r in rows:
+        if r["producer_limited"]:
+            notes.append(f"at {r['rate']} events/s the producer itself reached only {r['achieved_rate']:.0f}/s "
+                         f"on this {os.cpu_count()}-core machine: that rate is limited by the load generator")
+    if results.get("skipped_rates"):
+        notes.append(f"rates {results['skipped_rates']} skipped: the previous rate left a backlog")
+    notes.append("the bench process (producer + consumer), the worker and the broker share "
+                 f"{os.cpu_count()} cores (load average at start {results['settings']['load_average']})")
+
+
+def print_table(results: dict[str, Any]) -> None:
+    print(f"\nend to end: Tansu dev broker + 1 worker, {results['settings']['users']} users, "
+          f"{results['settings']['items']} items, {results['settings']['duration_s']:.0f}s per rate")
+    header = (f"{'rate':>6} {'sent/s':>7} {'lists':>7} {'covered':>8} {'lists/s':>8} {'events/s':>9} "
+              f"{'drain s':>8} {'p50':>6} {'p95':>6} {'p99':>6} {'max':>6} {'wkr p99':>7} {'cores':>5} {'held':>5}")
+    print(header)
+    if not results["rates"]:
+        print("(no rate completed)")
+    for r in results["rates"]:
+        latency = r["latency_ms"]
+        drain = f"{r['drain_s']:.2f}" if r["drain_s"] is not None else "backlog"
+        sent = f"{r['achieved_rate']:.0f}" + ("*" if r["producer_limited"] else "")
+        print(f"{r['rate']:>6} {sent:>7} {r['lists_received']:>7} {r['events_covered']:>8} "
+              f"{r['steady_lists_per_s']:>8} {r['steady_events_per_s']:>9} {drain:>8} "
+              f"{_ms(latency['p50'])} {_ms(latency['p95'])} {_ms(latency['p99'])} {_ms(latency['max'])} "
+              f"{_ms(r['worker_latency_ms']['p99']):>7} {r['cpu_cores_used']['worker']:>5} "
+              f"{'yes' if r['held'] else 'no':>5}")
+    print("(latency ms: event sent -> list received; wkr p99: the worker's own, event ts -> list made; "
+          "lists/s, events/s: steady part; cores: CPU the worker used; * producer short of the rate)")
+    print(f"highest rate held with p99 < {LATENCY_SLO_MS:.0f} ms: "
+          f"{results.get('highest_rate_held_p99_under_100ms') or 'none'} events/s; "
+          f"p99 at 1000 events/s: {results.get('p99_at_1000_ms') or 'n/a'} ms")
+    for note in results["notes"]:
+        print(f"note: {note}")
+
+
+def _ms(value: float | None) -> str:
+    return f"{value:>6.0f}" if value is not None else f"{'-':>6}"
+
+
+def run_e2e_bench(
+    rates: Sequence[int],
+    duration_s: float,
+    users: int,
+    *,
+    items: int = DEFAULT_ITEMS,
+    warmup_events: int = WARMUP_EVENTS,
+    drain_max_s: float = DRAIN_MAX_S,
+    continue_after_backlog: bool = False,
+    seed: int = 7,
+    out: Path | None = None,
+    quiet: bool = False,
+) -> dict[str, Any]:
+    """Broker + one worker; events at each rate for `duration_s`; returns (and prints) the figures.
+
+    KeyboardInterrupt (Ctrl-C) stops everything cleanly, prints what was measured and re-raises.
+    """
+    if not rates or any(rate <= 0 for rate in rates):
+        raise ValueError(f"rates must be positive, got {list(rates)}")
+    if duration_s <= 0 or users < 1 or items < 1:
+        raise ValueError("duration_s, users and items must be positive")
+    base = Settings()
+    work = Path(tempfile.mkdtemp(prefix="streamrec-bench-e2e-"))
+    results: dict[str, Any] = {
+        "settings": {
+            "rates": sorted(set(int(r) for r in rates)), "duration_s": duration_s, "users": users,
+            "items": items, "warmup_events": warmup_events, "seed": seed,
+            "partitions": base.partitions, "batch_size": base.batch_size, "batch_wait_s": base.batch_wait_s,
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "producer_linger_ms": LINGER_MS,
+            "producer_tick_ms": TICK_S * 1000, "held_drain_s": HELD_DRAIN_S, "drain_max_s": drain_max_s,
+            "latency_slo_ms": LATENCY_SLO_MS, "cpu_count": os.cpu_count(),
+            "load_average": [round(x, 2) for x in os.getloadavg()],
+        },
+        "temp_dir": str(work),  # removed at the end
+        "worker": {},
+        "rates": [],
+        "notes": [],
+        "_started": time.monotonic(),
+    }
+    broker = DevBroker(port=free_port(), log_path=work / "broker.log")
+    worker: subprocess.Popen | None = None
+    interrupted = False
+    try:
+        _say(f"starting the Tansu dev broker and a worker (temp dir {work}) ...", quiet)
+        broker.start()
+        settings = base.model_copy(update={
+            "broker": broker.url, "data_dir": work / "data", "metrics_port": free_port(),
+            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "app_id": f"bench-e2e-{uuid.uuid4().hex[:8]}",
+        })
+        worker = _start_worker(settings, work / "worker.log")
+        _say(f"worker pid {worker.pid}, metrics on http://127.0.0.1:{settings.metrics_port}/metrics", quiet)
+        world = SyntheticWorld(seed=seed, n_items=items, n_users=users)
+        broker_pid = broker.process.pid if broker.process is not None else None
+        asyncio.run(_bench(settings, worker, work / "worker.log", broker_pid, world, rates, duration_s,
+                           warmup_events, drain_max_s, continue_after_backlog, results, quiet))
+    except KeyboardInterrupt:
+        interrupted = True
+        results["interrupted"] = True
+        _say("interrupted; stopping ...", quiet)
+        raise
+    finally:
+        previous = _ignore_sigint()  # a second Ctrl-C must not leave the worker or broker running
+        try:
+            if worker is not None:
+                results["worker"]["exit_code"] = _stop_worker(worker)
+            broker.stop()
+            shutil.rmtree(work, ignore_errors=True)
+        finally:
+            _restore_sigint(previous)
+        _say("stopped the worker and the broker; removed the temp dir", quiet)
+        results.pop("_started", None)
+        if interrupted or results["rates"]:
+            _summarise(results)
+            if not quiet:
+                print_table(results)
+    if out is not None:
+        out.parent.mkdir(parents=True, exist_ok=True)
+        out.write_text(json.dumps(results, indent=2) + "\n")
+        _say(f"wrote {out}", quiet)
+    return results
+
+
+def _ignore_sigint() -> Any:
+    try:
+        return signal.signal(signal.SIGINT, signal.SIG_IGN)
+    except ValueError:  # not the main thread: nothing to guard
+        return None
+
+
+def _restore_sigint(previous: Any) -> None:
+    if previous is not None:
+        signal.signal(signal.SIGINT, previous)
+
+
+def main(argv: list[str] | None = None) -> int:
+    parser = argparse.ArgumentParser(
+        description="End to end through the Tansu dev broker and one worker: lists/s, lag and latency per rate."
+    )
+    parser.add_argument("--rates", type=int, nargs="+", default=list(DEFAULT_RATES), help="events per second")
+    parser.add_argument("--duration", type=float, default=DEFAULT_DURATION_S, help="seconds per rate")
+    parser.add_argument("--users", type=int, default=DEFAULT_USERS)
+    parser.add_argument("--items", type=int, default=DEFAULT_ITEMS)
+    parser.add_argument("--warmup", type=int, default=WARMUP_EVENTS, help="warm-up events (not measured)")
+    parser.add_argument("--drain-max", type=float, default=DRAIN_MAX_S, help="seconds to wait for a backlog")
+    parser.add_argument("--continue-after-backlog", action="store_true",
+                        help="go on to higher rates even when one left a backlog")
+    parser.add_argument("--seed", type=int, default=7)
+    parser.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
+    parser.add_argument("--quiet", action="store_true")
+    args = parser.parse_args(argv)
+    os.environ.setdefault("HF_HUB_OFFLINE", "1")
+    try:
+        run_e2e_bench(args.rates, args.duration, args.users, items=args.items, warmup_events=args.warmup,
+                      drain_max_s=args.drain_max, continue_after_backlog=args.continue_after_backlog,
+                      seed=args.seed, out=args.out, quiet=args.quiet)
+    except KeyboardInterrupt:
+        return 130
+    except (RuntimeError, OSError) as exc:
+        print(f"bench failed: {exc}", file=sys.stderr)
+        return 1
+    return 0
+
+
+if __name__ == "__main__":
+    sys.exit(main())
