@@ -127,6 +127,18 @@ def test_cooccurrence_scores_items_seen_with_the_users_recent_items() -> None:
     assert ranked == ["b", "c"]  # a met b (and c, through u1's window of 2)
 
 
+def test_normalised_cooccurrence_prefers_a_specific_partner_to_a_popular_item() -> None:
+    # "a" met "b" once and "hit" once; "hit" is also consumed by everyone else
+    pairs = [("u1", "a"), ("u1", "b"), ("u2", "a"), ("u2", "hit")]
+    pairs += [(f"v{n}", item) for n in range(8) for item in (f"z{n}", "hit")]
+    pairs += [("u4", "a")]
+    normalised, raw = CooccurrenceBaseline(window=3), CooccurrenceBaseline(window=3, normalise=False)
+    for model in (normalised, raw):
+        model.learn(stream_of(pairs))
+    assert normalised.recommend(["u4"], k=1) == [["b"]]
+    assert raw.recommend(["u4"], k=1) == [["hit"]]  # equal counts: popularity decides
+
+
 def test_popularity_and_decayed_popularity_disagree_about_old_hits() -> None:
     stream = stream_of([("u1", "old"), ("u2", "old"), ("u3", "old")]) + stream_of(
         [("u4", "new"), ("u5", "new")], start=10_000
