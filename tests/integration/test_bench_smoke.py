@@ -54,10 +54,10 @@ def test_e2e_bench_gets_a_list_for_every_trigger(tmp_path: Path) -> None:
     # every list answers at least its trigger; together they answer every event sent
     assert 0 < row["lists_received"] <= row["events_covered"] == row["events_sent"]
     assert row["coalesced_events"] == row["events_covered"] - row["lists_received"]
-    latency = row["latency_ms"]
-    assert 0 < latency["p50"] <= latency["p95"] <= latency["p99"] <= latency["max"]
-    assert row["achieved_rate"] > 0 and row["steady_lists_per_s"] > 0
+    assert 0 < row["p50_ms"] <= row["p95_ms"] <= row["p99_ms"] <= row["max_ms"]
+    assert row["sent_per_s"] > 0 and row["lists_per_s"] > 0
     assert results["worker"]["catalogue_items"] >= 200 and results["worker"]["exit_code"] == 0
     assert results["settings"]["rates"] == [100] and results["settings"]["users"] == 200
-    assert results["p99_at_1000_ms"] is None  # no 1000 events/s run was asked for
+    assert results["highest_rate_held"] in (None, 100)  # held or not depends on the machine's load
+    assert results["p99_ms_at_1000"] is None  # no 1000 events/s run was asked for
     assert not Path(results["temp_dir"]).exists(), "the worker's data and the logs are removed"
