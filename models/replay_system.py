@@ -53,12 +53,19 @@ class Bootstrap:
 
     after_events: int
     steps: int
+    retry_every: int = 1_000  # a refused first version is tried again this many events later
     outcome: CycleOutcome | None = None
 
     @property
     def version(self) -> str | None:
         manifest = self.outcome.manifest if self.outcome is not None else None
         return manifest.version if manifest is not None else None
+
+    def retry_later(self, events_seen: int) -> None:
+        """The first version was refused (the guardrail judged it worse than what serves):
+        train one again, on a larger window, `retry_every` events from now."""
+        self.outcome = None
+        self.after_events = events_seen + self.retry_every
 
     def train(self, trainer: ContinualTrainer, now: float) -> bool:
         """Train the first version with `trainer`'s window unless done; True if it ran now."""
@@ -143,8 +150,8 @@ class CoreSystem:
             version = bootstrap.version
             if version is None:
                 if bootstrap.outcome is not None and bootstrap.outcome.report:
-                    log.warning("%s: no first version (%s)", self.name, bootstrap.outcome.report.reason)
-                bootstrap.after_events = math.inf  # type: ignore[assignment]  # do not retry
+                    log.info("%s: no first version yet (%s)", self.name, bootstrap.outcome.report.reason)
+                bootstrap.retry_later(self.events_seen)
                 return
             trainer.serving_version = version
             trainer.cut(now)  # the next routine cycle counts from here
@@ -229,8 +236,8 @@ def build_core_systems(
     if unknown:
         raise ValueError(f"unknown variants {unknown}; choose from {list(VARIANTS)}")
     store = DirectoryModelStore(plan.work_dir / "models")
-    bootstrap = Bootstrap(plan.bootstrap_after, plan.bootstrap_steps)
     base = ContinualConfig.from_settings(plan.settings)
+    bootstrap = Bootstrap(plan.bootstrap_after, plan.bootstrap_steps, retry_every=base.every_events)
     config = replace(base, window_s=plan.window_s, every_s=plan.every_s)
     text_dim = len(next(iter(catalogue.values())).vector) if catalogue else 384
     systems = []
