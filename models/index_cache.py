@@ -28,6 +28,7 @@ Answers are exactly those of the backend:
 
 from __future__ import annotations
 
+import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
@@ -58,7 +59,9 @@ class CachedItemIndex:
         self.list_capacity = neighbour_lists
         self.depth = depth
         self._items: OrderedDict[str, IndexedItem] = OrderedDict()
-        self._lists: OrderedDict[str, list[Neighbour]] = OrderedDict()  # best first
+        # item id -> its neighbours' ids (interned) and scores (float32), best first: ~0.8 KB
+        # a list at depth 60, where Neighbour objects took 11 KB
+        self._lists: OrderedDict[str, _NeighbourList] = OrderedDict()
         self._lock = threading.Lock()  # the catalogue may write from another thread
         self.hits = 0  # neighbour lists asked for that were kept
         self.misses = 0  # ... that had to be fetched (or were unknown)
@@ -87,9 +90,9 @@ class CachedItemIndex:
             anchors = np.stack([self._items[key].vector for key in keys])  # (K, D)
             best_new = (anchors @ new.T).max(axis=1)  # (K,) each list's best new score
             for key, score in zip(keys, best_new.tolist()):
-                kept = self._lists[key]
-                floor = kept[-1].score if len(kept) >= self.depth else -np.inf
-                if score >= floor or any(n.item_id in written for n in kept):
+                ids, scores = self._lists[key]
+                floor = float(scores[-1]) if len(ids) >= self.depth else -np.inf
+                if score >= floor or not written.isdisjoint(ids):
                     stale.add(key)
         for key in stale:
             self._lists.pop(key, None)
@@ -179,7 +182,11 @@ class CachedItemIndex:
         results = self.inner.search_batch(queries, self.depth + 1, with_items=False)  # + itself
         with self._lock:
             for item_id, hits in zip(wanted, results):
-                self._lists[item_id] = [n for n in hits if n.item_id != item_id][: self.depth]
+                kept = [n for n in hits if n.item_id != item_id][: self.depth]
+                self._lists[item_id] = (
+                    tuple(sys.intern(n.item_id) for n in kept),
+                    np.array([n.score for n in kept], dtype=np.float32),
+                )
                 self._lists.move_to_end(item_id)
             while len(self._lists) > self.list_capacity:
                 self._lists.popitem(last=False)
@@ -215,16 +222,20 @@ class CachedItemIndex:
         self.inner.drop()
 
 
+_NeighbourList = tuple[tuple[str, ...], np.ndarray]  # ids, (n,) float32 scores
+
+
 def _filtered(
-    kept: list[Neighbour], banned: Collection[str], item_id: str, limit: int, depth: int
+    kept: _NeighbourList, banned: Collection[str], item_id: str, limit: int, depth: int
 ) -> list[Neighbour] | None:
     """The first `limit` kept neighbours not banned; None when the list cannot tell (it was
     cut at `depth` and fewer than `limit` survived)."""
+    ids, scores = kept
     out = []
-    for neighbour in kept:
-        if neighbour.item_id in banned or neighbour.item_id == item_id:
+    for column, neighbour in enumerate(ids):
+        if neighbour in banned or neighbour == item_id:
             continue
-        out.append(neighbour)
+        out.append(Neighbour(neighbour, float(scores[column])))
         if len(out) == limit:
             return out
-    return out if len(kept) < depth else None
+    return out if len(ids) < depth else None
