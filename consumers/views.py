@@ -207,7 +207,7 @@ class WorkerApi:
         item = index.get([item_id]).get(item_id)
         if item is None:
             raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalogue")
-        hits = index.search_batch(item.vector[None, :], limit=limit, exclude=[{item_id}])[0]  # (1, D)
+        hits = index.similar([item_id], limit=limit)[0]  # the neighbour list a worker keeps
         bare = [hit.item_id for hit in hits if hit.item is None]
         titles = {i: found.title for i, found in index.get(bare).items()} if bare else {}
         return {

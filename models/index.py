@@ -438,7 +438,8 @@ class ClientItemIndex(_QdrantIndex):
         from qdrant_client import QdrantClient, models
 
         self._models = models
-        self._search = models.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef else None
+        local = url == ":memory:" or url.startswith(LOCAL_PATH_PREFIX)  # exact search: no HNSW
+        self._search = models.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef and not local else None
         self.dim = dim
         self.distance = _check_distance(distance)
         metric = models.Distance.COSINE if distance == "cosine" else models.Distance.DOT
