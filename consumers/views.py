@@ -91,6 +91,8 @@ def parse_event_body(
             elements = json.loads(stripped, parse_constant=_refuse_constant)
         except (ValueError, UnicodeDecodeError) as exc:
             raise ApiError(400, "invalid_json", f"body is not valid JSON: {exc}") from None
+        except RecursionError:
+            raise ApiError(400, "invalid_json", "body is nested too deeply to parse") from None
         if not elements:
             raise ApiError(400, "empty", "the array holds no events")
         if len(elements) > max_events:

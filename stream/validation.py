@@ -15,6 +15,7 @@ Nothing here raises on bad input: every failure is a value the caller routes to 
 from __future__ import annotations
 
 import json
+import math
 from collections import OrderedDict
 from dataclasses import dataclass
 from typing import TypeVar
@@ -36,6 +37,9 @@ REASONS = (
     "absurd_timestamp",
 )
 _MAX_ERROR_CHARS = 500
+#: JSON nested deeper than this is refused (`schema`): pydantic cannot serialize much deeper
+#: values (about 255 levels) and Python's parser raises past about 1,000 (`invalid_json`).
+MAX_JSON_DEPTH = 64
 
 
 @dataclass(frozen=True)
@@ -50,6 +54,27 @@ def _reject_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
 
 
+def _finite_float(text: str) -> float:
+    value = float(text)
+    if math.isinf(value):  # 1e999: valid JSON syntax, but no finite number
+        raise ValueError(f"number {text[:40]} is out of range")
+    return value
+
+
+def _deeper_than(obj: object, limit: int) -> bool:
+    """True when lists/objects in `obj` nest more than `limit` levels (iterative: no recursion)."""
+    stack = [(obj, 1)]
+    while stack:
+        value, depth = stack.pop()
+        children = value.values() if isinstance(value, dict) else value
+        for child in children:
+            if isinstance(child, dict | list):
+                if depth + 1 > limit:
+                    return True
+                stack.append((child, depth + 1))
+    return False
+
+
 def decode(model: type[M], raw: bytes | None, max_bytes: int) -> M | Rejection:
     """Parse `raw` as one JSON object of `model`, or say why not."""
     if not raw:
@@ -57,11 +82,15 @@ def decode(model: type[M], raw: bytes | None, max_bytes: int) -> M | Rejection:
     if len(raw) > max_bytes:
         return Rejection("oversized", f"{len(raw)} bytes > limit of {max_bytes}")
     try:
-        obj = json.loads(raw, parse_constant=_reject_constant)
+        obj = json.loads(raw, parse_constant=_reject_constant, parse_float=_finite_float)
     except (ValueError, UnicodeDecodeError) as exc:  # JSONDecodeError is a ValueError
         return Rejection("invalid_json", str(exc)[:_MAX_ERROR_CHARS])
+    except RecursionError:
+        return Rejection("invalid_json", "JSON nested too deeply to parse")
     if not isinstance(obj, dict):
         return Rejection("not_an_object", f"expected a JSON object, got {type(obj).__name__}")
+    if _deeper_than(obj, MAX_JSON_DEPTH):
+        return Rejection("schema", f"JSON nested deeper than {MAX_JSON_DEPTH} levels")
     try:
         return model.model_validate(obj)
     except ValidationError as exc:
@@ -93,6 +122,14 @@ class EventValidator:
                 "absurd_timestamp",
                 f"ts {result.ts} is more than {self.max_future_skew_s}s after receive time {now}",
             )
+        # The agents forward `to_bytes()`, which is validated again downstream: it must exist
+        # and fit the limit too (an int `ts` comes out as a float, a few bytes longer).
+        try:
+            size = len(result.to_bytes())
+        except ValueError as exc:  # PydanticSerializationError
+            return Rejection("schema", f"cannot be serialised: {exc}"[:_MAX_ERROR_CHARS])
+        if size > self.max_bytes:
+            return Rejection("oversized", f"{size} bytes once serialised > limit of {self.max_bytes}")
         return result
 
 
@@ -104,7 +141,7 @@ def parse_item(raw: bytes | None, max_bytes: int) -> Item | Rejection:
 def _has_unknown_type(raw: bytes | None) -> bool:
     try:
         obj = json.loads(raw or b"")
-    except ValueError:
+    except (ValueError, RecursionError):
         return False
     kind = obj.get("type") if isinstance(obj, dict) else None
     return isinstance(kind, str) and kind not in EVENT_TYPES
