@@ -69,30 +69,33 @@ class CachedItemIndex:
     # --- writes ----------------------------------------------------------------------
     def upsert(self, items: Sequence[IndexedItem]) -> None:
         """Write through to the backend, then forget what the new vectors change."""
-        self.inner.upsert(items)
         if not items:
+            self.inner.upsert(items)
             return
         written = {item.item_id for item in items}
+        # Only items that were in the index already can sit in a kept list.
+        replaced = set(self.inner.get(sorted(written))) if self._lists else set()
+        self.inner.upsert(items)
         with self._lock:
             for item_id in written:
                 self._items.pop(item_id, None)
-            self._forget_lists_entered_by(items, written)
+            self._forget_lists_entered_by(items, replaced)
 
-    def _forget_lists_entered_by(self, items: Sequence[IndexedItem], written: set[str]) -> None:
+    def _forget_lists_entered_by(self, items: Sequence[IndexedItem], replaced: set[str]) -> None:
         if not self._lists:
             return
         new = np.stack([np.asarray(item.vector, dtype=np.float32) for item in items])  # (M, D)
         if self.distance == "cosine":
             new /= np.maximum(np.linalg.norm(new, axis=1, keepdims=True), 1e-12)
         keys = [key for key in self._lists if key in self._items]
-        stale = {key for key in self._lists if key not in self._items or key in written}
+        stale = {key for key in self._lists if key not in self._items or key in replaced}
         if keys:
             anchors = np.stack([self._items[key].vector for key in keys])  # (K, D)
             best_new = (anchors @ new.T).max(axis=1)  # (K,) each list's best new score
             for key, score in zip(keys, best_new.tolist()):
                 ids, scores = self._lists[key]
                 floor = float(scores[-1]) if len(ids) >= self.depth else -np.inf
-                if score >= floor or not written.isdisjoint(ids):
+                if score >= floor or (replaced and not replaced.isdisjoint(ids)):
                     stale.add(key)
         for key in stale:
             self._lists.pop(key, None)

@@ -111,6 +111,7 @@ class CoreSystem:
         if new:
             unique = list({item.item_id: item for item in new}.values())
             self.pipeline.store_items(unique)
+            self.pipeline.optimize_index()  # as the worker's catalogue agent does (cheap when little is new)
             self.indexed.update(item.item_id for item in unique)
             if self.trainer is not None:
                 self.trainer.add_items(unique)
