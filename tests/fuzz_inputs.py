@@ -65,7 +65,7 @@ def valid_dicts(now: float, item_ids: st.SearchStrategy[str] | None = None) -> s
     required = {
         "event_id": ids(),
         "user_id": ids(),
-        "item_id": item_ids or ids(),
+        "item_id": item_ids if item_ids is not None else ids(),
         "type": st.sampled_from(EVENT_TYPES),
         "ts": st.one_of(
             st.floats(min_value=MIN_TS, max_value=now),
