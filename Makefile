@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip, with its output kept in a log that is shown only when it fails
 PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 
-.PHONY: setup promtool chromium demo bench test test-unit test-integration test-e2e schemas lint clean
+.PHONY: setup promtool chromium demo bench test test-unit test-integration test-e2e schemas lint audit clean
 
 ## setup: create .venv, install torch (CPU wheel) first, then the project with its dev extras
 setup: $(STAMP)
@@ -75,6 +75,52 @@ schemas: setup
 
 lint: setup
 	$(VENV)/bin/ruff check stream models consumers tests
+
+## audit: known vulnerabilities in the installed dependencies (pip-audit, PyPI's advisory data):
+## a finding fails; a service that cannot be reached, or knows none of the packages, only warns.
+## AUDIT_IGNORE: advisory ids reviewed in docs/security.md that do not affect streamrec.
+AUDIT_IGNORE ?=
+define AUDIT_REPORT
+import json, sys
+report_path, log_path = sys.argv[1:3]
+try:
+    with open(report_path) as report:
+        deps = json.load(report)["dependencies"]
+except (OSError, ValueError, KeyError):
+    with open(log_path) as log:
+        print(log.read()[-2000:])
+    print("make audit: WARNING: pip-audit produced no report (vulnerability service unreachable?); nothing was audited")
+    sys.exit(0)
+found = [(d["name"], d["version"], v["id"], v.get("aliases", []), v.get("fix_versions", [])) for d in deps for v in d.get("vulns", [])]
+skipped = [d for d in deps if "skip_reason" in d]
+for name, version, vuln, aliases, fixes in found:
+    print(f"make audit: {name} {version}: {vuln} {' '.join(aliases)} (fixed in: {', '.join(fixes) or 'no release yet'})")
+if found:
+    print(f"make audit: {len(found)} known vulnerabilities: upgrade, or review and list them in docs/security.md and AUDIT_IGNORE")
+    sys.exit(1)
+if len(skipped) == len(deps):
+    print(f"make audit: WARNING: the vulnerability service knows none of the {len(deps)} packages (a PyPI mirror without release data?); nothing was audited")
+    sys.exit(0)
+print(f"make audit: {len(deps) - len(skipped)} packages audited, no known vulnerabilities ({len(skipped)} not found on PyPI)")
+endef
+export AUDIT_REPORT
+# name==version of every installed distribution but the project itself and the installers
+define AUDIT_FREEZE
+import importlib.metadata as md
+skip = {"streamrec", "pip", "setuptools", "wheel"}
+pins = {d.metadata["Name"].lower(): d.version.split("+")[0] for d in md.distributions()}
+print("\n".join(f"{name}=={version}" for name, version in sorted(pins.items()) if name not in skip))
+endef
+export AUDIT_FREEZE
+
+audit: setup
+	@$(PY) -m pip_audit --version > /dev/null 2>&1 || $(call PIP_QUIET,"pip-audit>=2.7")
+	@$(PY) -c "$$AUDIT_FREEZE" > $(VENV)/audit-requirements.txt
+	@rm -f $(VENV)/audit.json
+	@$(PY) -m pip_audit -r $(VENV)/audit-requirements.txt --no-deps --disable-pip --progress-spinner off \
+		--format json --output $(VENV)/audit.json $(foreach id,$(AUDIT_IGNORE),--ignore-vuln $(id)) \
+		> $(VENV)/audit.log 2>&1 || true
+	@$(PY) -c "$$AUDIT_REPORT" $(VENV)/audit.json $(VENV)/audit.log
 
 clean:
 	rm -rf .streamrec .pytest_cache
