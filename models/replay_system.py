@@ -100,6 +100,7 @@ class CoreSystem:
     timeline: list[VersionChange] = field(default_factory=list)
     cycles: list[dict[str, Any]] = field(default_factory=list)
     training_seconds: float = 0.0
+    optimized_at: int = 0  # catalogue size at the last index optimisation
 
     def recommend(self, user_ids: Sequence[str], k: int) -> list[list[str]]:
         states = [self.states.get(user) or UserState(user, max_history=self.max_history) for user in user_ids]
@@ -111,7 +112,9 @@ class CoreSystem:
         if new:
             unique = list({item.item_id: item for item in new}.values())
             self.pipeline.store_items(unique)
-            self.pipeline.optimize_index()  # as the worker's catalogue agent does (cheap when little is new)
+            if len(self.indexed) + len(unique) >= 1.25 * self.optimized_at:  # HNSW rebuilds: O(log N)
+                self.pipeline.optimize_index()
+                self.optimized_at = len(self.indexed) + len(unique)
             self.indexed.update(item.item_id for item in unique)
             if self.trainer is not None:
                 self.trainer.add_items(unique)
