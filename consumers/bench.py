@@ -15,6 +15,7 @@ would time the encoder, not the core).
 from __future__ import annotations
 
 import json
+import os
 import platform
 import shutil
 import tempfile
@@ -217,7 +218,8 @@ def run_bench(
 ) -> dict[str, Any]:
     """Every figure of the suite; see the module docstring."""
     results: dict[str, Any] = {
-        "machine": {"cpus": _cpus(), "python": platform.python_version(), "torch": torch.__version__,
+        "machine": {"cpus": _cpus(), "load_average": [round(x, 2) for x in os.getloadavg()],
+                    "python": platform.python_version(), "torch": torch.__version__,
                     "cuda": torch.cuda.get_device_name(0) if torch.cuda.is_available() else None},
         "settings": {"events_per_size": events_per_size, "users": users, "text_items": text_items,
                      "batch_sizes": list(BATCH_SIZES), "warmup_events": WARMUP_EVENTS},
@@ -269,6 +271,4 @@ def run_bench(
 
 
 def _cpus() -> int:
-    import os
-
     return len(os.sched_getaffinity(0)) if hasattr(os, "sched_getaffinity") else os.cpu_count() or 1

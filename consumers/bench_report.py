@@ -98,7 +98,8 @@ def render_markdown(results: dict[str, Any]) -> str:
         "`.streamrec/bench.json`. Figures depend on the machine and its load: rerun them on yours.",
         "",
         f"Machine: {machine.get('cpus')} CPUs, Python {machine.get('python')}, torch {machine.get('torch')}, "
-        f"GPU: {machine.get('cuda') or 'none'}.",
+        f"GPU: {machine.get('cuda') or 'none'}; load average at the start {machine.get('load_average', '?')} "
+        "(other work on the machine slows every figure).",
     ]
     checks = targets(results)
     if checks:
