@@ -73,8 +73,10 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
         variants = [name for name in VARIANTS if name in wanted]
         if variants:
             systems += _core_systems(args, k_settings, dataset, stream, variants, device, cache, Path(work))
+        ties = dataset.description.get("tie_breaking")
         print(f"replaying {len(stream)} events through {len(systems)} systems "
-              f"(measured from event {math.ceil(len(stream) * args.warmup)}) ...", flush=True)
+              f"(measured from event {math.ceil(len(stream) * args.warmup)}"
+              f"{f'; timestamp ties: {ties}' if ties else ''}) ...", flush=True)
         started = time.perf_counter()
         result = prequential(stream, systems, config)
         seconds = time.perf_counter() - started
