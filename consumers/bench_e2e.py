@@ -39,7 +39,6 @@ import subprocess
 import sys
 import tempfile
 import time
-import urllib.request
 import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
@@ -50,8 +49,9 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from streamrec.consumers.feed import open_reader, send_items
+from streamrec.consumers.metrics import scrape_metric
 from streamrec.models.synthetic import SyntheticWorld
-from streamrec.stream.broker import DevBroker, free_port
+from streamrec.stream.broker import DevBroker, free_port, stop_process_group
 from streamrec.stream.messages import Event
 from streamrec.stream.producer import LINGER_MS, EventProducer
 from streamrec.stream.settings import Settings
@@ -133,34 +133,11 @@ def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
 
 def _stop_worker(process: subprocess.Popen) -> int | None:
     """SIGTERM to its process group, SIGKILL after a grace period; always reaped."""
-    if process.poll() is not None:
-        return process.returncode
-    try:
-        os.killpg(process.pid, signal.SIGTERM)
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-    except ProcessLookupError:
-        process.wait()
-    return process.returncode
+    return stop_process_group(process, STOP_GRACE_S)
 
 
 def _log_tail(path: Path) -> str:
     return path.read_text(errors="replace")[-LOG_TAIL_CHARS:] if path.exists() else "(no log)"
-
-
-def _metric(port: int, name: str) -> float | None:
-    """One unlabelled metric from the worker's /metrics; None while it does not answer."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as response:
-            body = response.read().decode()
-    except OSError:
-        return None
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
 
 
 # --- what was sent and what came back -----------------------------------------------------
@@ -442,7 +419,7 @@ async def _wait_for_catalogue(run: Run, n_items: int, results: dict[str, Any]) -
     next_progress = time.monotonic() + PROGRESS_EVERY_S
     while time.monotonic() < deadline:
         run.check()
-        indexed = await asyncio.to_thread(_metric, run.settings.metrics_port, "streamrec_items_indexed_total")
+        indexed = await asyncio.to_thread(scrape_metric, run.settings.metrics_port, "streamrec_items_indexed_total")
         if indexed is not None and indexed >= n_items:
             results["worker"]["ready_s"] = round(time.monotonic() - started, 1)
             results["worker"]["catalogue_items"] = int(indexed)

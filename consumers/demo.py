@@ -15,7 +15,6 @@ import signal
 import subprocess
 import sys
 import time
-import urllib.request
 from collections.abc import Iterator
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -23,6 +22,7 @@ from pathlib import Path
 import numpy as np
 
 from streamrec.consumers.feed import format_recommendation, open_reader, send_items, send_paced
+from streamrec.consumers.metrics import scrape_metric
 from streamrec.models.synthetic import SyntheticWorld
 from streamrec.stream.broker import DevBroker, free_port
 from streamrec.stream.messages import Recommendation
@@ -53,19 +53,6 @@ def _say(text: str) -> None:
     print(text, flush=True)
 
 
-def _metric(port: int, name: str) -> float | None:
-    """Read one unlabelled metric from the worker's /metrics, None while it is not up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=1.0) as response:
-            body = response.read().decode()
-    except OSError:
-        return None
-    for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
-
-
 async def _wait_for_worker(
     worker: subprocess.Popen, port: int, n_items: int, log: Path, stop: asyncio.Event
 ) -> None:
@@ -74,7 +61,7 @@ async def _wait_for_worker(
         if worker.poll() is not None:
             tail = log.read_text(errors="replace")[-3000:] if log.exists() else ""
             raise RuntimeError(f"the worker exited with code {worker.returncode}:\n{tail}")
-        indexed = _metric(port, "streamrec_items_indexed_total")
+        indexed = scrape_metric(port, "streamrec_items_indexed_total")
         if indexed is not None and indexed >= n_items:
             return
         await asyncio.sleep(0.5)

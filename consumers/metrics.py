@@ -219,3 +219,18 @@ async def sample_consumer_lag(
     never = [tp for tp, offset in committed.items() if offset is None]
     earliest = await consumer.earliest_offsets(*never) if never else {}
     metrics.record_consumer_lag(partition_lags(ends, committed, earliest))
+
+
+def scrape_metric(port: int, name: str, host: str = "127.0.0.1") -> float | None:
+    """One unlabelled metric from a worker's /metrics; None while it does not answer."""
+    import urllib.request
+
+    try:
+        with urllib.request.urlopen(f"http://{host}:{port}/metrics", timeout=1.0) as response:
+            body = response.read().decode()
+    except OSError:
+        return None
+    for line in body.splitlines():
+        if line.startswith(name + " "):
+            return float(line.split()[1])
+    return None

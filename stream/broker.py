@@ -143,16 +143,8 @@ class DevBroker:
     def stop(self) -> None:
         """SIGTERM, then SIGKILL after a grace period; always reaps the process."""
         process, self.process = self.process, None
-        if process is None or process.poll() is not None:
-            return
-        try:
-            os.killpg(process.pid, signal.SIGTERM)
-            process.wait(timeout=STOP_GRACE_S)
-        except subprocess.TimeoutExpired:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-        except ProcessLookupError:
-            process.wait()
+        if process is not None:
+            stop_process_group(process, STOP_GRACE_S)
 
     @property
     def running(self) -> bool:
@@ -196,3 +188,19 @@ def main(argv: list[str] | None = None) -> int:
 
 if __name__ == "__main__":
     raise SystemExit(main())
+
+
+def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int | None:
+    """SIGTERM to a process started in its own group, SIGKILL after `grace_s`; always reaped.
+    Returns its exit code."""
+    if process.poll() is not None:
+        return process.returncode
+    try:
+        os.killpg(process.pid, signal.SIGTERM)
+        process.wait(timeout=grace_s)
+    except subprocess.TimeoutExpired:
+        os.killpg(process.pid, signal.SIGKILL)
+        process.wait()
+    except ProcessLookupError:
+        process.wait()
+    return process.returncode
