@@ -65,6 +65,7 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
     except (ValueError, FileNotFoundError) as exc:
         print(f"evaluate failed: {exc}", file=sys.stderr)
         return 1
+    commit = _git_commit()  # the code that runs, not what HEAD is when a long replay ends
     k_settings = settings.model_copy(update={"k": args.k})
     logging.getLogger("streamrec").setLevel(logging.WARNING)  # the progress bar and the table say it
     half_life = args.half_life or settings.trending_half_life_s
@@ -96,7 +97,7 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
             "limit": args.limit,
             "half_life_s": half_life,
         },
-        "git_commit": _git_commit(),
+        "git_commit": commit,
         "seconds": round(seconds, 1),
         **result.as_dict(),
     }
