@@ -14,7 +14,6 @@ would time the encoder, not the core).
 
 from __future__ import annotations
 
-import json
 import os
 import platform
 import shutil
@@ -28,6 +27,7 @@ from typing import Any
 import numpy as np
 import torch
 
+from streamrec.consumers.bench_report import write_figures
 from streamrec.models.catalog import title_of
 from streamrec.models.encoder import TextEncoder
 from streamrec.models.index import IndexedItem
@@ -260,8 +260,7 @@ def run_bench(
     text = render_markdown(results)
     print("\n" + text)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_figures(out, results)
         print(f"wrote {out}")
     if markdown is not None:
         markdown.parent.mkdir(parents=True, exist_ok=True)

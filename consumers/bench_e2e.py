@@ -48,6 +48,7 @@ from typing import Any
 import numpy as np
 from aiokafka import AIOKafkaConsumer
 
+from streamrec.consumers.bench_report import write_figures
 from streamrec.consumers.feed import open_reader, send_items
 from streamrec.consumers.metrics import scrape_metric
 from streamrec.models.synthetic import SyntheticWorld
@@ -558,8 +559,7 @@ def run_e2e_bench(
             if not quiet:
                 print_table(results)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_figures(out, results)
         _say(f"wrote {out}", quiet)
     return results
 

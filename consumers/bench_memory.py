@@ -40,6 +40,7 @@ from typing import Any, NamedTuple
 
 import numpy as np
 
+from streamrec.consumers.bench_report import write_figures
 from streamrec.models.index import IndexedItem
 from streamrec.models.state import UserState
 from streamrec.models.synthetic import TYPE_PROBABILITIES, SyntheticWorld
@@ -398,8 +399,7 @@ def run_memory_bench(
     if not quiet:
         print_table(results)
     if out is not None:
-        out.parent.mkdir(parents=True, exist_ok=True)
-        out.write_text(json.dumps(results, indent=2) + "\n")
+        write_figures(out, results)
         _say(f"\nwrote {out}", quiet)
     return results
 

@@ -12,6 +12,8 @@ the others are missed.
 
 from __future__ import annotations
 
+import json
+from pathlib import Path
 from typing import Any
 
 CORE_TARGET_EVENTS_PER_S = 10_000  # at batch 256, 10k-item catalogue
@@ -150,3 +152,9 @@ def _num(value: Any, digits: int = 0) -> str:
     if value is None:
         return "–"
     return f"{value:.{digits}f}" if isinstance(value, float) else str(value)
+
+
+def write_figures(out: Path, results: dict[str, Any]) -> None:
+    """A bench's figures as JSON at `out` (parents created)."""
+    out.parent.mkdir(parents=True, exist_ok=True)
+    out.write_text(json.dumps(results, indent=2) + "\n")

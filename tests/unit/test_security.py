@@ -40,7 +40,7 @@ PASSWORD = "not-a-real-password"
 def tls(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
     """ca.pem, client.pem (signed by it), client.key, and other.key (matches neither)."""
     if shutil.which("openssl") is None:
-        pytest.skip("openssl is needed to make a test CA")
+        pytest.fail("openssl is needed to make a test CA (Debian package openssl)")
     d = tmp_path_factory.mktemp("tls")
 
     def openssl(*args: str) -> None:
