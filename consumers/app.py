@@ -13,17 +13,23 @@ from faust.web import drivers as web_drivers
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.serving import RankerScorer
+from streamrec.stream.offsets import log_end_offsets
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _transport_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Transport]:
-    """Faust's aiokafka driver hard-codes `fetch_max_wait_ms=1500`; this makes it a setting.
+def _transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
+    """Faust's aiokafka driver, with two fixes for brokers other than Apache Kafka.
 
-    Real Kafka answers a fetch as soon as data is there, but some brokers (Tansu) only answer
-    when the wait runs out, which would add up to 1.5 s per hop.
+    - Faust hard-codes `fetch_max_wait_ms=1500`; this makes it a setting. Real Kafka answers a
+      fetch as soon as data is there, but some brokers (Tansu) only answer when the wait runs
+      out, which would add up to 1.5 s per hop.
+    - Table recovery reads a changelog up to its reported end offset; where a broker reports
+      it short (Tansu), the last state updates would be lost in a restart or a rebalance. The
+      ends are checked against the log (`streamrec.stream.offsets`).
     """
+    fetch_max_wait_ms = settings.fetch_max_wait_ms
 
     class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
         def _create_worker_consumer(self, transport: Any) -> Any:
@@ -33,6 +39,12 @@ def _transport_with_fetch_wait(fetch_max_wait_ms: int) -> type[faust_aiokafka.Tr
             else:  # pragma: no cover - a future aiokafka renamed it
                 log.warning("cannot set fetch_max_wait_ms on this aiokafka version")
             return consumer
+
+        async def _highwaters(self, partitions: list[TP]) -> Any:
+            reported = await super()._highwaters(partitions)
+            if self.consumer.in_transaction:
+                return reported  # last stable offsets: not the figure corrected here
+            return await log_end_offsets(settings, reported)
 
     class Consumer(faust_aiokafka.Consumer):
         def _new_consumer_thread(self) -> ConsumerThread:
@@ -91,14 +103,14 @@ def head_gap(acked: list[int], committed: int | None, rewound_to: int | None) ->
 
 
 class StreamrecApp(faust.App):
-    """A Faust app whose transport honours `Settings.fetch_max_wait_ms`."""
+    """A Faust app whose transport honours `Settings` (`_transport_for`)."""
 
-    def __init__(self, *args: Any, fetch_max_wait_ms: int, **kwargs: Any) -> None:
-        self.fetch_max_wait_ms = fetch_max_wait_ms
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
-        transport_class = _transport_with_fetch_wait(self.fetch_max_wait_ms)
+        transport_class = _transport_for(self.settings)
         return transport_class(self.conf.broker_consumer, self)
 
     def _new_web(self) -> Any:
@@ -129,7 +141,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
     settings.data_dir.mkdir(parents=True, exist_ok=True)
     app = StreamrecApp(
         settings.app_id,
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
+        settings=settings,
         broker=settings.broker,
         broker_credentials=_credentials(settings),
         store=settings.table_store,

@@ -153,12 +153,15 @@ class Recommender:
         """Apply every new event to its user's state and to the trending counts.
 
         Before an event is learned, it is checked against the last list served to its user:
-        the outcomes are the live hit-rate of each model version.
+        the outcomes are the live hit-rate of each model version. An event the state holds
+        already is skipped (`UserState.learn` is idempotent); its user still gets a list.
         """
         outcomes = []
         for user in users:
             for event in user.events:
                 state = user.state
+                if state.has_learned(event.event_id):
+                    continue  # read again (after a crash, or forwarded twice): counted once
                 if state.served_version is not None:
                     outcomes.append(OnlineOutcome(state.served_version, event.item_id in state.served))
                 state.learn(event)

@@ -5,13 +5,15 @@ Stored in a Faust table as versioned plain data (`to_dict` / `from_dict`), never
 >>> from streamrec.stream.messages import Event
 >>> state = UserState("u1", max_history=2)
 >>> for n, kind in enumerate(["view", "click", "purchase"]):
-...     state.learn(Event(event_id=f"e{n}", user_id="u1", item_id=f"i{n}", type=kind, ts=100.0 + 10 * n))
+...     _ = state.learn(Event(event_id=f"e{n}", user_id="u1", item_id=f"i{n}", type=kind, ts=100.0 + 10 * n))
 >>> [i.item_id for i in state.recent], state.counts["click"], sorted(state.consumed)
 (['i1', 'i2'], 1, ['i0', 'i1', 'i2'])
 >>> state.snapshot()["gap_mean_s"]
 10.0
 >>> UserState.from_dict(state.to_dict()).snapshot() == state.snapshot()
 True
+>>> state.learn(Event(event_id="e2", user_id="u1", item_id="i2", type="purchase", ts=120.0))
+False
 """
 
 from __future__ import annotations
@@ -87,8 +89,15 @@ class UserState:
         self.served_version: str | None = None  # the model version that ranked that list
 
     # --- learning ----------------------------------------------------------------------
-    def learn(self, event: Event) -> None:
-        """Fold one event into the state."""
+    def learn(self, event: Event) -> bool:
+        """Fold one event into the state; False (and no change) if it is in already.
+
+        Idempotent for any event among the last `max_history` learned: an event read again
+        after a crash (its offset not yet committed, its state already in the changelog) or
+        forwarded twice does not count twice.
+        """
+        if self.has_learned(event.event_id):
+            return False
         if self._last_ts is not None:
             gap = event.ts - self._last_ts
             if gap < 0:
@@ -103,6 +112,11 @@ class UserState:
             self._consumed.popitem(last=False)
         self._counts[event.type] = self._counts.get(event.type, 0) + 1
         self._rates[event.type].update(event.ts)
+        return True
+
+    def has_learned(self, event_id: str) -> bool:
+        """Whether the event is among the last `max_history` learned (newest checked first)."""
+        return any(interaction.event_id == event_id for interaction in reversed(self._recent))
 
     def serve(self, model_version: str, item_ids: Sequence[str]) -> None:
         """Remember the list just served, to check the user's next events against it."""

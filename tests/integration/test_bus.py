@@ -14,6 +14,7 @@ from confluent_kafka import Producer
 from streamrec.consumers.feed import open_reader
 from streamrec.stream.broker import BrokerError, DevBroker, _kafka_answers
 from streamrec.stream.messages import Event, Item
+from streamrec.stream.offsets import log_end_offsets
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
@@ -113,3 +114,29 @@ async def test_librdkafka_client_speaks_the_contract(settings: Settings) -> None
     messages = await asyncio.to_thread(confluent_read, settings, settings.topics.events, 2)
     decoded = {Event.model_validate_json(m.value()).event_id: m.key() for m in messages}
     assert decoded == {"ck-1": b"ck-user", "aio-1": b"aio-user"}
+
+
+async def test_log_end_offsets_count_every_record_of_the_last_batch(settings: Settings) -> None:
+    """Faust's table recovery reads a changelog up to its end offset: it must be the real one."""
+    from aiokafka import AIOKafkaProducer, TopicPartition
+
+    topic = f"{settings.topic_prefix}ends"
+    producer = AIOKafkaProducer(bootstrap_servers=settings.bootstrap_servers, linger_ms=50)
+    await producer.start()
+    try:
+        for batch_size in (5, 3):  # two batches on partition 0; partition 1 left empty
+            sent = [await producer.send(topic, b"x", partition=0) for _ in range(batch_size)]
+            await asyncio.gather(*sent)
+        await producer.send_and_wait(topic, b"y", partition=1)
+        await producer.send_and_wait(topic, b"y", partition=1)
+    finally:
+        await producer.stop()
+    reader: AIOKafkaConsumer = await open_reader(settings, topic, from_beginning=True)
+    try:
+        tps = [TopicPartition(topic, 0), TopicPartition(topic, 1), TopicPartition(topic, 2)]
+        reported = await reader.end_offsets(tps[:2])
+    finally:
+        await reader.stop()
+    reported[tps[2]] = None  # a partition with no figure is passed through
+    ends = await log_end_offsets(settings, reported)
+    assert ends == {tps[0]: 8, tps[1]: 2, tps[2]: None}, f"broker reported {reported}"

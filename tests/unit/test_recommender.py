@@ -176,3 +176,19 @@ def test_a_pinned_checkpoint_that_is_missing_is_an_error_and_no_checkpoint_means
     _, _, store = _ranker_scorer(index, tmp_path / "store")
     with pytest.raises(ModelStoreError):
         open_scorer(store, "ranker-missing", index, lambda name, dim: BruteForceIndex(dim), "items")
+
+
+def test_a_batch_read_again_is_learned_once_and_still_answered() -> None:
+    """After a crash, uncommitted events come again: same state, same trigger, no double counts."""
+    rec = _recommender(_clustered_catalogue())
+    events = [_event("alice", f"c1-{j}", j, kind="click") for j in range(3)]
+    state = UserState("alice")
+    rec.process_batch([UserBatch(state, events)])
+    learned, trending = state.to_dict(), rec.trending.top(5)
+    outcomes = rec.learn([UserBatch(state, events)])
+    assert outcomes == [] and rec.trending.top(5) == trending
+    [ranked] = rec.process_batch([UserBatch(state, events[1:])])
+    assert ranked.trigger == events[-1] and len(ranked.items) == 5
+    assert {k: v for k, v in state.to_dict().items() if k != "served"} == {
+        k: v for k, v in learned.items() if k != "served"
+    }

@@ -81,3 +81,16 @@ def test_out_of_order_events_are_counted_not_fatal() -> None:
     assert state.out_of_order == 1
     assert state.last_ts == T0 + 100
     assert state.snapshot()["gap_mean_s"] == 0.0
+
+
+def test_an_event_learned_again_changes_nothing() -> None:
+    """A crash re-reads events whose state is already in the changelog: they count once."""
+    events = _events([7.0] * 6)
+    once = UserState("u", max_history=10)
+    for event in events:
+        assert once.learn(event)
+    again = UserState.from_dict(once.to_dict(), max_history=10)
+    assert [again.learn(event) for event in events[2:]] == [False] * 4  # the replay window
+    assert again.to_dict() == once.to_dict()
+    assert again.learn(Event(event_id="e6", user_id="u", item_id="i9", type="view", ts=T0 + 100))
+    assert again.n_events == 7  # a new event still counts
