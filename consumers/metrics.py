@@ -221,8 +221,8 @@ async def sample_consumer_lag(
     metrics.record_consumer_lag(partition_lags(ends, committed, earliest))
 
 
-def scrape_metric(port: int, name: str, host: str = "127.0.0.1") -> float | None:
-    """One unlabelled metric from a worker's /metrics; None while it does not answer."""
+def scrape_samples(port: int, host: str = "127.0.0.1") -> dict[str, float] | None:
+    """Every sample of a worker's /metrics as {'name{labels}': value}; None while it does not answer."""
     import urllib.request
 
     try:
@@ -230,7 +230,32 @@ def scrape_metric(port: int, name: str, host: str = "127.0.0.1") -> float | None
             body = response.read().decode()
     except OSError:
         return None
+    samples = {}
     for line in body.splitlines():
-        if line.startswith(name + " "):
-            return float(line.split()[1])
-    return None
+        if line and not line.startswith("#"):
+            series, _, value = line.rpartition(" ")
+            samples[series] = float(value)
+    return samples
+
+
+def sample_total(samples: Mapping[str, float], name: str, **labels: str) -> float:
+    """The sum of `name`'s series whose labels include `labels` (0 when there is none).
+
+    >>> samples = {'lag{partition="0",topic="events"}': 3.0, 'lag{partition="1",topic="events"}': 4.0,
+    ...            'lag{partition="0",topic="items"}': 9.0, "lag_seconds": 1.0}
+    >>> sample_total(samples, "lag", topic="events"), sample_total(samples, "lag")
+    (7.0, 16.0)
+    """
+    wanted = [f'{key}="{value}"' for key, value in labels.items()]
+    total = 0.0
+    for series, value in samples.items():
+        base, _, rest = series.partition("{")
+        if base == name and all(label in rest for label in wanted):
+            total += value
+    return total
+
+
+def scrape_metric(port: int, name: str, host: str = "127.0.0.1") -> float | None:
+    """One unlabelled metric from a worker's /metrics; None while it does not answer."""
+    samples = scrape_samples(port, host)
+    return None if samples is None else samples.get(name)
