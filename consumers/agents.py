@@ -32,6 +32,7 @@ from streamrec.consumers.model_updates import (
     open_broadcast_reader,
 )
 from streamrec.consumers.views import WorkerApi, register_views
+from streamrec.models.index import IndexUnavailableError
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.state import UserState
 from streamrec.stream.messages import DeadLetter, Event, ModelUpdate
@@ -45,6 +46,8 @@ LATEST_LISTS_TABLE = "latest-recommendations"
 RECENT_EVENTS = 200  # the latest events kept for the HTTP API and the live page
 CATALOG_BATCH = 64  # items embedded per encoder pass
 CATALOG_WAIT_S = 0.5  # wait at most this long to fill a catalogue batch
+CATALOG_RETRY_S = 1.0  # first wait before writing a batch again to an unavailable index (s)
+CATALOG_RETRY_MAX_S = 30.0  # longest wait between two tries (s)
 
 
 def _origin(event: Any) -> Origin:
@@ -98,6 +101,7 @@ def register_agents(
 
     swapper = ModelSwapper(settings, pipeline, metrics, publish=publish_model_update)
     recommend_handler.on_outcomes = swapper.observe
+    metrics.watch_index(pipeline.recommender)  # streamrec_index_available, fallback lists
 
     @app.task
     async def model_updates() -> None:
@@ -120,8 +124,9 @@ def register_agents(
         """Consumer lag of the input partitions and the catalogue size, for /metrics."""
         try:
             await sample_consumer_lag(app.consumer, input_topics, metrics)
-            async with swapper.catalog_lock:  # counted between two catalogue writes
-                metrics.catalogue_items.set(await asyncio.to_thread(pipeline.index.count))
+            if pipeline.recommender.index_health.available:  # else: the last count stays
+                async with swapper.catalog_lock:  # counted between two catalogue writes
+                    metrics.catalogue_items.set(await asyncio.to_thread(pipeline.index.count))
         except ConsumerNotStarted:
             pass  # starting or rebalancing: sampled next time
         except Exception as exc:  # a slow broker or index: keep the last figures
@@ -134,6 +139,7 @@ def register_agents(
     async def ingest(stream: faust.StreamT) -> None:
         """events -> validated, de-duplicated, re-keyed by user -> events.by-user (or the DLQ)."""
         async for batch in stream.take_events(settings.batch_size, within=settings.ingest_wait_s):
+            log.warning("INGEST %s %s", type(stream).__name__, [(e.message.partition, e.message.offset) for e in batch if e.message.partition == 3])
             accepted: dict[str, Event] = {}
             deliveries = []
             now = time.time()
@@ -141,6 +147,8 @@ def register_agents(
                 outcome = ingest_handler.handle(event.value, _origin(event), now, accepted)
                 if isinstance(outcome, DeadLetter):
                     deliveries.append(await dlq_topic.send(value=outcome.to_bytes()))
+                elif outcome is None:
+                    log.warning("DUPLICATE %s %s", event.message.offset, event.message.partition)
                 elif outcome is not None:
                     accepted[outcome.event_id] = outcome
                     deliveries.append(
@@ -183,12 +191,14 @@ def register_agents(
             await recommendations_topic.send(key=m.user_id.encode(), value=m.to_bytes())
             for m in messages
         ]
-        # The batch's offsets are acked only after the agent body returns: wait for delivery.
-        await asyncio.gather(*pending)
+        # The batch's offsets are acked only after the agent body returns: wait for delivery
+        # of the lists and of the new states (a crash then re-reads only unfinished batches).
+        await asyncio.gather(*pending, user_states.changelog_delivered())
         metrics.stage_latency.labels(stage="publish").observe(time.perf_counter() - started)
         recommend_handler.observe_published(messages)
         for message in messages:  # only once on the topic: the API never shows an unsent list
             latest_lists[message.user_id.encode()] = message.model_dump(exclude_none=True)
+        await latest_lists.changelog_delivered()
         recent_events.extend(events)
 
     async def index_items(batches: AsyncIterator[list[tuple[bytes | None, Origin]]]) -> None:
@@ -206,9 +216,18 @@ def register_agents(
             started = time.perf_counter()
             indexed = await asyncio.to_thread(pipeline.catalog.embed, items)
             embedded = time.perf_counter()
-            async with swapper.catalog_lock:  # not while a version's vectors are being built
-                pipeline.store_items(indexed)
-                await asyncio.to_thread(pipeline.optimize_index)  # HNSW for what is new
+            delay = CATALOG_RETRY_S
+            while True:  # the batch is acked only once stored: a Qdrant outage loses no item
+                try:
+                    async with swapper.catalog_lock:  # not while a version's vectors are built
+                        pipeline.store_items(indexed)
+                        await asyncio.to_thread(pipeline.optimize_index)  # HNSW for what is new
+                    break
+                except IndexUnavailableError as exc:
+                    log.warning("%d catalogue items wait for the item index (retry in %.0f s): %s",
+                                len(indexed), delay, exc)
+                    await asyncio.sleep(delay)
+                    delay = min(delay * 2, CATALOG_RETRY_MAX_S)
             metrics.stage_latency.labels(stage="embed").observe(embedded - started)
             metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
             metrics.batch_size.labels(agent="catalog").observe(len(items))

@@ -6,111 +6,28 @@ import logging
 from typing import Any
 
 import faust
-from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
 from faust.web import drivers as web_drivers
 
+from streamrec.consumers.batching import BatchingStream
 from streamrec.consumers.metrics import WorkerMetrics
+from streamrec.consumers.tables import DeliveredTable
+from streamrec.consumers.transport import transport_for
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.serving import RankerScorer
-from streamrec.stream.offsets import log_end_offsets
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
 
-def _transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
-    """Faust's aiokafka driver, with two fixes for brokers other than Apache Kafka.
-
-    - Faust hard-codes `fetch_max_wait_ms=1500`; this makes it a setting. Real Kafka answers a
-      fetch as soon as data is there, but some brokers (Tansu) only answer when the wait runs
-      out, which would add up to 1.5 s per hop.
-    - Table recovery reads a changelog up to its reported end offset; where a broker reports
-      it short (Tansu), the last state updates would be lost in a restart or a rebalance. The
-      ends are checked against the log (`streamrec.stream.offsets`).
-    """
-    fetch_max_wait_ms = settings.fetch_max_wait_ms
-
-    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
-        def _create_worker_consumer(self, transport: Any) -> Any:
-            consumer = super()._create_worker_consumer(transport)
-            if hasattr(consumer, "_fetch_max_wait_ms"):
-                consumer._fetch_max_wait_ms = fetch_max_wait_ms
-            else:  # pragma: no cover - a future aiokafka renamed it
-                log.warning("cannot set fetch_max_wait_ms on this aiokafka version")
-            return consumer
-
-        async def _highwaters(self, partitions: list[TP]) -> Any:
-            reported = await super()._highwaters(partitions)
-            if self.consumer.in_transaction:
-                return reported  # last stable offsets: not the figure corrected here
-            return await log_end_offsets(settings, reported)
-
-    class Consumer(faust_aiokafka.Consumer):
-        def _new_consumer_thread(self) -> ConsumerThread:
-            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
-
-        def _new_offset(self, tp: TP) -> int | None:
-            # Faust commits past one never-acked message at the head of a partition (its
-            # `min(acked) - committed > 1` check); around a rebalance, a message fetched
-            # before the seek to committed offsets can be dropped that way, unprocessed.
-            # Refuse that commit and read the partition again from the committed offset.
-            committed = self._committed_offset[tp]
-            rewind = head_gap(self._acked[tp], committed, self._rewound.get(tp))
-            if rewind is not None:
-                log.warning(
-                    "offset %s of %s was never processed; reading again from there", rewind, tp
-                )
-                self._rewound[tp] = rewind
-                self._thread.seek(tp, rewind)
-                self._read_offset[tp] = rewind or None
-                return None
-            return super()._new_offset(tp)
-
-        @property
-        def _rewound(self) -> dict[TP, int]:
-            # committed offset -> already rewound to it once (set lazily: Faust's __init__ is long)
-            if not hasattr(self, "_rewound_offsets"):
-                self._rewound_offsets: dict[TP, int] = {}
-            return self._rewound_offsets
-
-    class Transport(faust_aiokafka.Transport):
-        pass
-
-    Transport.Consumer = Consumer
-    return Transport
-
-
-def head_gap(acked: list[int], committed: int | None, rewound_to: int | None) -> int | None:
-    """The offset to read a partition again from, when a commit would skip an unprocessed one.
-
-    `committed` is the next offset to read (Kafka's meaning); `acked` the offsets processed
-    since. If the lowest acked offset lies beyond `committed`, the message at `committed` was
-    never processed: the partition is read again from there. Once only per committed offset:
-    if it still does not show up, the offset does not exist (compaction, transaction marker)
-    and Faust's own rule applies.
-
-    >>> head_gap([11, 12], committed=10, rewound_to=None)
-    10
-    >>> head_gap([10, 11], committed=10, rewound_to=None) is None
-    True
-    >>> head_gap([11, 12], committed=10, rewound_to=10) is None
-    True
-    """
-    if not acked or committed is None or min(acked) <= committed or rewound_to == committed:
-        return None
-    return committed
-
-
 class StreamrecApp(faust.App):
-    """A Faust app whose transport honours `Settings` (`_transport_for`)."""
+    """A Faust app whose transport honours `Settings` (`transport_for`)."""
 
     def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
         self.settings = settings
         super().__init__(*args, **kwargs)
 
     def _new_transport(self) -> Any:
-        transport_class = _transport_for(self.settings)
+        transport_class = transport_for(self.settings)
         return transport_class(self.conf.broker_consumer, self)
 
     def _new_web(self) -> Any:
@@ -160,6 +77,8 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 4,
         loghandlers=[],
+        Stream=BatchingStream,  # take_events that acks only what it handed out
+        Table=DeliveredTable,  # changelog writes awaited before a batch is acked
     )
     pipeline = pipeline or Pipeline.from_settings(settings)
     metrics = WorkerMetrics()

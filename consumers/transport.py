@@ -1,0 +1,169 @@
+"""Faust's aiokafka driver with the fixes streamrec's delivery promises need.
+
+Each fix closes a way a Faust worker lost or skipped events, found by
+tests/e2e/test_failover.py (a worker killed mid-stream, workers joining and leaving):
+
+- `fetch_max_wait_ms` is a setting (Faust hard-codes 1500 ms; Tansu waits it out every fetch);
+- table recovery reads changelogs to their real end (`streamrec.stream.offsets`);
+- offsets are committed only over messages processed: no "gap" is committed over, and a
+  never-processed message at the head of a partition is read again (`head_gap`), reliably
+  (`ReadOffsets`).
+"""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+from faust.transport.drivers import aiokafka as faust_aiokafka
+from faust.types import TP
+
+from streamrec.stream.offsets import log_end_offsets
+from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
+    """Faust's aiokafka driver, with two fixes for brokers other than Apache Kafka.
+
+    - Faust hard-codes `fetch_max_wait_ms=1500`; this makes it a setting. Real Kafka answers a
+      fetch as soon as data is there, but some brokers (Tansu) only answer when the wait runs
+      out, which would add up to 1.5 s per hop.
+    - Table recovery reads a changelog up to its reported end offset; where a broker reports
+      it short (Tansu), the last state updates would be lost in a restart or a rebalance. The
+      ends are checked against the log (`streamrec.stream.offsets`).
+    """
+    fetch_max_wait_ms = settings.fetch_max_wait_ms
+
+    class ConsumerThread(faust_aiokafka.AIOKafkaConsumerThread):
+        def _create_worker_consumer(self, transport: Any) -> Any:
+            consumer = super()._create_worker_consumer(transport)
+            if hasattr(consumer, "_fetch_max_wait_ms"):
+                consumer._fetch_max_wait_ms = fetch_max_wait_ms
+            else:  # pragma: no cover - a future aiokafka renamed it
+                log.warning("cannot set fetch_max_wait_ms on this aiokafka version")
+            return consumer
+
+        async def _highwaters(self, partitions: list[TP]) -> Any:
+            reported = await super()._highwaters(partitions)
+            if self.consumer.in_transaction:
+                return reported  # last stable offsets: not the figure corrected here
+            return await log_end_offsets(settings, reported)
+
+    class Consumer(faust_aiokafka.Consumer):
+        def __init__(self, *args: Any, **kwargs: Any) -> None:
+            super().__init__(*args, **kwargs)
+            self._read_offset = ReadOffsets()  # before any drain loop binds its methods
+
+        def _new_consumer_thread(self) -> ConsumerThread:
+            return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
+
+        def _new_offset(self, tp: TP) -> int | None:
+            # Faust commits past one never-acked message at the head of a partition (its
+            # `min(acked) - committed > 1` check); around a rebalance, a message fetched
+            # before the seek to committed offsets can be dropped that way, unprocessed.
+            # Refuse that commit and read the partition again from the committed offset.
+            committed = self._committed_offset[tp]
+            rewind = head_gap(self._acked[tp], committed, self._rewound.get(tp))
+            if rewind is not None:
+                log.warning(
+                    "offset %s of %s was never processed; reading again from there", rewind, tp
+                )
+                self._rewound[tp] = rewind
+                self._thread.seek(tp, rewind)
+                self._read_offset.rewind(tp, rewind)
+                return None
+            return super()._new_offset(tp)
+
+        async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
+            # Faust takes a jump in the offsets it is handed for offsets that do not exist
+            # (compaction, transaction markers) and later commits over them. A jump also
+            # happens when messages come out of order around a seek or a rebalance; committing
+            # over it then loses the messages in between (seen: a worker restarted after
+            # SIGKILL committed past 23 events it never read, then dropped them as old).
+            # Offsets are committed only over messages processed; a hole left at the head of
+            # a partition is read again (`_new_offset`), once, then treated as Faust does.
+            return None
+
+        @property
+        def _rewound(self) -> dict[TP, int]:
+            # committed offset -> already rewound to it once (set lazily: Faust's __init__ is long)
+            if not hasattr(self, "_rewound_offsets"):
+                self._rewound_offsets: dict[TP, int] = {}
+            return self._rewound_offsets
+
+    class Transport(faust_aiokafka.Transport):
+        pass
+
+    Transport.Consumer = Consumer
+    return Transport
+
+
+class ReadOffsets(dict):
+    """Faust's last offset handed to the streams, per partition; it drops messages below it.
+
+    After a seek back (a rewind), messages fetched before the seek still come first, with
+    higher offsets; Faust would raise the read offset past the rewind point on them and then
+    drop the messages read again as already seen. Here a rewound partition reports the
+    rewind point until the message there has been handed out again.
+
+    >>> offsets = ReadOffsets()
+    >>> offsets.rewind("tp", 40); offsets["tp"] = 57  # fetched before the seek
+    >>> offsets["tp"]  # 40 and on still pass the `offset >= read offset` filter
+    40
+    >>> offsets["tp"] = 40; offsets["tp"] = 41; offsets["tp"]
+    41
+    """
+
+    def __init__(self) -> None:
+        super().__init__()
+        self.rewinds: dict[Any, int] = {}
+
+    def __missing__(self, tp: Any) -> None:  # Faust's defaultdict(lambda: None), not stored
+        return None
+
+    def __getitem__(self, tp: Any) -> int | None:
+        if tp in self.rewinds:
+            return self.rewinds[tp]
+        return super().__getitem__(tp)
+
+    def __setitem__(self, tp: Any, offset: int | None) -> None:
+        if self.rewinds.get(tp) == offset:
+            del self.rewinds[tp]  # the rewound message is back: normal filtering again
+        super().__setitem__(tp, offset)
+
+    def rewind(self, tp: Any, offset: int) -> None:
+        self.rewinds[tp] = offset
+        super().__setitem__(tp, offset or None)
+
+    def update(self, *args: Any, **kwargs: Any) -> None:  # Faust's seek to committed offsets
+        new = dict(*args, **kwargs)
+        for tp in new:
+            self.rewinds.pop(tp, None)
+        super().update(new)
+
+    def pop(self, tp: Any, *default: Any) -> Any:  # a revoked partition
+        self.rewinds.pop(tp, None)
+        return super().pop(tp, *default)
+
+
+def head_gap(acked: list[int], committed: int | None, rewound_to: int | None) -> int | None:
+    """The offset to read a partition again from, when a commit would skip an unprocessed one.
+
+    `committed` is the next offset to read (Kafka's meaning); `acked` the offsets processed
+    since. If the lowest acked offset lies beyond `committed`, the message at `committed` was
+    never processed: the partition is read again from there. Once only per committed offset:
+    if it still does not show up, the offset does not exist (compaction, transaction marker)
+    and Faust's own rule applies.
+
+    >>> head_gap([11, 12], committed=10, rewound_to=None)
+    10
+    >>> head_gap([10, 11], committed=10, rewound_to=None) is None
+    True
+    >>> head_gap([11, 12], committed=10, rewound_to=10) is None
+    True
+    """
+    if not acked or committed is None or min(acked) <= committed or rewound_to == committed:
+        return None
+    return committed
