@@ -12,7 +12,7 @@ export TOKENIZERS_PARALLELISM := false
 # pip, with its output kept in a log that is shown only when it fails
 PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
 
-.PHONY: setup promtool chromium demo bench test test-unit test-integration test-e2e schemas lint audit clean
+.PHONY: setup promtool chromium demo bench soak test test-unit test-integration test-e2e schemas lint audit clean
 
 ## setup: create .venv, install torch (CPU wheel) first, then the project with its dev extras
 setup: $(STAMP)
@@ -65,6 +65,15 @@ test-e2e: setup chromium
 bench: setup
 	$(VENV)/bin/streamrec bench --out .streamrec/bench.json --markdown docs/benchmarks.md
 	$(VENV)/bin/streamrec bench-trainer --out .streamrec/bench-trainer.json
+
+## soak: one worker under steady load, RSS, lag and latency sampled every 5 s (writes .streamrec/soak.json
+## and docs/soak.md); `make soak RATE=250 USERS=10000 DURATION=300`. Its 30-s form is tests/e2e/test_soak.py.
+soak: RATE = 1000
+soak: USERS = 100000
+soak: DURATION = 600
+soak: setup
+	$(VENV)/bin/streamrec soak --rate $(RATE) --users $(USERS) --duration $(DURATION) \
+		--out .streamrec/soak.json --markdown docs/soak.md
 
 ## schemas: regenerate stream/schemas/*.json from the pydantic models
 schemas: setup

@@ -32,31 +32,31 @@ import argparse
 import asyncio
 import json
 import os
-import resource
-import shutil
-import signal
-import subprocess
 import sys
-import tempfile
 import time
-import uuid
 from collections.abc import Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
 
-import numpy as np
-from aiokafka import AIOKafkaConsumer
-
 from streamrec.consumers.bench_report import write_figures
-from streamrec.consumers.feed import open_reader, send_items
-from streamrec.consumers.metrics import scrape_metric
+from streamrec.consumers.load_rig import (
+    FETCH_MAX_WAIT_MS,
+    TICK_S,
+    Rig,
+    cpu_seconds,
+    index_catalogue,
+    log_tail,
+    own_cpu_seconds,
+    percentiles,
+    reading_lists,
+    running_rig,
+    send_at_rate,
+)
 from streamrec.models.synthetic import SyntheticWorld
-from streamrec.stream.broker import DevBroker, free_port, stop_process_group
 from streamrec.stream.messages import Event
 from streamrec.stream.producer import LINGER_MS, EventProducer
 from streamrec.stream.settings import Settings
-from streamrec.stream.topics import ensure_topics
 
 DEFAULT_RATES = (250, 500, 1000, 2000)  # events per second
 DEFAULT_DURATION_S = 20.0  # seconds of events per rate
@@ -64,81 +64,18 @@ DEFAULT_USERS = 10_000
 DEFAULT_ITEMS = 2_000  # catalogue size (embedded by the worker with MiniLM, ~300 items/s)
 WARMUP_EVENTS = 300  # sent before the first rate, not measured
 WARMUP_RATE = 100.0
-TICK_S = 0.005  # the producer sends a burst of what is due every this many seconds
-FETCH_MAX_WAIT_MS = 10  # Tansu answers a fetch only when this runs out: keep it low
 HELD_DRAIN_S = 2.0  # a rate is held when its lists have all arrived this soon after the last send
 LATENCY_SLO_MS = 100.0  # "highest rate held with p99 under this"
 STEADY_SKIP_S = 2.0  # start of a send window left out of the sustained figures (at most 20 %)
 DRAIN_MAX_S = 30.0  # wait at most this long for a rate's lists after its last send
 PRODUCER_SHORTFALL = 0.95  # below this share of the asked rate, the producer could not keep up
-WORKER_READY_TIMEOUT_S = 300.0  # worker start: model load, group join, catalogue embedding
 WARMUP_TIMEOUT_S = 120.0
-PROGRESS_EVERY_S = 5.0
 POLL_S = 0.05
-STOP_GRACE_S = 20.0
-CLOSE_TIMEOUT_S = 10.0
-LOG_TAIL_CHARS = 3_000
 
 
 def _say(text: str, quiet: bool = False) -> None:
     if not quiet:
         print(f"[e2e] {text}", flush=True)
-
-
-def _percentiles(values: Sequence[float]) -> dict[str, float | None]:
-    if not values:
-        return {"p50": None, "p95": None, "p99": None, "max": None}
-    p50, p95, p99 = np.percentile(values, [50, 95, 99])
-    return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1),
-            "max": round(float(max(values)), 1)}
-
-
-# --- processes ----------------------------------------------------------------------------
-def _cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process (all its threads) so far; 0 when gone."""
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def _own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "STREAMREC_BROKER": settings.broker,
-        "STREAMREC_APP_ID": settings.app_id,
-        "STREAMREC_TOPIC_PREFIX": settings.topic_prefix,
-        "STREAMREC_PARTITIONS": str(settings.partitions),
-        "STREAMREC_DATA_DIR": str(settings.data_dir),
-        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
-        "STREAMREC_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
-    }
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the bench only; it stops the worker itself
-        )
-
-
-def _stop_worker(process: subprocess.Popen) -> int | None:
-    """SIGTERM to its process group, SIGKILL after a grace period; always reaped."""
-    return stop_process_group(process, STOP_GRACE_S)
-
-
-def _log_tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-LOG_TAIL_CHARS:] if path.exists() else "(no log)"
 
 
 # --- what was sent and what came back -----------------------------------------------------
@@ -185,73 +122,31 @@ class Arrivals:
         self.model_versions.add(str(data.get("model_version")))
 
 
-async def _read_lists(reader: AIOKafkaConsumer, arrivals: Arrivals) -> None:
-    while True:
-        batches = await reader.getmany(timeout_ms=100)
-        now = time.perf_counter()
-        for records in batches.values():
-            for record in records:
-                arrivals.add(now, record.value)
-
-
 @dataclass
 class Run:
     """The moving parts one benchmark run watches."""
 
-    settings: Settings
-    worker: subprocess.Popen
-    worker_log: Path
-    broker_pid: int | None
+    rig: Rig
     arrivals: Arrivals
-    reading: asyncio.Task
     quiet: bool
 
     def check(self) -> None:
-        """Raise if the worker or the reader died."""
-        if self.worker.poll() is not None:
-            raise RuntimeError(
-                f"the worker exited with code {self.worker.returncode}:\n{_log_tail(self.worker_log)}"
-            )
-        if self.reading.done():
-            error = self.reading.exception() if not self.reading.cancelled() else None
-            raise RuntimeError(f"the recommendations reader stopped: {error!r}")
+        self.rig.check()
 
 
 async def _send_paced(
     run: Run, producer: EventProducer, events: Sequence[Event], rate: float, phase: Phase
 ) -> dict[str, Any]:
-    """Send `events` at `rate`: every `TICK_S`, whatever is due (aiokafka batches a burst
-    under its linger). Each event's ts is its send time; its perf_counter is recorded."""
-    started = time.perf_counter()
-    phase.send_started = started
-    sent = 0
-    behind_max = 0.0
-    next_progress = started + PROGRESS_EVERY_S
-    total = len(events)
-    while sent < total:
-        now = time.perf_counter()
-        due = min(total, int((now - started) * rate) + 1)
-        if sent < due:
-            behind_max = max(behind_max, now - (started + sent / rate))
-        while sent < due:
-            event = events[sent].model_copy(update={"ts": time.time()})
-            phase.record(event, time.perf_counter())
-            await producer.send_event(event)
-            sent += 1
-        if now >= next_progress:
-            next_progress += PROGRESS_EVERY_S
-            run.check()
-            elapsed = now - started
-            lists = sum(1 for t in phase.sent_at if t in run.arrivals.first_seen)
-            _say(f"{phase.name}: {elapsed:4.1f}s, sent {sent} ({sent / elapsed:.0f}/s), "
-                 f"lists for them {lists}", run.quiet)
-        await asyncio.sleep(TICK_S)
-    send_s = phase.last_send - started
-    await producer.flush()
-    achieved = (total - 1) / send_s if send_s > 0 and total > 1 else float(total)
-    return {"events_sent": total, "send_s": round(send_s, 3), "sent_per_s": round(achieved, 1),
-            "producer_behind_max_ms": round(behind_max * 1000, 1),
-            "acked_after_s": round(time.perf_counter() - phase.last_send, 3)}
+    """Send `events` at `rate` (`load_rig.send_at_rate`), each recorded in `phase`."""
+
+    def progress(elapsed: float, sent: int) -> None:
+        run.check()
+        lists = sum(1 for t in phase.sent_at if t in run.arrivals.first_seen)
+        _say(f"{phase.name}: {elapsed:4.1f}s, sent {sent} ({sent / elapsed:.0f}/s), "
+             f"lists for them {lists}", run.quiet)
+
+    phase.send_started = time.perf_counter()
+    return await send_at_rate(producer, events, len(events), rate, phase.record, progress)
 
 
 async def _drain(run: Run, phase: Phase, drain_max_s: float) -> bool:
@@ -299,9 +194,9 @@ def _phase_figures(phase: Phase, arrivals: Arrivals, duration_s: float) -> dict[
         "lists_per_s": round(len(in_window) / steady_s, 1),  # steady part
         "events_covered_per_s": round(sum(n for _, n in in_window) / steady_s, 1),
         "last_list_after_s": None if last_arrival is None else round(last_arrival - phase.last_send, 3),
-        **{f"{name}_ms": value for name, value in _percentiles(latencies).items()},
-        "all_events_p99_ms": _percentiles(all_latencies)["p99"],  # coalesced events included
-        **{f"worker_{name}_ms": value for name, value in _percentiles(worker_ms).items()},
+        **{f"{name}_ms": value for name, value in percentiles(latencies).items()},
+        "all_events_p99_ms": percentiles(all_latencies)["p99"],  # coalesced events included
+        **{f"worker_{name}_ms": value for name, value in percentiles(worker_ms).items()},
         "p50_first_third_ms": thirds[0],
         "p50_last_third_ms": thirds[1],
     }
@@ -323,7 +218,7 @@ def _latency_by_third(phase: Phase, arrivals: Arrivals, indices: list[int]) -> t
             first.append(latency)
         elif share >= 2 / 3:
             last.append(latency)
-    return (_percentiles(first)["p50"], _percentiles(last)["p50"])
+    return (percentiles(first)["p50"], percentiles(last)["p50"])
 
 
 async def _measure_rate(
@@ -333,7 +228,7 @@ async def _measure_rate(
     n_events = max(1, int(round(rate * duration_s)))
     events = world.events(n_events, start_ts=time.time(), rate_per_s=rate, stream=stream)
     phase = Phase(name=f"{rate} ev/s")
-    cpu_before = (_cpu_seconds(run.worker.pid), _own_cpu_seconds(), _cpu_seconds(run.broker_pid),
+    cpu_before = (cpu_seconds(run.rig.worker.pid), own_cpu_seconds(), cpu_seconds(run.rig.broker_pid),
                   time.perf_counter())
     _say(f"{phase.name}: sending {n_events} events over {duration_s:.0f}s ...", run.quiet)
     sent = await _send_paced(run, producer, events, rate, phase)
@@ -355,9 +250,9 @@ async def _measure_rate(
         "held": held,
         "lag_grew": not held,
         "cpu_cores_used": {
-            "worker": round((_cpu_seconds(run.worker.pid) - cpu_before[0]) / wall, 2),
-            "bench": round((_own_cpu_seconds() - cpu_before[1]) / wall, 2),
-            "broker": round((_cpu_seconds(run.broker_pid) - cpu_before[2]) / wall, 2),
+            "worker": round((cpu_seconds(run.rig.worker.pid) - cpu_before[0]) / wall, 2),
+            "bench": round((own_cpu_seconds() - cpu_before[1]) / wall, 2),
+            "broker": round((cpu_seconds(run.rig.broker_pid) - cpu_before[2]) / wall, 2),
         },
     }
     drained = f"{drain_s:.2f}s" if drain_s is not None else f"> {drain_max_s:.0f}s ({missing} users waiting)"
@@ -367,71 +262,37 @@ async def _measure_rate(
 
 
 async def _bench(
-    settings: Settings, worker: subprocess.Popen, worker_log: Path, broker_pid: int | None,
-    world: SyntheticWorld,
+    rig: Rig, world: SyntheticWorld,
     rates: Sequence[int], duration_s: float, warmup_events: int, drain_max_s: float,
     continue_after_backlog: bool, results: dict[str, Any], quiet: bool,
 ) -> None:
-    await ensure_topics(settings)
-    reader = await open_reader(settings, settings.topics.recommendations, from_beginning=True)
     arrivals = Arrivals()
-    reading = asyncio.create_task(_read_lists(reader, arrivals))
-    run = Run(settings, worker, worker_log, broker_pid, arrivals, reading, quiet)
-    try:
-        async with EventProducer(settings) as producer:
-            items = world.items(ts=time.time())
-            await send_items(producer, items)
-            _say(f"produced a catalogue of {len(items)} items; waiting for the worker to index it ...", quiet)
-            await _wait_for_catalogue(run, len(items), results)
-            _say(f"worker ready after {results['worker']['ready_s']:.1f}s", quiet)
-            if warmup_events > 0:
-                warm = Phase(name="warm-up")
-                _say(f"warm-up: {warmup_events} events at {WARMUP_RATE:.0f}/s (not measured) ...", quiet)
-                events = world.events(warmup_events, start_ts=time.time(), stream=0)
-                await _send_paced(run, producer, events, WARMUP_RATE, warm)
-                if not await _drain(run, warm, WARMUP_TIMEOUT_S):
-                    raise RuntimeError(f"no lists for the warm-up events within {WARMUP_TIMEOUT_S:.0f}s; "
-                                       f"see the worker log:\n{_log_tail(worker_log)}")
-                results["warmup"] = {"events": warmup_events,
-                                     "p50_ms": _phase_figures(warm, arrivals, 0.0)["p50_ms"]}
-            ordered = sorted(set(rates))
-            for number, rate in enumerate(ordered, start=1):
-                result = await _measure_rate(run, producer, world, rate, duration_s, number, drain_max_s)
-                results["rates"].append(result)
-                if not result["caught_up"] and not continue_after_backlog:
-                    skipped = ordered[number:]
-                    if skipped:
-                        results["skipped_rates"] = skipped
-                        _say(f"a backlog is left after {drain_max_s:.0f}s: skipping {skipped}", quiet)
-                    break
-        results["worker"]["model_versions"] = sorted(arrivals.model_versions)
-    finally:
-        reading.cancel()
-        await asyncio.gather(reading, return_exceptions=True)
-        try:
-            await asyncio.wait_for(reader.stop(), CLOSE_TIMEOUT_S)
-        except Exception:  # closing must not mask the run's own error
-            pass
-
-
-async def _wait_for_catalogue(run: Run, n_items: int, results: dict[str, Any]) -> None:
-    started = results["_started"]
-    deadline = time.monotonic() + WORKER_READY_TIMEOUT_S
-    next_progress = time.monotonic() + PROGRESS_EVERY_S
-    while time.monotonic() < deadline:
-        run.check()
-        indexed = await asyncio.to_thread(scrape_metric, run.settings.metrics_port, "streamrec_items_indexed_total")
-        if indexed is not None and indexed >= n_items:
-            results["worker"]["ready_s"] = round(time.monotonic() - started, 1)
-            results["worker"]["catalogue_items"] = int(indexed)
-            return
-        if time.monotonic() >= next_progress:
-            next_progress += PROGRESS_EVERY_S
-            state = "not answering yet" if indexed is None else f"{indexed:.0f}/{n_items} items indexed"
-            _say(f"worker: {state} ({time.monotonic() - started:.0f}s)", run.quiet)
-        await asyncio.sleep(0.5)
-    raise RuntimeError(f"the worker did not index the catalogue within {WORKER_READY_TIMEOUT_S:.0f}s:\n"
-                       f"{_log_tail(run.worker_log)}")
+    run = Run(rig, arrivals, quiet)
+    async with reading_lists(rig, arrivals.add), EventProducer(rig.settings) as producer:
+        say = lambda text: _say(text, quiet)  # noqa: E731
+        items = world.items(ts=time.time())
+        results["worker"].update(await index_catalogue(rig, producer, items, results["_started"], say))
+        if warmup_events > 0:
+            warm = Phase(name="warm-up")
+            _say(f"warm-up: {warmup_events} events at {WARMUP_RATE:.0f}/s (not measured) ...", quiet)
+            events = world.events(warmup_events, start_ts=time.time(), stream=0)
+            await _send_paced(run, producer, events, WARMUP_RATE, warm)
+            if not await _drain(run, warm, WARMUP_TIMEOUT_S):
+                raise RuntimeError(f"no lists for the warm-up events within {WARMUP_TIMEOUT_S:.0f}s; "
+                                   f"see the worker log:\n{log_tail(rig.worker_log)}")
+            results["warmup"] = {"events": warmup_events,
+                                 "p50_ms": _phase_figures(warm, arrivals, 0.0)["p50_ms"]}
+        ordered = sorted(set(rates))
+        for number, rate in enumerate(ordered, start=1):
+            result = await _measure_rate(run, producer, world, rate, duration_s, number, drain_max_s)
+            results["rates"].append(result)
+            if not result["caught_up"] and not continue_after_backlog:
+                skipped = ordered[number:]
+                if skipped:
+                    results["skipped_rates"] = skipped
+                    _say(f"a backlog is left after {drain_max_s:.0f}s: skipping {skipped}", quiet)
+                break
+    results["worker"]["model_versions"] = sorted(arrivals.model_versions)
 
 
 def _summarise(results: dict[str, Any]) -> None:
@@ -505,7 +366,6 @@ def run_e2e_bench(
     if duration_s <= 0 or users < 1 or items < 1:
         raise ValueError("duration_s, users and items must be positive")
     base = Settings()
-    work = Path(tempfile.mkdtemp(prefix="streamrec-bench-e2e-"))
     results: dict[str, Any] = {
         "settings": {
             "rates": sorted(set(int(r) for r in rates)), "duration_s": duration_s, "users": users,
@@ -516,43 +376,27 @@ def run_e2e_bench(
             "latency_slo_ms": LATENCY_SLO_MS, "cpu_count": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
         },
-        "temp_dir": str(work),  # removed at the end
         "worker": {},
         "rates": [],
         "notes": [],
         "_started": time.monotonic(),
     }
-    broker = DevBroker(port=free_port(), log_path=work / "broker.log")
-    worker: subprocess.Popen | None = None
     interrupted = False
+    rig: Rig | None = None
     try:
-        _say(f"starting the Tansu dev broker and a worker (temp dir {work}) ...", quiet)
-        broker.start()
-        settings = base.model_copy(update={
-            "broker": broker.url, "data_dir": work / "data", "metrics_port": free_port(),
-            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "app_id": f"bench-e2e-{uuid.uuid4().hex[:8]}",
-        })
-        worker = _start_worker(settings, work / "worker.log")
-        _say(f"worker pid {worker.pid}, metrics on http://127.0.0.1:{settings.metrics_port}/metrics", quiet)
-        world = SyntheticWorld(seed=seed, n_items=items, n_users=users)
-        broker_pid = broker.process.pid if broker.process is not None else None
-        asyncio.run(_bench(settings, worker, work / "worker.log", broker_pid, world, rates, duration_s,
-                           warmup_events, drain_max_s, continue_after_backlog, results, quiet))
+        with running_rig(base, "bench-e2e", lambda text: _say(text, quiet)) as rig:
+            results["temp_dir"] = str(rig.work_dir)  # removed at the end
+            world = SyntheticWorld(seed=seed, n_items=items, n_users=users)
+            asyncio.run(_bench(rig, world, rates, duration_s, warmup_events, drain_max_s,
+                               continue_after_backlog, results, quiet))
     except KeyboardInterrupt:
         interrupted = True
         results["interrupted"] = True
         _say("interrupted; stopping ...", quiet)
         raise
     finally:
-        previous = _ignore_sigint()  # a second Ctrl-C must not leave the worker or broker running
-        try:
-            if worker is not None:
-                results["worker"]["exit_code"] = _stop_worker(worker)
-            broker.stop()
-            shutil.rmtree(work, ignore_errors=True)
-        finally:
-            _restore_sigint(previous)
-        _say("stopped the worker and the broker; removed the temp dir", quiet)
+        if rig is not None:
+            results["worker"]["exit_code"] = rig.exit_code
         results.pop("_started", None)
         if interrupted or results["rates"]:
             _summarise(results)
@@ -562,18 +406,6 @@ def run_e2e_bench(
         write_figures(out, results)
         _say(f"wrote {out}", quiet)
     return results
-
-
-def _ignore_sigint() -> Any:
-    try:
-        return signal.signal(signal.SIGINT, signal.SIG_IGN)
-    except ValueError:  # not the main thread: nothing to guard
-        return None
-
-
-def _restore_sigint(previous: Any) -> None:
-    if previous is not None:
-        signal.signal(signal.SIGINT, previous)
 
 
 def main(argv: list[str] | None = None) -> int:

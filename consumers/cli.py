@@ -1,5 +1,5 @@
-"""The `streamrec` command line: broker, worker, produce, tail, demo, bench, model, pretrain,
-evaluate, schema.
+"""The `streamrec` command line: broker, worker, produce, tail, demo, bench, soak, model,
+pretrain, evaluate, schema.
 
 Every command reads the same settings (`STREAMREC_*` env vars); flags only pick what to do.
 """
@@ -147,6 +147,19 @@ def cmd_bench_trainer(args: argparse.Namespace) -> int:
     return 0
 
 
+def cmd_soak(args: argparse.Namespace) -> int:
+    from streamrec.consumers.soak import run_soak
+
+    _logging("WARNING")
+    try:
+        results = run_soak(args.rate, args.users, args.duration, sample_s=args.sample_every, items=args.items,
+                           drain_max_s=args.drain_max, seed=args.seed, out=args.out, markdown=args.markdown)
+    except ValueError as exc:
+        print(f"soak failed: {exc}", file=sys.stderr)
+        return 2
+    return 1 if results.get("error") else 0
+
+
 # --- schema ----------------------------------------------------------------------------
 def schema_dir() -> Path:
     import streamrec.stream
@@ -245,6 +258,19 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("bench-trainer", help="a fine-tuning cycle and a hot swap with the default model")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     p.set_defaults(func=cmd_bench_trainer)
+
+    p = sub.add_parser("soak", help="a worker under steady load for minutes: RSS, lag and latency sampled")
+    p.add_argument("--rate", type=float, default=1000.0, help="events per second offered")
+    p.add_argument("--users", type=int, default=100_000)
+    p.add_argument("--duration", type=float, default=600.0, help="seconds of load")
+    p.add_argument("--sample-every", type=float, default=5.0, help="seconds between samples")
+    p.add_argument("--items", type=int, default=2_000, help="catalogue size")
+    p.add_argument("--drain-max", type=float, default=60.0,
+                   help="after the load, wait at most this long for the backlog (s)")
+    p.add_argument("--seed", type=int, default=7)
+    p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
+    p.add_argument("--markdown", type=Path, default=None, help="write the markdown summary here")
+    p.set_defaults(func=cmd_soak)
 
     add_model_parser(sub)
     add_offline_parsers(sub)
