@@ -1,0 +1,117 @@
+"""The soak's bookkeeping and verdicts, on hand-made events, lists and samples (no broker)."""
+
+from __future__ import annotations
+
+import json
+
+import pytest
+
+from streamrec.consumers.soak import (
+    Ledger,
+    judge,
+    render_markdown,
+    rss_figures,
+    soak_events,
+)
+from streamrec.models.synthetic import SyntheticWorld
+from streamrec.stream.messages import Event
+
+NOW = 1_750_000_000.0
+
+
+def _event(n: int, user: str) -> Event:
+    return Event(event_id=f"soak-{n}", user_id=user, item_id="i1", type="view", ts=NOW)
+
+
+def _list(trigger: str, latency_ms: float = 5.0) -> bytes:
+    return json.dumps({"trigger_event_id": trigger, "latency_ms": latency_ms}).encode()
+
+
+def test_the_ledger_counts_what_each_list_answers() -> None:
+    ledger = Ledger(total=5, user_index={"a": 0, "b": 1}, history_length=2)
+    for n, user in enumerate("aabab"):
+        ledger.on_sent(_event(n, user), at=float(n))
+    assert ledger.sent == 5 and ledger.backlog == 5 and ledger.users_seen() == 2
+
+    ledger.on_list(10.0, _list("soak-4"))  # b's 2nd event: answers both of b's
+    assert (ledger.lists, ledger.covered, ledger.backlog) == (1, 2, 3)
+    ledger.on_list(11.0, _list("soak-4"))  # the same trigger again
+    ledger.on_list(11.0, _list("warm-up-1"))  # not a soak event
+    assert (ledger.duplicate_lists, ledger.foreign_lists, ledger.lists) == (1, 1, 1)
+    ledger.on_list(12.0, _list("soak-1"))  # a's 2nd of 3
+    ledger.on_list(13.0, _list("soak-0"))  # a's 1st, arriving late: nothing new answered
+    assert (ledger.covered, ledger.backlog) == (4, 1)
+    ledger.on_list(14.0, _list("soak-3"))
+    assert ledger.backlog == 0 and ledger.covered == ledger.sent
+    assert ledger.interactions_held() == 4  # a: 3 events, b: 2, each held up to 2
+    driver, worker = ledger.take_window()
+    assert driver["max"] == pytest.approx(13_000.0) and worker["p50"] == 5.0
+    assert ledger.take_window()[0]["p50"] is None  # the window starts afresh
+
+
+def test_soak_events_are_numbered_and_generated_in_chunks() -> None:
+    world = SyntheticWorld(seed=1, n_items=20, n_users=5)
+    events = list(soak_events(world, total=25, chunk=10))
+    assert [e.event_id for e in events] == [f"soak-{n}" for n in range(25)]
+    assert {e.user_id for e in events} <= set(world.user_ids())
+
+
+def _samples(rss: list[float], lag: list[float], answered_per_s: float, users: list[int],
+             dedup: list[float] | None = None) -> list[dict]:
+    out = []
+    for k, (r, g, u) in enumerate(zip(rss, lag, users)):
+        t = 10.0 * k
+        out.append({"t_s": t, "phase": "load", "worker_rss_mib": r, "lag": g, "backlog": g,
+                    "answered": answered_per_s * t, "users_seen": u, "interactions_held": u,
+                    "dedup_ids": (dedup or [100.0] * len(rss))[k]})
+    return out
+
+
+def _results(samples: list[dict], rate: float = 100.0) -> dict:
+    return {"settings": {"rate": rate, "duration_s": 10.0 * (len(samples) - 1), "dedup_capacity": 100},
+            "samples": samples, "send": {"sent_per_s": rate}}
+
+
+def test_flat_memory_and_lag_at_the_rate_offered_pass() -> None:
+    n = 11
+    verdicts = judge(_results(_samples([500.0] * n, [10.0] * n, 100.0, [1000] * n)))
+    assert verdicts["rss"]["verdict"] == "bounded" and verdicts["rss"]["ok"]
+    assert verdicts["lag"]["ok"] and verdicts["rate"]["ok"]
+    assert verdicts["samples_judged"] == 6  # t >= 50 s of 100 s
+
+
+def test_memory_growing_while_users_arrive_is_told_apart_from_a_leak() -> None:
+    n = 11
+    rss = [500.0 + 5 * k for k in range(n)]  # 30 MiB/min
+    filling = judge(_results(_samples(rss, [0.0] * n, 100.0, [100 * k for k in range(n)])))
+    assert filling["rss"]["verdict"] == "growing while bounded structures fill" and filling["rss"]["ok"]
+    assert any("users seen" in reason for reason in filling["rss"]["still_filling"])
+
+    leak = judge(_results(_samples(rss, [0.0] * n, 100.0, [1000] * n)))
+    assert leak["rss"]["verdict"] == "growing (leak?)" and leak["rss"]["ok"] is False
+    assert leak["rss"]["slope_mib_per_min"] == pytest.approx(30.0)
+
+
+def test_a_worker_that_falls_behind_fails_lag_and_rate() -> None:
+    n = 11
+    verdicts = judge(_results(_samples([500.0] * n, [750.0 * 10 * k for k in range(n)], 250.0, [1000] * n),
+                              rate=1000.0))
+    assert verdicts["lag"]["ok"] is False and verdicts["lag"]["slope_per_s"] == pytest.approx(750.0)
+    assert verdicts["rate"]["ok"] is False and verdicts["rate"]["answered_per_s_last_half"] == 250.0
+
+
+def test_the_report_renders_a_failed_run_and_says_so() -> None:
+    results = _results(_samples([500.0, 510.0, 520.0], [0.0] * 3, 100.0, [1, 2, 3]))
+    results["settings"].update({"cpu_count": 2, "load_average": [1.0, 1.0, 1.0], "users": 3, "items": 10,
+                                "sample_s": 10.0, "partitions": 4, "batch_size": 256, "history_length": 50,
+                                "drain_max_s": 60.0})
+    for sample in results["samples"]:
+        sample.update({"sent": 0, "answered_per_s": 0.0, "broker_rss_mib": None, "p50_ms": None,
+                       "p99_ms": None, "worker_cores": 0.5})
+    results["error"] = "the worker exited with code 1"
+    results["verdicts"] = judge(results)
+    text = render_markdown(results)
+    assert "**The run did not complete**: the worker exited with code 1" in text
+    assert "| worker RSS bounded |" in text and "start 500, peak 520, end 520 MiB" in text
+    assert rss_figures(results["samples"]) == {"start": 500.0, "peak": 520.0, "end": 520.0}
+    assert rss_figures([]) == {"start": None, "peak": None, "end": None}
