@@ -226,12 +226,24 @@ def register_agents(
                 except IndexUnavailableError as exc:
                     log.warning("%d catalogue items wait for the item index (retry in %.0f s): %s",
                                 len(indexed), delay, exc)
-                    await asyncio.sleep(delay)
+                    await wait_unless_leaving(delay)
                     delay = min(delay * 2, CATALOG_RETRY_MAX_S)
             metrics.stage_latency.labels(stage="embed").observe(embedded - started)
             metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
             metrics.batch_size.labels(agent="catalog").observe(len(items))
             metrics.items_indexed.inc(len(indexed))
+
+    async def wait_unless_leaving(delay_s: float) -> None:
+        """Sleep `delay_s`, but not past a stop or a rebalance (`LeavingBatch`): Faust waits
+        for every message in flight before either."""
+        deadline = time.monotonic() + delay_s
+        while True:
+            if app.should_stop or getattr(app, "rebalancing", False):
+                raise LeavingBatch(stopping=bool(app.should_stop))
+            left = deadline - time.monotonic()
+            if left <= 0:
+                return
+            await asyncio.sleep(min(left, CATALOG_RETRY_S))
 
     if settings.index_mode == "edge":
         # Each worker's embedded index must hold the whole catalogue, not the items of its
@@ -256,10 +268,22 @@ def register_agents(
         @app.agent(items_topic, name="catalog")
         async def catalog(stream: faust.StreamT) -> None:
             """items (this worker's partitions) -> the shared item index."""
-            await index_items(
-                [(event.value, _origin(event)) for event in batch]
-                async for batch in stream.take_events(CATALOG_BATCH, within=CATALOG_WAIT_S)
-            )
+            current: list[Any] = []  # the events of the batch being written
+
+            async def batches() -> AsyncIterator[list[tuple[bytes | None, Origin]]]:
+                async for batch in stream.take_events(CATALOG_BATCH, within=CATALOG_WAIT_S):
+                    current[:] = batch
+                    yield [(event.value, _origin(event)) for event in batch]
+
+            try:
+                await index_items(batches())
+            except LeavingBatch as leaving:
+                # The index is away and the worker stops or rebalances: let go of the batch
+                # unwritten and unacked (so uncommitted: read again from the committed offset).
+                release_unacked(app.consumer, current)
+                log.info("%d catalogue items left unwritten, read again later", len(current))
+                if not leaving.stopping:  # a rebalance: Faust restarts the agent
+                    raise asyncio.CancelledError from None
 
     class MetricsView(View):
         async def get(self, request: Request) -> Response:
@@ -293,6 +317,26 @@ def register_agents(
             owner_table=USER_STATE_TABLE,
         ),
     )
+
+
+class LeavingBatch(Exception):
+    """A batch that cannot be finished now is given up because the worker stops or
+    rebalances (`stopping` says which)."""
+
+    def __init__(self, stopping: bool) -> None:
+        super().__init__("stopping" if stopping else "rebalancing")
+        self.stopping = stopping
+
+
+def release_unacked(consumer: Any, events: list[Any]) -> None:
+    """Stop Faust waiting for `events` before a stop or a rebalance, without acking them.
+
+    Faust waits until every message in flight is acked (`Consumer.wait_empty`); a message
+    that is neither acked nor tracked is not committed either, so it is read again from
+    the committed offset by whoever owns its partition next.
+    """
+    for event in events:
+        consumer._unacked_messages.discard(event.message)
 
 
 async def _broadcast_batches(

@@ -9,12 +9,15 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Collection, Mapping
-from typing import Any, Protocol
+from typing import TYPE_CHECKING, Any, Protocol
 
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+
+if TYPE_CHECKING:
+    from streamrec.models.recommender import Recommender
 
 log = logging.getLogger(__name__)
 
@@ -140,6 +143,18 @@ class WorkerMetrics:
             "Items in the text index this worker recommends from (sampled).",
             registry=r,
         )
+        self.index_available = Gauge(
+            "streamrec_index_available",
+            "1 while the item index (Qdrant) answers; 0 from a failed call until one succeeds.",
+            registry=r,
+        )
+        self.index_available.set(1)
+        self.fallback_lists = Counter(
+            "streamrec_fallback_lists_total",
+            "Lists served without the normal pipeline, by reason (index_unavailable: trending).",
+            ["reason"],
+            registry=r,
+        )
         # Faust's own sensor, on this registry: served by the same /metrics.
         self.faust = FaustMetrics.create(r, FAUST_PREFIX)
 
@@ -151,6 +166,12 @@ class WorkerMetrics:
         starts (Faust adds its monitor to the sensors at start-up).
         """
         app.monitor = PrometheusMonitor(metrics=self.faust)
+
+    def watch_index(self, recommender: Recommender) -> None:
+        """Export the recommender's item-index health and count the lists it falls back on."""
+        health = recommender.index_health
+        self.index_available.set_function(lambda: float(health.available))
+        recommender.on_fallback = lambda reason, lists: self.fallback_lists.labels(reason=reason).inc(lists)
 
     def record_consumer_lag(self, lags: Mapping[TP, int]) -> None:
         """Replace the lag series: partitions no longer assigned here disappear."""

@@ -8,6 +8,13 @@ A swap loads the version off the serving path (in a thread: read, verify sha256,
 finite weights, build the version's retrieval vectors), then replaces the scorer on the event
 loop, between two micro-batches: output never pauses. A bad update is refused and counted,
 and the worker keeps serving the last good version.
+
+A refusal that the store or the index may outgrow (`RETRIED_REASONS`: the version's files
+missing or unreadable, weights that do not match the update's sha256 yet, e.g. still being
+copied, the Qdrant server away) is tried again after `model_retry_s`, then at doubling
+intervals (at most `MODEL_RETRY_MAX_S`), for as long as the plan still names that version;
+each try is counted as `action="retry"`. Bad weights (NaN, wrong shapes or config, a file
+that matches its checksum but does not parse) are refused for good.
 """
 
 from __future__ import annotations
@@ -22,7 +29,7 @@ from typing import Any
 from streamrec.consumers.metrics import WorkerMetrics
 from streamrec.models.control import CanaryJudge, ModelControl, ServingPlan, Target
 from streamrec.models.device import select_device
-from streamrec.models.index import ItemIndex, open_index
+from streamrec.models.index import IndexUnavailableError, ItemIndex, open_index
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.recommender import Canary, OnlineOutcome, Recommender
 from streamrec.models.scoring import Scorer
@@ -34,6 +41,9 @@ from streamrec.stream.settings import Settings
 log = logging.getLogger(__name__)
 
 Publish = Callable[[ModelUpdate], Awaitable[None]]
+#: Refusals tried again later: the store or the index may be readable then.
+RETRIED_REASONS = frozenset({"unreadable", "unknown_version", "checksum", "index_unavailable"})
+MODEL_RETRY_MAX_S = 600.0  # longest wait between two tries of a refused version (s)
 
 
 class ModelSwapper:
@@ -55,6 +65,7 @@ class ModelSwapper:
         self.judge: CanaryJudge | None = None
         self._swapping = asyncio.Lock()
         self._cleanups: set[asyncio.Future[None]] = set()
+        self._retry: asyncio.Future[None] | None = None  # a refused plan, tried again later
 
     @property
     def recommender(self) -> Recommender:
@@ -63,8 +74,36 @@ class ModelSwapper:
     # --- messages ----------------------------------------------------------------------
     async def on_update(self, update: ModelUpdate) -> None:
         """Fold one message into the plan and serve what it says."""
-        outcome, reason = await self.reconcile(self.control.apply(update))
-        self.metrics.model_updates.labels(action=update.action, outcome=outcome, reason=reason).inc()
+        await self.serve(self.control.apply(update), update.action)
+
+    async def serve(self, plan: ServingPlan, action: str) -> tuple[str, str]:
+        """Reconcile with `plan`, count the outcome under `action`, and when refused for a
+        reason the store may outgrow, try again later (`RETRIED_REASONS`)."""
+        outcome, reason = await self.reconcile(plan)
+        self.metrics.model_updates.labels(action=action, outcome=outcome, reason=reason).inc()
+        if outcome == "refused" and reason in RETRIED_REASONS:
+            self._retry_later(plan)
+        return outcome, reason
+
+    def _retry_later(self, plan: ServingPlan) -> None:
+        if self._retry is not None and not self._retry.done():
+            self._retry.cancel()  # the newer refusal's plan is the one to retry
+        self._retry = asyncio.ensure_future(self._retry_loop(plan))
+        self._retry.add_done_callback(_log_failure)
+
+    async def _retry_loop(self, plan: ServingPlan) -> None:
+        delay = self.settings.model_retry_s
+        while True:
+            log.info("trying the refused model plan again in %.0f s", delay)
+            await asyncio.sleep(delay)
+            current = self.control.plan
+            if (current.main, current.canary) != (plan.main, plan.canary):
+                return  # a newer message changed the plan: it was reconciled then
+            outcome, reason = await self.reconcile(current)
+            self.metrics.model_updates.labels(action="retry", outcome=outcome, reason=reason).inc()
+            if outcome != "refused" or reason not in RETRIED_REASONS:
+                return
+            delay = min(delay * 2, MODEL_RETRY_MAX_S)
 
     def on_invalid(self, error: str) -> None:
         log.warning("ignoring an unreadable model-updates message: %s", error)
@@ -140,6 +179,9 @@ class ModelSwapper:
         except ModelStoreError as exc:
             log.warning("refusing model %s (%s): %s", target.version, exc.reason, exc)
             return None, exc.reason
+        except IndexUnavailableError as exc:  # its retrieval vectors cannot be built now
+            log.warning("refusing model %s (index_unavailable): %s", target.version, exc)
+            return None, "index_unavailable"
         except Exception as exc:  # an unreadable index or file: refuse, keep serving
             log.exception("refusing model %s: %s", target.version, exc)
             return None, "unreadable"
@@ -189,6 +231,11 @@ class ModelSwapper:
         """Wait for clean-ups still running (tests, shutdown)."""
         while self._cleanups:
             await asyncio.gather(*list(self._cleanups))
+
+    def stop_retrying(self) -> None:
+        """Cancel a pending retry of a refused plan (tests, shutdown)."""
+        if self._retry is not None:
+            self._retry.cancel()
 
 
 def _drop(retrieval: ItemIndex, version: str) -> None:
@@ -251,8 +298,7 @@ async def follow_model_updates(settings: Settings, swapper: ModelSwapper, ready:
             ):
                 plan = replace(plan, main=Target(current.version, current.manifest.sha256))
                 swapper.control.plan = plan
-            outcome, reason = await swapper.reconcile(plan)
-            swapper.metrics.model_updates.labels(action="replay", outcome=outcome, reason=reason).inc()
+            await swapper.serve(plan, "replay")
             log.info("model-updates history: %d messages; serving %s", len(history), swapper.recommender.model_version)
         if ready is not None:
             ready.set()

@@ -35,6 +35,7 @@ import aiohttp
 import faust
 from faust.web import Request, Response, View
 
+from streamrec.models.index import IndexUnavailableError
 from streamrec.models.pipeline import Pipeline
 from streamrec.models.state import UserState
 from streamrec.stream.messages import Event, Recommendation
@@ -286,10 +287,21 @@ class WorkerApi:
         }
 
     def _check_index(self) -> dict[str, Any]:
-        try:
-            return {"ok": True, "detail": f"{self.pipeline.index.count()} items"}
-        except Exception as exc:
-            return {"ok": False, "detail": f"item index unusable: {exc!r}"}
+        """Ready while the index answers, and while it is away (the worker serves trending
+        lists then: degraded, not down); not ready when it answers with an error."""
+        health = self.pipeline.recommender.index_health
+        if health.available:
+            try:
+                return {"ok": True, "detail": f"{self.pipeline.index.count()} items"}
+            except IndexUnavailableError as exc:
+                health.failed(exc)
+            except Exception as exc:
+                return {"ok": False, "detail": f"item index unusable: {exc!r}"}
+        return {
+            "ok": True,
+            "degraded": True,
+            "detail": f"item index unavailable, serving trending lists: {health.last_error}",
+        }
 
     def _check_model(self) -> dict[str, Any]:
         scorer = self.pipeline.recommender.scorer
@@ -331,6 +343,9 @@ class ApiView(View):
             self._authorize(request)
             return await super().dispatch(request)
         except ApiError as refused:
+            return self.json(refused.body(), status=refused.status)
+        except IndexUnavailableError as exc:  # a Qdrant server away: try again later
+            refused = ApiError(503, "index_unavailable", str(exc), retry_after_s=5)
             return self.json(refused.body(), status=refused.status)
         except Exception:
             log.exception("%s %s failed", request.method, request.path)

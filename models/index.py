@@ -3,6 +3,11 @@
 - `EdgeItemIndex`: Qdrant Edge, the Qdrant engine in-process, on disk (the embedded default).
 - `ClientItemIndex`: a Qdrant server through `qdrant-client` (`:memory:` = its local mode).
 
+A server that cannot be reached (connection refused, timeout, a 5xx or 429 answer) raises
+`IndexUnavailableError`, whatever the call: callers serve around it (the recommender falls
+back to trending lists) and try again later. Any other error is a bug or a bad request and
+is raised as it is.
+
 One contract test suite (tests/integration/test_index_contract.py) runs against both.
 Qdrant point ids are UUIDs derived from item ids (uuid5), so every process maps an item to
 the same point; the item id and title travel in the payload.
@@ -18,7 +23,9 @@ the same point; the item id and title travel in the payload.
 
 from __future__ import annotations
 
+import contextlib
 import functools
+import logging
 import shutil
 import uuid
 from collections.abc import Callable, Collection, Iterator, Sequence
@@ -29,6 +36,8 @@ from typing import Any, Literal, Protocol
 import numpy as np
 
 from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
 
 #: Qdrant point ids are UUIDs derived from item ids: stable across processes and restarts.
 POINT_NAMESPACE = uuid.UUID("5f1d7c1e-9a52-4f0c-8f0e-2b8f6a1c9d33")
@@ -41,6 +50,11 @@ EDGE_INDEXING_THRESHOLD_KB = 1_000
 Distance = Literal["cosine", "dot"]
 #: `ClientItemIndex(url)` with this prefix opens qdrant-client's on-disk local mode.
 LOCAL_PATH_PREFIX = "path:"
+
+
+class IndexUnavailableError(RuntimeError):
+    """The index server could not be reached or did not answer in time: a transient failure
+    that callers may serve around and retry, not a bad request."""
 
 
 def point_id(item_id: str) -> str:
@@ -424,6 +438,10 @@ class ClientItemIndex(_QdrantIndex):
     """A Qdrant collection through `qdrant-client`: a server URL, `:memory:`, or `path:DIR`.
 
     The collection is created (cosine) when absent; one with another vector size is refused.
+    A server that does not answer at start does not stop the index from opening: the
+    collection is checked on the first call the server answers (`IndexUnavailableError`
+    until then). `timeout_s`: how long one request may take (whole seconds; qdrant-client's
+    default, 5 s, when None).
     """
 
     def __init__(
@@ -434,6 +452,7 @@ class ClientItemIndex(_QdrantIndex):
         api_key: str | None = None,
         distance: Distance = "cosine",
         hnsw_ef: int | None = None,
+        timeout_s: float | None = None,
     ) -> None:
         from qdrant_client import QdrantClient, models
 
@@ -442,41 +461,72 @@ class ClientItemIndex(_QdrantIndex):
         self._search = models.SearchParams(hnsw_ef=hnsw_ef) if hnsw_ef and not local else None
         self.dim = dim
         self.distance = _check_distance(distance)
-        metric = models.Distance.COSINE if distance == "cosine" else models.Distance.DOT
+        self._metric = models.Distance.COSINE if distance == "cosine" else models.Distance.DOT
         self.collection = collection
+        self.where = "local mode" if local else url  # for messages (never the API key)
         self._init_point_ids()
         if url == ":memory:":
             self._client = QdrantClient(location=":memory:")
         elif url.startswith(LOCAL_PATH_PREFIX):
             self._client = QdrantClient(path=url.removeprefix(LOCAL_PATH_PREFIX))
         else:
-            self._client = QdrantClient(url=url, api_key=api_key)
-        if self._client.collection_exists(collection):
-            params = self._client.get_collection(collection).config.params.vectors
+            timeout = None if timeout_s is None else max(1, round(timeout_s))  # whole seconds
+            self._client = QdrantClient(url=url, api_key=api_key, timeout=timeout)
+        self._ready = False  # the collection was checked (or made)
+        try:
+            self._ensure_collection()
+        except IndexUnavailableError as exc:  # start anyway: checked on the first call it answers
+            log.warning("%s; collection %r is checked once the server answers", exc, collection)
+
+    def _ensure_collection(self) -> None:
+        """Check the collection's vectors (or create it) once, on the first call that can."""
+        if self._ready:
+            return
+        models, collection, metric = self._models, self.collection, self._metric
+        with self._server_call("checking the collection"):
+            exists = self._client.collection_exists(collection)
+            params = self._client.get_collection(collection).config.params.vectors if exists else None
+            if not exists:
+                self._client.create_collection(
+                    collection, vectors_config=models.VectorParams(size=self.dim, distance=metric)
+                )
+        if exists:
             size = getattr(params, "size", None)  # None: named vectors, which we do not use
-            if size != dim or getattr(params, "distance", metric) != metric:
+            if size != self.dim or getattr(params, "distance", metric) != metric:
                 self._client.close()
                 raise ValueError(
                     f"Qdrant collection {collection!r} holds vectors {params!r}, "
-                    f"this index needs one unnamed {distance} vector of size {dim}"
+                    f"this index needs one unnamed {self.distance} vector of size {self.dim}"
                 )
-        else:
-            self._client.create_collection(
-                collection,
-                vectors_config=models.VectorParams(size=dim, distance=metric),
-            )
+        self._ready = True
+
+    @contextlib.contextmanager
+    def _server_call(self, what: str) -> Iterator[None]:
+        """Turn "the server is not there" errors into `IndexUnavailableError`; others pass."""
+        try:
+            yield
+        except Exception as exc:
+            if not _is_unavailable(exc):
+                raise
+            raise IndexUnavailableError(
+                f"Qdrant at {self.where} is unavailable ({what}): {_describe(exc)}"
+            ) from exc
 
     def _write(self, points: list[tuple[str, list[float], dict[str, str]]]) -> None:
         batch = [
             self._models.PointStruct(id=pid, vector=vector, payload=payload)
             for pid, vector, payload in points
         ]
-        self._client.upsert(self.collection, points=batch, wait=True)
+        self._ensure_collection()
+        with self._server_call("upsert"):
+            self._client.upsert(self.collection, points=batch, wait=True)
 
     def _retrieve(self, point_ids: list[str]) -> list[Any]:
-        return self._client.retrieve(
-            self.collection, ids=point_ids, with_payload=True, with_vectors=True
-        )
+        self._ensure_collection()
+        with self._server_call("retrieve"):
+            return self._client.retrieve(
+                self.collection, ids=point_ids, with_payload=True, with_vectors=True
+            )
 
     def _exclusion(self, point_ids: set[str]) -> Any:
         models = self._models
@@ -496,23 +546,53 @@ class ClientItemIndex(_QdrantIndex):
             )
             for vector, condition in queries
         ]
-        responses = self._client.query_batch_points(self.collection, requests=requests)
+        self._ensure_collection()
+        with self._server_call("query"):
+            responses = self._client.query_batch_points(self.collection, requests=requests)
         return [response.points for response in responses]
 
     def _scroll(self, offset: Any, limit: int) -> tuple[list[Any], Any]:
-        return self._client.scroll(
-            self.collection, limit=limit, offset=offset, with_payload=True, with_vectors=True
-        )
+        self._ensure_collection()
+        with self._server_call("scroll"):
+            return self._client.scroll(
+                self.collection, limit=limit, offset=offset, with_payload=True, with_vectors=True
+            )
 
     def count(self) -> int:
-        return int(self._client.count(self.collection, exact=True).count)
+        self._ensure_collection()
+        with self._server_call("count"):
+            return int(self._client.count(self.collection, exact=True).count)
 
     def close(self) -> None:
         self._client.close()
 
     def drop(self) -> None:
-        self._client.delete_collection(self.collection)
+        with self._server_call("delete collection"):
+            self._client.delete_collection(self.collection)
         self._client.close()
+
+
+def _is_unavailable(exc: BaseException) -> bool:
+    """Whether a qdrant-client error means "the server is not there (now)".
+
+    qdrant-client wraps transport errors (refused, reset, timed out) in
+    `ResponseHandlingException` (which also wraps unparsable answers: not ours to retry) and
+    non-2xx answers in `UnexpectedResponse`.
+    """
+    import httpx
+    from qdrant_client.common.client_exceptions import ResourceExhaustedResponse
+    from qdrant_client.http.exceptions import ResponseHandlingException, UnexpectedResponse
+
+    if isinstance(exc, ResponseHandlingException):
+        return isinstance(exc.source, httpx.TransportError | OSError)
+    if isinstance(exc, UnexpectedResponse):
+        return exc.status_code is None or exc.status_code >= 500 or exc.status_code == 429
+    return isinstance(exc, ResourceExhaustedResponse | httpx.TransportError | ConnectionError | TimeoutError)
+
+
+def _describe(exc: BaseException) -> str:
+    source = getattr(exc, "source", None)  # ResponseHandlingException: the transport error
+    return repr(source) if source is not None else str(exc).splitlines()[0]
 
 
 def open_index(
@@ -529,7 +609,13 @@ def open_index(
             raise ValueError("index_mode=client needs STREAMREC_QDRANT_URL")
         api_key = settings.qdrant_api_key.get_secret_value() if settings.qdrant_api_key else None
         return ClientItemIndex(
-            settings.qdrant_url, dim, collection, api_key, distance, hnsw_ef=settings.hnsw_ef
+            settings.qdrant_url,
+            dim,
+            collection,
+            api_key,
+            distance,
+            hnsw_ef=settings.hnsw_ef,
+            timeout_s=settings.qdrant_timeout_s,
         )
     return EdgeItemIndex(
         settings.resolved_index_path, dim, collection, distance, hnsw_ef=settings.hnsw_ef

@@ -13,8 +13,9 @@ from dataclasses import dataclass
 from streamrec.models.catalog import CatalogIndexer
 from streamrec.models.device import select_device
 from streamrec.models.encoder import TextEncoder
-from streamrec.models.index import IndexedItem, ItemIndex, open_index
+from streamrec.models.index import IndexedItem, IndexUnavailableError, ItemIndex, open_index
 from streamrec.models.index_cache import CachedItemIndex
+from streamrec.models.index_health import IndexHealth
 from streamrec.models.popularity import TrendingItems
 from streamrec.models.recommender import Recommender, RecommenderConfig
 from streamrec.models.scoring import ContentScorer, Scorer
@@ -77,15 +78,27 @@ class Pipeline:
             scorer=scorer,
             trending=TrendingItems(half_life_s=settings.trending_half_life_s),
             config=RecommenderConfig.from_settings(settings),
+            index_health=IndexHealth(retry_s=settings.index_retry_s),
         )
         return cls(index=index, catalog=CatalogIndexer(encoder, index), recommender=recommender)
 
     def store_items(self, items: Sequence[IndexedItem]) -> None:
-        """Write embedded catalogue items to the text index and the ranker's retrieval index."""
-        self.index.upsert(items)
-        for scorer in self.scorers():
-            if isinstance(scorer, RankerScorer):
-                scorer.index_items(items)
+        """Write embedded catalogue items to the text index and the ranker's retrieval index.
+
+        Raises `IndexUnavailableError` while the index server is away (nothing is lost: the
+        same items can be written again, upserts replace by id); the recommender's
+        `index_health` hears of it, and of the next write that succeeds.
+        """
+        health = self.recommender.index_health
+        try:
+            self.index.upsert(items)
+            for scorer in self.scorers():
+                if isinstance(scorer, RankerScorer):
+                    scorer.index_items(items)
+        except IndexUnavailableError as exc:
+            health.failed(exc)
+            raise
+        health.recovered()
 
     def optimize_index(self) -> None:
         """Index what `store_items` wrote (the text index and every serving version's

@@ -5,6 +5,10 @@ item index (text neighbours of recent items; the user vector's nearest items, th
 ranker's own retrieval index when a ranker serves; consumed items excluded; trending items for
 users without a usable history), score all candidates in one batched pass, keep top-K with a
 reason per item. No Faust, no Kafka: state comes in and goes out as plain objects.
+
+While the item index is unavailable (`IndexUnavailableError`: a Qdrant server away), users
+get trending lists that need no index call, minus what they consumed, with the reason
+`INDEX_UNAVAILABLE_REASON` (see `streamrec.models.index_health`); learning goes on as usual.
 """
 
 from __future__ import annotations
@@ -12,13 +16,19 @@ from __future__ import annotations
 import enum
 import hashlib
 import math
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
 from dataclasses import dataclass, field
 
 import numpy as np
 import torch
 
-from streamrec.models.index import IndexedItem, ItemIndex, Neighbour
+from streamrec.models.index import IndexedItem, IndexUnavailableError, ItemIndex, Neighbour
+from streamrec.models.index_health import (
+    FALLBACK_INDEX_UNAVAILABLE,
+    FALLBACK_VERSION,
+    INDEX_UNAVAILABLE_REASON,
+    IndexHealth,
+)
 from streamrec.models.popularity import TrendingItems
 from streamrec.models.scoring import Scorer, ScoringBatch, SequenceScorer
 from streamrec.models.state import EVENT_WEIGHTS, Interaction, UserState
@@ -128,12 +138,16 @@ class Recommender:
         scorer: Scorer,
         trending: TrendingItems,
         config: RecommenderConfig | None = None,
+        index_health: IndexHealth | None = None,
     ) -> None:
         self.index = index
         self.scorer = scorer
         self.trending = trending
         self.config = config or RecommenderConfig()
         self.canary: Canary | None = None
+        self.index_health = index_health or IndexHealth()
+        # Told (reason, number of lists) whenever lists are served without the index.
+        self.on_fallback: Callable[[str, int], None] | None = None
 
     @property
     def model_version(self) -> str:
@@ -192,9 +206,47 @@ class Recommender:
             arms.setdefault(id(scorer), (scorer, []))[1].append(row)
         ranked: list[RankedList | None] = [None] * len(states)
         for scorer, rows in arms.values():
-            for row, ranked_list in zip(rows, self._recommend_with(scorer, [states[r] for r in rows])):
+            arm = [states[r] for r in rows]
+            for row, ranked_list in zip(rows, self._recommend_or_fall_back(scorer, arm)):
                 ranked[row] = ranked_list
         return [ranked_list for ranked_list in ranked if ranked_list is not None]
+
+    def _recommend_or_fall_back(self, scorer: Scorer, states: Sequence[UserState]) -> list[RankedList]:
+        """The normal lists; trending ones while the item index is unavailable."""
+        health = self.index_health
+        if health.should_try():
+            try:
+                if not health.available:
+                    self.index.count()  # a probe that reaches the server (not a cache)
+                    health.recovered()
+                return self._recommend_with(scorer, states)
+            except IndexUnavailableError as exc:
+                health.failed(exc)
+        lists = self._trending_lists(states)
+        if self.on_fallback is not None and lists:
+            self.on_fallback(FALLBACK_INDEX_UNAVAILABLE, len(lists))
+        return lists
+
+    def _trending_lists(self, states: Sequence[UserState]) -> list[RankedList]:
+        """Top-K trending items per user, minus what they consumed; no index call.
+
+        Trending counts come from events, so an item seen in events but never in the
+        catalogue can appear here (the normal path drops those).
+        """
+        k = self.config.k
+        longest = max((state.n_consumed for state in states), default=0)
+        top = self.trending.top(k + min(longest, 4 * k))
+        lists = []
+        for state in states:
+            items = [
+                RecommendedItem.model_construct(
+                    item_id=item_id, score=round(score, 6), reason=INDEX_UNAVAILABLE_REASON
+                )
+                for item_id, score in top
+                if not state.has_consumed(item_id)
+            ][:k]
+            lists.append(RankedList(state.user_id, items, None, FALLBACK_VERSION))
+        return lists
 
     def _recommend_with(self, scorer: Scorer, states: Sequence[UserState]) -> list[RankedList]:
         profiles, text = self._profiles(states, scorer)

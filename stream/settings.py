@@ -99,6 +99,8 @@ class Settings(BaseSettings):
     index_path: Path | None = None  # Qdrant Edge shard dir (default: <data_dir>/index)
     qdrant_url: str | None = None  # Qdrant server URL for index_mode=client (`:memory:` = local)
     qdrant_api_key: SecretStr | None = None  # Qdrant server API key
+    qdrant_timeout_s: float = Field(5.0, ge=1, le=300)  # one request to the Qdrant server, at most (s)
+    index_retry_s: float = Field(10.0, gt=0, le=3_600)  # item index failed: trending lists, retried after (s)
     collection: str = "items"  # Qdrant collection / shard name
     hnsw_ef: int = Field(64, ge=4, le=4_096)  # HNSW search breadth: recall vs speed of a query
     item_cache_size: int = Field(50_000, ge=1)  # item vectors kept in memory in front of Qdrant
@@ -114,6 +116,7 @@ class Settings(BaseSettings):
     canary_fraction: float = Field(0.0, ge=0, le=1)  # share of users a new version goes to first (0 = off)
     canary_min_events: int = Field(200, ge=1)  # events per arm before a canary is judged
     canary_margin: float = Field(0.0, ge=0, le=1)  # promote if canary hit-rate >= main's - this
+    model_retry_s: float = Field(30.0, gt=0, le=3_600)  # a version refused for an unreadable store: tried again after (s)
 
     # --- trainer sidecar ---------------------------------------------------------------
     trainer_group: str | None = None  # its consumer group (default: <app_id>-trainer)

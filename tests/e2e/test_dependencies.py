@@ -1,0 +1,283 @@
+"""End to end: a real worker when a dependency fails, and after it comes back.
+
+- The broker goes away for a while and comes back (a real Tansu on persistent storage, S3
+  on moto's server): the worker waits, does not exit or restart an agent, and every event,
+  produced before the outage or after it, gets its list.
+- The Qdrant server (client mode) does not answer: a real qdrant-client against a port where
+  nothing listens. The worker starts anyway, serves trending lists that say so, counts them,
+  and holds the catalogue back (not acked) instead of losing it. No Qdrant server can run
+  here (no Docker, no PyPI package ships one), so its return is tested one level down
+  (tests/integration/test_index_outage.py).
+"""
+
+from __future__ import annotations
+
+import asyncio
+import json
+import os
+import signal
+import subprocess
+import sys
+import time
+import urllib.error
+import urllib.request
+from collections.abc import Iterator
+from pathlib import Path
+
+import pytest
+
+from streamrec.consumers.metrics import scrape_metric
+from streamrec.models.index_health import FALLBACK_VERSION, INDEX_UNAVAILABLE_REASON
+from streamrec.models.synthetic import SyntheticWorld
+from streamrec.stream.broker import DevBroker, free_port, stop_process_group
+from streamrec.stream.messages import Event, Recommendation
+from streamrec.stream.producer import EventProducer
+from streamrec.stream.settings import Settings
+from streamrec.stream.topics import ensure_topics
+from tests.e2e.test_end_to_end import (
+    OUTPUT_WAIT_S,
+    WORKER_READY_S,
+    TopicCollector,
+    index_catalogue,
+    metric_sum,
+    scrape,
+    start_worker,
+    streamrec_env,
+    wait_until,
+)
+
+pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
+
+BROKER_DOWN_S = 15.0  # how long the broker stays away
+S3_BUCKET = "tansu"
+
+
+@pytest.fixture
+def s3_endpoint(tmp_path: Path) -> Iterator[str]:
+    """An S3 endpoint on this machine (moto's server), with the broker's bucket made."""
+    port = free_port()
+    url = f"http://127.0.0.1:{port}"
+    with (tmp_path / "s3.log").open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "moto.server", "-H", "127.0.0.1", "-p", str(port)],
+            stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    try:
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                request = urllib.request.Request(f"{url}/{S3_BUCKET}", method="PUT")
+                urllib.request.urlopen(request, timeout=2).close()
+                break
+            except OSError:
+                assert process.poll() is None and time.monotonic() < deadline, "no S3 server"
+                time.sleep(0.2)
+        yield url
+    finally:
+        stop_process_group(process)
+
+
+def persistent_broker(s3_url: str, log_path: Path) -> DevBroker:
+    """A Tansu broker whose topics, offsets and groups survive a stop (S3 storage)."""
+    return DevBroker(
+        port=free_port(),
+        log_path=log_path,
+        storage=f"s3://{S3_BUCKET}/",
+        env={
+            "AWS_ENDPOINT": s3_url,
+            "AWS_ALLOW_HTTP": "true",
+            "AWS_ACCESS_KEY_ID": "streamrec",
+            "AWS_SECRET_ACCESS_KEY": "streamrec",
+            "AWS_DEFAULT_REGION": "us-east-1",
+        },
+    )
+
+
+def _round(
+    world: SyntheticWorld, tag: str, n: int, stream: int, user_suffix: str = ""
+) -> list[Event]:
+    """n fresh events of the world's users (renamed `<user><user_suffix>`), ids `<tag>-<i>`."""
+    now = time.time()
+    return [
+        e.model_copy(
+            update={"ts": now + i * 0.001, "event_id": f"{tag}-{i}", "user_id": e.user_id + user_suffix}
+        )
+        for i, e in enumerate(world.events(n, start_ts=now, stream=stream))
+    ]
+
+
+async def _send(settings: Settings, events: list[Event]) -> None:
+    async with EventProducer(settings) as producer:
+        for event in events:
+            await producer.send_event(event)
+        await producer.flush()
+
+
+async def test_broker_down_and_back(
+    settings: Settings, s3_endpoint: str, tmp_path: Path
+) -> None:
+    broker = persistent_broker(s3_endpoint, tmp_path / "tansu.log")
+    broker.start()
+    settings = settings.model_copy(
+        update={"broker": broker.url, "metrics_port": free_port(), "k": 5}
+    )
+    world = SyntheticWorld(seed=8, n_items=40, n_users=8, n_categories=3)
+    log_path = tmp_path / "worker.log"
+    process = None
+    try:
+        await ensure_topics(settings)
+        process = start_worker(settings, log_path)
+        async with EventProducer(settings) as producer:
+            await index_catalogue(producer, settings, world, process, log_path)
+        before = _round(world, "before", 30, stream=1)
+        await _send(settings, before)
+        async with TopicCollector(settings, settings.topics.recommendations) as recs:
+            served = lambda: {  # noqa: E731
+                Recommendation.model_validate_json(v).trigger_event_id for v in recs.values
+            }
+            last = {e.user_id: e.event_id for e in before}
+            await wait_until(lambda: set(last.values()) <= served(), OUTPUT_WAIT_S, "lists before")
+
+        # Events sent, then the broker goes away at once: some may not be processed yet.
+        pending = _round(world, "pending", 30, stream=2, user_suffix="-p")
+        await _send(settings, pending)
+        broker.stop()
+        down_until = time.monotonic() + BROKER_DOWN_S
+        while time.monotonic() < down_until:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+            await asyncio.sleep(0.5)
+        broker.start()
+
+        after = _round(world, "after", 30, stream=3)
+        await _send(settings, after)
+        async with TopicCollector(settings, settings.topics.recommendations) as recs:
+            served = lambda: {  # noqa: E731
+                Recommendation.model_validate_json(v).trigger_event_id for v in recs.values
+            }
+            # Each user's last event of either round gets its list (the pending round's users
+            # are others than the later round's, so no micro-batch merges the two).
+            wanted = {e.user_id: e.event_id for e in pending} | {e.user_id: e.event_id for e in after}
+
+            def resumed() -> bool:
+                assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+                return set(wanted.values()) <= served()
+
+            await wait_until(resumed, OUTPUT_WAIT_S * 2, "lists after the broker returned")
+            # The users' state outlived the outage: later lists leave out what they consumed.
+            by_id = {e.event_id: e for e in before + pending + after}
+            for value in recs.values:
+                rec = Recommendation.model_validate_json(value)
+                trigger = by_id[rec.trigger_event_id]
+                consumed = {e.item_id for e in before + pending + after
+                            if e.user_id == rec.user_id and e.ts <= trigger.ts}
+                assert not consumed & {item.item_id for item in rec.items}, rec.user_id
+        # No agent was restarted (a crash loop would count here), and it still stops cleanly.
+        assert metric_sum(scrape(settings.metrics_port), "streamrec_agent_errors_total") == 0
+        os.killpg(process.pid, signal.SIGTERM)
+        assert process.wait(timeout=60) == 0
+    finally:
+        if process is not None and process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+        broker.stop()
+    log = log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]
+    assert "Connect call failed" in log  # the outage did reach the worker
+
+
+async def _committed(settings: Settings, topic: str) -> list[int | None]:
+    """The workers' group's committed offset of each partition of `topic` (None: none)."""
+    from aiokafka import AIOKafkaConsumer, TopicPartition
+
+    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id)
+    await consumer.start()
+    try:
+        return [await consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)]
+    finally:
+        await consumer.stop()
+
+
+def _get(port: int, path: str) -> tuple[int, dict]:
+    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
+    try:
+        with urllib.request.urlopen(request, timeout=15) as response:
+            return response.status, json.loads(response.read())
+    except urllib.error.HTTPError as error:
+        return error.code, json.loads(error.read())
+
+
+async def test_qdrant_unreachable_serves_trending_and_holds_the_catalogue(
+    settings: Settings, tmp_path: Path
+) -> None:
+    settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
+    await ensure_topics(settings)
+    nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: connections are refused
+    env = streamrec_env(settings) | {
+        "STREAMREC_INDEX_MODE": "client",
+        "STREAMREC_QDRANT_URL": nowhere,
+        "STREAMREC_INDEX_RETRY_S": "1",
+    }
+    log_path = tmp_path / "worker.log"
+    with log_path.open("ab") as log:
+        process = subprocess.Popen(
+            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
+            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
+        )
+    world = SyntheticWorld(seed=4, n_items=20, n_users=6, n_categories=2)
+    port = settings.metrics_port
+    try:
+        def up() -> bool:
+            assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+            return scrape_metric(port, "streamrec_index_available") is not None
+
+        await wait_until(up, WORKER_READY_S, "the worker to start without Qdrant")
+        items = world.items(ts=time.time())
+        events = _round(world, "outage", 40, stream=1)
+        async with EventProducer(settings) as producer:
+            for item in items:
+                await producer.send_item(item)
+            for event in events:
+                await producer.send_event(event)
+            await producer.flush()
+        async with TopicCollector(settings, settings.topics.recommendations) as recs:
+            last = {e.user_id: e.event_id for e in events}
+
+            def served() -> bool:
+                assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+                triggers = {Recommendation.model_validate_json(v).trigger_event_id for v in recs.values}
+                return set(last.values()) <= triggers
+
+            await wait_until(served, OUTPUT_WAIT_S, "a list per user without Qdrant")
+            lists = [Recommendation.model_validate_json(v) for v in recs.values]
+        assert {r.model_version for r in lists} == {FALLBACK_VERSION}
+        assert {i.reason for r in lists for i in r.items} == {INDEX_UNAVAILABLE_REASON}
+        by_id = {e.event_id: e for e in events}
+        for rec in lists:  # trending, minus what the user had consumed by then
+            trigger = by_id[rec.trigger_event_id]
+            consumed = {e.item_id for e in events if e.user_id == rec.user_id and e.ts <= trigger.ts}
+            assert not consumed & {i.item_id for i in rec.items}, rec.user_id
+        assert any(rec.items for rec in lists)
+
+        # The catalogue is held back, not lost: no item indexed, none of its offsets committed.
+        item_lag = lambda: metric_sum(scrape(port), "streamrec_consumer_lag", settings.topics.items)  # noqa: E731
+        await wait_until(lambda: item_lag() == len(items), OUTPUT_WAIT_S, "the items' lag sampled")
+        metrics = scrape(port)
+        assert metrics["streamrec_index_available"] == 0.0
+        assert metrics['streamrec_fallback_lists_total{reason="index_unavailable"}'] >= len(last)
+        assert metric_sum(metrics, "streamrec_items_indexed_total") == 0
+        assert metric_sum(metrics, "streamrec_agent_errors_total") == 0
+        status, body = _get(port, f"/items/{items[0].item_id}/similar")
+        assert (status, body["reason"]) == (503, "index_unavailable")
+        status, body = _get(port, "/readyz")
+        assert body["checks"]["index"]["degraded"] is True and body["checks"]["index"]["ok"]
+
+        os.killpg(process.pid, signal.SIGTERM)  # while the catalogue waits for Qdrant
+        assert process.wait(timeout=60) == 0
+        assert await _committed(settings, settings.topics.items) == [None] * settings.partitions
+    finally:
+        if process.poll() is None:
+            os.killpg(process.pid, signal.SIGKILL)
+            process.wait()
+    log = log_path.read_text(errors="replace")
+    assert "Traceback" not in log, log[-4000:]
+    assert "catalogue items wait for the item index" in log
