@@ -12,7 +12,9 @@ Example, from any asyncio service::
         )
 
 Sends are pipelined: `send_*` returns once the message is queued; `flush()` (and leaving the
-context) waits until the broker has acknowledged everything (acks=all).
+context) waits until the broker has acknowledged everything (acks=all). A producer that runs
+for hours without a flush holds only the deliveries still in flight: acknowledged ones are
+dropped as it goes (and a failed one raises from the next send, as it would from `flush`).
 """
 
 from __future__ import annotations
@@ -27,6 +29,7 @@ from streamrec.stream.messages import Event, Item
 from streamrec.stream.settings import Settings
 
 LINGER_MS = 5  # small batching delay; latency matters more than throughput here
+SETTLE_EVERY = 10_000  # deliveries queued between two sweeps of the acknowledged ones
 
 
 class EventProducer:
@@ -42,6 +45,7 @@ class EventProducer:
             **settings.kafka_client_options(),
         )
         self._pending: list[asyncio.Future] = []
+        self._sweep_at = SETTLE_EVERY
 
     async def start(self) -> None:
         await self._producer.start()
@@ -67,6 +71,17 @@ class EventProducer:
     async def send_raw(self, topic: str, value: bytes, key: bytes | None = None) -> None:
         """Queue any bytes on any topic (for tools and tests of bad input)."""
         self._pending.append(await self._producer.send(topic, value=value, key=key))
+        if len(self._pending) >= self._sweep_at:
+            self._settle_acknowledged()
+
+    def _settle_acknowledged(self) -> None:
+        """Forget the deliveries already acknowledged; raise the first that failed."""
+        in_flight = [future for future in self._pending if not future.done()]
+        for future in self._pending:
+            if future.done():
+                future.result()  # a delivery error surfaces here, as from flush()
+        self._pending = in_flight
+        self._sweep_at = len(in_flight) + SETTLE_EVERY
 
     async def send_event(self, event: Event) -> None:
         await self.send_raw(self.topics.events, event.to_bytes(), key=event.user_id.encode())
