@@ -36,10 +36,16 @@ def _logging(level: str) -> None:
 
 
 # --- broker ----------------------------------------------------------------------------
+def broker_storage_help() -> str:
+    from streamrec.stream.broker import STORAGE_HELP
+
+    return STORAGE_HELP
+
+
 def cmd_broker(args: argparse.Namespace) -> int:
     from streamrec.stream.broker import run_foreground
 
-    return run_foreground(args.port, args.host)
+    return run_foreground(args.port, args.host, args.storage)
 
 
 # --- worker ----------------------------------------------------------------------------
@@ -206,6 +212,7 @@ def build_parser() -> argparse.ArgumentParser:
     p = sub.add_parser("broker", help="run the embedded Tansu dev broker in the foreground")
     p.add_argument("--port", type=int, default=9092)
     p.add_argument("--host", default="127.0.0.1")
+    p.add_argument("--storage", default="memory://tansu/", help=broker_storage_help())
     p.set_defaults(func=cmd_broker)
 
     p = sub.add_parser("worker", help="run a stream worker (ingest, recommend, catalog agents)")

@@ -34,6 +34,11 @@ from types import TracebackType
 
 READY_POLL_S = 0.1
 MEMORY_STORAGE = "memory://tansu/"  # Tansu's default engine: nothing survives a stop
+STORAGE_HELP = (
+    "Tansu storage engine: memory://tansu/ (default: lost at stop) or s3://BUCKET/ (kept; "
+    "AWS_ENDPOINT, AWS_ACCESS_KEY_ID, AWS_SECRET_ACCESS_KEY, AWS_DEFAULT_REGION, "
+    "AWS_ALLOW_HTTP from the environment)"
+)
 STOP_GRACE_S = 5.0
 LOG_TAIL_CHARS = 2000
 
@@ -185,9 +190,11 @@ class DevBroker:
         self.stop()
 
 
-def run_foreground(port: int, host: str = "127.0.0.1") -> int:
-    """Run a broker until Ctrl-C (or until it exits); a clean stop, no traceback."""
-    broker = DevBroker(port=port, host=host)
+def run_foreground(port: int, host: str = "127.0.0.1", storage: str = MEMORY_STORAGE) -> int:
+    """Run a broker until Ctrl-C (or until it exits); a clean stop, no traceback.
+
+    `storage`: Tansu's storage engine (S3 settings come from this process's environment)."""
+    broker = DevBroker(port=port, host=host, storage=storage)
     try:
         broker.start()
         print(f"Tansu dev broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
@@ -204,8 +211,9 @@ def main(argv: list[str] | None = None) -> int:
     parser = argparse.ArgumentParser(description="Run the Tansu dev broker until Ctrl-C.")
     parser.add_argument("--port", type=int, default=9092)
     parser.add_argument("--host", default="127.0.0.1")
+    parser.add_argument("--storage", default=MEMORY_STORAGE, help=STORAGE_HELP)
     args = parser.parse_args(argv)
-    return run_foreground(args.port, args.host)
+    return run_foreground(args.port, args.host, args.storage)
 
 
 if __name__ == "__main__":
