@@ -142,12 +142,12 @@ class Rig:
 
 
 @contextlib.contextmanager
-def running_rig(base: Settings, name: str, say: Say) -> Iterator[Rig]:
+def running_rig(base: Settings, name: str, say: Say, logs_to: Path | None = None) -> Iterator[Rig]:
     """A Tansu dev broker and a worker on free ports, in a temp dir removed at the end.
 
     `base`: every setting but the broker, data dir, metrics port and app id (`name-<uuid>`).
     On the way out the worker gets SIGTERM (SIGKILL after `STOP_GRACE_S`); its exit code is
-    left in `rig.exit_code`.
+    left in `rig.exit_code`; with `logs_to`, the worker's and the broker's logs are kept there.
     """
     work = Path(tempfile.mkdtemp(prefix=f"streamrec-{name}-"))
     broker = DevBroker(port=free_port(), log_path=work / "broker.log")
@@ -173,6 +173,12 @@ def running_rig(base: Settings, name: str, say: Say) -> Iterator[Rig]:
                 if rig is not None:
                     rig.exit_code = code
             broker.stop()
+            if logs_to is not None:
+                logs_to.mkdir(parents=True, exist_ok=True)
+                for log in ("worker.log", "broker.log"):
+                    if (work / log).exists():
+                        shutil.copy(work / log, logs_to / log)
+                say(f"kept the worker's and the broker's logs in {logs_to}")
             shutil.rmtree(work, ignore_errors=True)
         finally:
             _restore_sigint(previous)

@@ -102,7 +102,7 @@ def test_a_worker_that_falls_behind_fails_lag_and_rate() -> None:
 
 def test_the_report_renders_a_failed_run_and_says_so() -> None:
     results = _results(_samples([500.0, 510.0, 520.0], [0.0] * 3, 100.0, [1, 2, 3]))
-    results["settings"].update({"cpu_count": 2, "load_average": [1.0, 1.0, 1.0], "users": 3, "items": 10,
+    results["settings"].update({"seed": 7, "cpu_count": 2, "load_average": [1.0, 1.0, 1.0], "users": 3, "items": 10,
                                 "sample_s": 10.0, "partitions": 4, "batch_size": 256, "history_length": 50,
                                 "drain_max_s": 60.0})
     for sample in results["samples"]:
