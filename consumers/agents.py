@@ -13,6 +13,7 @@ import faust
 from faust.exceptions import ConsumerNotStarted
 from faust.web import Request, Response, View
 
+from streamrec.consumers.batching import release_unacked
 from streamrec.consumers.handlers import (
     CatalogHandler,
     IngestHandler,
@@ -139,7 +140,6 @@ def register_agents(
     async def ingest(stream: faust.StreamT) -> None:
         """events -> validated, de-duplicated, re-keyed by user -> events.by-user (or the DLQ)."""
         async for batch in stream.take_events(settings.batch_size, within=settings.ingest_wait_s):
-            log.warning("INGEST %s %s", type(stream).__name__, [(e.message.partition, e.message.offset) for e in batch if e.message.partition == 3])
             accepted: dict[str, Event] = {}
             deliveries = []
             now = time.time()
@@ -147,8 +147,6 @@ def register_agents(
                 outcome = ingest_handler.handle(event.value, _origin(event), now, accepted)
                 if isinstance(outcome, DeadLetter):
                     deliveries.append(await dlq_topic.send(value=outcome.to_bytes()))
-                elif outcome is None:
-                    log.warning("DUPLICATE %s %s", event.message.offset, event.message.partition)
                 elif outcome is not None:
                     accepted[outcome.event_id] = outcome
                     deliveries.append(
@@ -326,17 +324,6 @@ class LeavingBatch(Exception):
     def __init__(self, stopping: bool) -> None:
         super().__init__("stopping" if stopping else "rebalancing")
         self.stopping = stopping
-
-
-def release_unacked(consumer: Any, events: list[Any]) -> None:
-    """Stop Faust waiting for `events` before a stop or a rebalance, without acking them.
-
-    Faust waits until every message in flight is acked (`Consumer.wait_empty`); a message
-    that is neither acked nor tracked is not committed either, so it is read again from
-    the committed offset by whoever owns its partition next.
-    """
-    for event in events:
-        consumer._unacked_messages.discard(event.message)
 
 
 async def _broadcast_batches(

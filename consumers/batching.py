@@ -27,6 +27,18 @@ from mode.utils.aiter import aiter
 from mode.utils.futures import notify
 
 
+def release_unacked(consumer: Any, events: Sequence[EventT]) -> None:
+    """Stop Faust waiting for `events` before a stop or a rebalance, without acking them.
+
+    Faust waits until every message in flight is acked (`Consumer.wait_empty`); a message
+    that is neither acked nor tracked is not committed either, so it is read again from
+    the committed offset by whoever owns its partition next (or by this worker: a hole at
+    the head of a partition is read again, `streamrec.consumers.transport.head_gap`).
+    """
+    for event in events:
+        consumer._unacked_messages.discard(event.message)
+
+
 class BatchingStream(faust.Stream):
     """A Faust stream whose `take_events` never acks an event it did not hand out."""
 
@@ -73,9 +85,11 @@ class BatchingStream(faust.Stream):
                     done = True  # the caller asked for the next batch: it is done with this one
                 finally:
                     del events[: len(batch)]
-                    if done:  # not when the caller failed or stopped: read again after a restart
+                    if done:
                         for event in batch:
                             await self.ack(event)
+                    else:  # the caller failed or stopped: not acked, read again from the
+                        release_unacked(self.app.consumer, batch)  # committed offset
                     finished, out = out, None
                     notify(finished)
                     if len(events) < max_:
