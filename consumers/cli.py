@@ -160,7 +160,7 @@ def cmd_soak(args: argparse.Namespace) -> int:
     try:
         results = run_soak(args.rate, args.users, args.duration, sample_s=args.sample_every, items=args.items,
                            drain_max_s=args.drain_max, seed=args.seed, out=args.out, markdown=args.markdown,
-                           logs=args.logs)
+                           logs=args.logs, broker_url=args.broker)
     except ValueError as exc:
         print(f"soak failed: {exc}", file=sys.stderr)
         return 2
@@ -279,6 +279,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--out", type=Path, default=None, help="write the report as JSON here")
     p.add_argument("--markdown", type=Path, default=None, help="write the markdown summary here")
     p.add_argument("--logs", type=Path, default=None, help="keep the worker's and the broker's logs here")
+    p.add_argument("--broker", default=None,
+                   help="a running broker (kafka://host:port) instead of the embedded Tansu; topics get a fresh prefix")
     p.set_defaults(func=cmd_soak)
 
     add_model_parser(sub)

@@ -142,27 +142,36 @@ class Rig:
 
 
 @contextlib.contextmanager
-def running_rig(base: Settings, name: str, say: Say, logs_to: Path | None = None) -> Iterator[Rig]:
+def running_rig(
+    base: Settings, name: str, say: Say, logs_to: Path | None = None, broker_url: str | None = None
+) -> Iterator[Rig]:
     """A Tansu dev broker and a worker on free ports, in a temp dir removed at the end.
 
     `base`: every setting but the broker, data dir, metrics port and app id (`name-<uuid>`).
-    On the way out the worker gets SIGTERM (SIGKILL after `STOP_GRACE_S`); its exit code is
-    left in `rig.exit_code`; with `logs_to`, the worker's and the broker's logs are kept there.
+    `broker_url`: use this running broker instead (any Kafka; topics get the prefix
+    `<name>-<uuid>.`, so a run never reads another's). On the way out the worker gets SIGTERM
+    (SIGKILL after `STOP_GRACE_S`); its exit code is left in `rig.exit_code`; with `logs_to`,
+    the worker's and the broker's logs are kept there.
     """
     work = Path(tempfile.mkdtemp(prefix=f"streamrec-{name}-"))
-    broker = DevBroker(port=free_port(), log_path=work / "broker.log")
+    broker = DevBroker(port=free_port(), log_path=work / "broker.log") if broker_url is None else None
     worker: subprocess.Popen | None = None
     rig: Rig | None = None
+    tag = f"{name}-{uuid.uuid4().hex[:8]}"
     try:
-        say(f"starting the Tansu dev broker and a worker (temp dir {work}) ...")
-        broker.start()
-        settings = base.model_copy(update={
-            "broker": broker.url, "data_dir": work / "data", "metrics_port": free_port(),
-            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "app_id": f"{name}-{uuid.uuid4().hex[:8]}",
-        })
+        update: dict[str, object] = {"data_dir": work / "data", "metrics_port": free_port(),
+                                     "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "app_id": tag}
+        if broker is None:
+            say(f"using the broker at {broker_url}, topics {base.topic_prefix}{tag}.* (temp dir {work}) ...")
+            update.update(broker=broker_url, topic_prefix=f"{base.topic_prefix}{tag}.")
+        else:
+            say(f"starting the Tansu dev broker and a worker (temp dir {work}) ...")
+            broker.start()
+            update["broker"] = broker.url
+        settings = base.model_copy(update=update)
         worker = start_worker(settings, work / "worker.log")
         say(f"worker pid {worker.pid}, metrics on http://127.0.0.1:{settings.metrics_port}/metrics")
-        broker_pid = broker.process.pid if broker.process is not None else None
+        broker_pid = broker.process.pid if broker is not None and broker.process is not None else None
         rig = Rig(settings, worker, work / "worker.log", broker_pid, work)
         yield rig
     finally:
@@ -172,7 +181,8 @@ def running_rig(base: Settings, name: str, say: Say, logs_to: Path | None = None
                 code = stop_process_group(worker, STOP_GRACE_S)
                 if rig is not None:
                     rig.exit_code = code
-            broker.stop()
+            if broker is not None:
+                broker.stop()
             if logs_to is not None:
                 logs_to.mkdir(parents=True, exist_ok=True)
                 for log in ("worker.log", "broker.log"):
@@ -182,7 +192,7 @@ def running_rig(base: Settings, name: str, say: Say, logs_to: Path | None = None
             shutil.rmtree(work, ignore_errors=True)
         finally:
             _restore_sigint(previous)
-        say("stopped the worker and the broker; removed the temp dir")
+        say(f"stopped the worker{' and the broker' if broker is not None else ''}; removed the temp dir")
 
 
 def _ignore_sigint() -> Any:

@@ -65,6 +65,8 @@ RSS_FLAT_MIB_PER_MIN = 1.0  # "RSS bounded": slope over the last half at most th
 LAG_FLAT_SHARE = 0.02  # "lag not growing": slope at most this share of the rate (and 1 msg/s)
 HELD_SHARE = 0.95  # "rate held": answered at least this share of the rate offered
 FILLING_SHARE = 0.01  # a bounded structure that grew by more than this share is still filling
+STALL_S = 30.0  # no event counted and none answered for this long, with a backlog: a stall
+BUSY_BROKER_CORES = 0.8  # a stalled worker beside a broker this busy: the broker is the bottleneck
 TIMELINE_ROWS = 24  # samples shown in the markdown timeline (all are in the JSON)
 EVENT_ID_PREFIX = "soak-"
 
@@ -355,9 +357,10 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
       says whether the bounded structures were still filling then (users seen, interactions held
       up to the history length, de-duplication ids below capacity): growth while they fill is
       expected and says nothing of a leak; growth while all are full is one.
-    - **lag not growing**: the slopes of the worker's lag gauge (messages not committed; it moves
-      in steps of the commit interval) and of the driver's backlog (events sent, not answered) at
-      most `LAG_FLAT_SHARE` of the rate offered (and at least 1 message/s).
+    - **lag not growing**: the slope of the driver's backlog (events sent, not yet answered) at
+      most `LAG_FLAT_SHARE` of the rate offered (and at least 1 event/s). The worker's lag gauge
+      says the same in messages but moves in steps of the commit interval, too coarse to judge
+      a slope by over a short run; its slope is reported beside.
     - **rate held**: events answered per second over the last half at least `HELD_SHARE` of the
       rate offered, with the lag not growing.
     """
@@ -386,11 +389,12 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
 
     lag_slope, backlog_slope = slope_per_s(series("lag")), slope_per_s(series("backlog"))
     lag_limit = max(1.0, LAG_FLAT_SHARE * plan["rate"])
-    slopes = [slope for slope in (lag_slope, backlog_slope) if slope is not None]
     verdicts["lag"] = {
         "slope_per_s": lag_slope, "backlog_slope_per_s": backlog_slope, "limit_per_s": lag_limit,
-        "ok": all(slope <= lag_limit for slope in slopes) if slopes else None,
+        "ok": None if backlog_slope is None else backlog_slope <= lag_limit,
     }
+
+    verdicts["progress"] = find_stall(results.get("samples", []))
 
     answered = series("answered")
     answered_per_s = slope_per_s(answered)
@@ -404,6 +408,32 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
                answered_per_s >= HELD_SHARE * plan["rate"] and bool(verdicts["lag"]["ok"])),
     }
     return verdicts
+
+
+def find_stall(samples: Sequence[dict[str, Any]]) -> dict[str, Any]:
+    """The first stretch of at least `STALL_S` in which the worker counted no new event and no
+    list answered one while events waited (a worker that stopped, not one that is slow).
+
+    >>> flat = [{"t_s": 10.0 * k, "events_counted": 500.0, "answered": 400, "backlog": 100,
+    ...          "broker_cores": 1.0} for k in range(5)]
+    >>> find_stall(flat)["stalled_from_t_s"], find_stall(flat[:3])["ok"]
+    (0.0, True)
+    """
+    start: dict[str, Any] | None = None
+    for sample in samples:
+        if sample.get("events_counted") is None:
+            continue  # /metrics did not answer: no figure either way
+        moving = start is None or (sample["events_counted"], sample["answered"]) != (
+            start["events_counted"], start["answered"])
+        if moving or sample["backlog"] <= 0:
+            start = sample if sample["backlog"] > 0 else None
+            continue
+        if sample["t_s"] - start["t_s"] >= STALL_S:
+            stalled = [s for s in samples if s["t_s"] >= start["t_s"] and s.get("broker_cores") is not None]
+            broker = float(np.mean([s["broker_cores"] for s in stalled])) if stalled else None
+            return {"ok": False, "stalled_from_t_s": start["t_s"], "events_counted": start["events_counted"],
+                    "answered": start["answered"], "broker_cores": None if broker is None else round(broker, 2)}
+    return {"ok": True, "stalled_from_t_s": None}
 
 
 def _still_filling(load: Sequence[dict[str, Any]], plan: dict[str, Any]) -> list[str]:
@@ -469,10 +499,11 @@ def render_markdown(results: dict[str, Any]) -> str:
         "# Soak",
         "",
         f"Written by `{command_line(plan)}` (`make soak` runs the defaults and writes docs/soak.md; "
-        "`make soak RATE=... USERS=... DURATION=...`); every sample is in the JSON. Tansu dev broker + one "
-        "`streamrec worker` subprocess + this driver (producer and a plain consumer) on one machine.",
+        "`make soak RATE=... USERS=... DURATION=...`); every sample is in the JSON. The broker, one "
+        "`streamrec worker` subprocess and this driver (producer and a plain consumer) on one machine.",
         "",
-        f"Machine: {plan['cpu_count']} CPUs, load average at the start {plan['load_average']}. "
+        f"Machine: {plan['cpu_count']} CPUs, load average at the start {plan['load_average']}; broker: "
+        f"{'the embedded Tansu dev broker (memory storage)' if plan.get('broker', 'embedded') == 'embedded' else plan['broker']}. "
         f"Offered {plan['rate']:.0f} events/s of {plan['users']:,} users for {plan['duration_s']:.0f} s, "
         f"{plan['items']:,} items, a sample every {plan['sample_s']:.0f} s; partitions {plan['partitions']}, "
         f"batch {plan['batch_size']}, de-duplication capacity {plan['dedup_capacity']:,}, "
@@ -488,9 +519,15 @@ def render_markdown(results: dict[str, Any]) -> str:
                      f"(start {_num(rss['start'])}, peak {_num(rss['peak'])}, end {_num(rss['end'])} MiB) | "
                      f"<= {r['limit_mib_per_min']} MiB/min | {r['verdict']} |")
         g = verdicts["lag"]
-        lines.append(f"| lag not growing | worker lag gauge {_num(g['slope_per_s'], 1)} /s, "
-                     f"backlog {_num(g['backlog_slope_per_s'], 1)} /s | <= {g['limit_per_s']:.0f} /s | "
+        lines.append(f"| lag not growing | backlog {_num(g['backlog_slope_per_s'], 1)} /s (worker lag gauge "
+                     f"{_num(g['slope_per_s'], 1)} /s) | <= {g['limit_per_s']:.0f} /s | "
                      f"{_ok(g['ok'], 'flat', 'growing')} |")
+        p = verdicts["progress"]
+        stalled = (f"stalled from t = {p['stalled_from_t_s']:.0f} s: events counted flat at "
+                   f"{p['events_counted']:,.0f}, {p['answered']:,} answered; broker {_num(p['broker_cores'], 2)} "
+                   "cores" if not p["ok"] else "kept counting and answering")
+        lines.append(f"| worker progress | {stalled} | no {STALL_S:.0f}-s stretch without progress while "
+                     f"events wait | {_ok(p['ok'], 'ok', 'stalled')} |")
         a = verdicts["rate"]
         lines.append(f"| rate held | answered {_num(a['answered_per_s_last_half'])}/s; sent "
                      f"{_num(a['sent_per_s'])}/s of {a['offered_per_s']:.0f}/s offered | "
@@ -552,7 +589,8 @@ def command_line(plan: dict[str, Any]) -> str:
     """
     return (f"streamrec soak --rate {plan['rate']:g} --users {plan['users']} --duration {plan['duration_s']:g} "
             f"--sample-every {plan['sample_s']:g} --items {plan['items']} --drain-max {plan['drain_max_s']:g} "
-            f"--seed {plan['seed']}")
+            f"--seed {plan['seed']}" + (f" --broker {plan['broker']}" if plan.get("broker", "embedded") != "embedded"
+                                        else ""))
 
 
 def _num(value: float | None, digits: int = 0) -> str:
@@ -573,6 +611,19 @@ def _notes(results: dict[str, Any]) -> list[str]:
         notes.append(f"the worker answered {rate['answered_per_s_last_half']:.0f} events/s of the "
                      f"{plan['rate']:.0f}/s offered: at this rate it falls behind on this machine and the "
                      "lag grows for as long as the load lasts")
+    stall = verdicts.get("progress", {})
+    if stall.get("ok") is False:
+        if plan.get("broker") == "embedded" and (stall.get("broker_cores") or 0) >= BUSY_BROKER_CORES:
+            notes.append(
+                f"the worker stalled at t = {stall['stalled_from_t_s']:.0f} s, idle, while the embedded Tansu "
+                f"broker used {stall['broker_cores']:.2f} cores: Tansu 0.6's memory storage slows down with "
+                "the number of record batches in a partition (one-record batches: a fetch takes ~40 ms at "
+                "10k batches and more than 10 s at 20k), and at this rate the events topic gets about one "
+                "batch per event per partition. The soak then measures the dev broker, not the worker: "
+                "soak a real Kafka with --broker, or spread the batches over more partitions "
+                "(STREAMREC_PARTITIONS)")
+        else:
+            notes.append(f"the worker stalled at t = {stall['stalled_from_t_s']:.0f} s: see its log (--logs)")
     sent = results.get("send", {}).get("sent_per_s")
     if sent is not None and sent < HELD_SHARE * plan["rate"]:
         notes.append(f"the driver itself sent only {sent:.0f} events/s: the load generator is short of the rate")
@@ -593,19 +644,22 @@ def run_soak(
     out: Path | None = None,
     markdown: Path | None = None,
     logs: Path | None = None,
+    broker_url: str | None = None,
     quiet: bool = False,
 ) -> dict[str, Any]:
     """Broker + one worker under `rate` events/s for `duration_s`; returns the figures and writes
     the JSON (`out`) and the markdown (`markdown`) even when the run failed or was interrupted,
-    and keeps the worker's and broker's logs in `logs`. The worker's settings come from the
-    STREAMREC_* env (e.g. `STREAMREC_DEDUP_CAPACITY`)."""
+    and keeps the worker's and broker's logs in `logs`. `broker_url`: a running broker to use
+    instead of starting Tansu. The worker's settings come from the STREAMREC_* env (e.g.
+    `STREAMREC_DEDUP_CAPACITY`)."""
     if rate <= 0 or duration_s <= 0 or sample_s <= 0 or users < 1 or items < 1 or drain_max_s < 0:
         raise ValueError("rate, duration_s, sample_s, users and items must be positive")
     base = Settings()
     results: dict[str, Any] = {
         "settings": {
             "rate": rate, "users": users, "duration_s": duration_s, "sample_s": sample_s, "items": items,
-            "drain_max_s": drain_max_s, "seed": seed, "partitions": base.partitions,
+            "drain_max_s": drain_max_s, "seed": seed, "broker": broker_url or "embedded",
+            "partitions": base.partitions,
             "batch_size": base.batch_size, "dedup_capacity": base.dedup_capacity,
             "history_length": base.history_length, "cpu_count": os.cpu_count(),
             "load_average": [round(x, 2) for x in os.getloadavg()],
@@ -616,7 +670,7 @@ def run_soak(
     }
     rig: Rig | None = None
     try:
-        with running_rig(base, "soak", lambda text: _say(text, quiet), logs_to=logs) as rig:
+        with running_rig(base, "soak", lambda text: _say(text, quiet), logs_to=logs, broker_url=broker_url) as rig:
             world = SyntheticWorld(seed=seed, n_items=items, n_users=users)
             asyncio.run(_soak(rig, world, results["settings"], results, quiet))
     except KeyboardInterrupt:

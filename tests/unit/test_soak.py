@@ -8,6 +8,7 @@ import pytest
 
 from streamrec.consumers.soak import (
     Ledger,
+    _notes,
     judge,
     render_markdown,
     rss_figures,
@@ -115,3 +116,21 @@ def test_the_report_renders_a_failed_run_and_says_so() -> None:
     assert "| worker RSS bounded |" in text and "start 500, peak 520, end 520 MiB" in text
     assert rss_figures(results["samples"]) == {"start": 500.0, "peak": 520.0, "end": 520.0}
     assert rss_figures([]) == {"start": None, "peak": None, "end": None}
+
+
+def test_a_worker_that_stops_is_a_stall_and_a_busy_dev_broker_is_named() -> None:
+    samples = _samples([500.0] * 11, [100.0 * k for k in range(11)], 0.0, [1000] * 11)
+    for k, sample in enumerate(samples):
+        sample.update({"events_counted": float(min(k, 3) * 100), "answered": min(k, 3) * 100,
+                       "backlog": 50 + 100 * k, "broker_cores": 1.0})
+    results = _results(samples)
+    results["settings"].update({"broker": "embedded", "cpu_count": 2})
+    results["verdicts"] = verdicts = judge(results)
+    assert verdicts["progress"] == {"ok": False, "stalled_from_t_s": 30.0, "events_counted": 300.0,
+                                    "answered": 300, "broker_cores": 1.0}
+    notes = _notes(results)
+    assert any("stalled at t = 30 s" in note and "Tansu" in note for note in notes)
+
+    for sample in samples:  # slow but moving: no stall
+        sample["events_counted"] = sample["answered"] = sample["t_s"]
+    assert judge(results)["progress"] == {"ok": True, "stalled_from_t_s": None}
