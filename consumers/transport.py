@@ -59,6 +59,31 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
         def _new_consumer_thread(self) -> ConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
 
+        async def commit(self, *args: Any, **kwargs: Any) -> bool:
+            self._read_skipped_again()
+            return await super().commit(*args, **kwargs)
+
+        def _read_skipped_again(self) -> None:
+            # A message Faust hands to a stream while its flow is paused or from an earlier
+            # generation (around a start or a rebalance) is skipped: neither processed nor
+            # acked. With later messages acked, `_new_offset` finds the hole; when it was the
+            # last one in its partition, nothing would: it waited for the next message.
+            in_flight = {message.tp for message in self._unacked_messages}
+            for tp in self.assignment():
+                if tp in in_flight or self._acked.get(tp) or not self.app.topics.acks_enabled_for(tp.topic):
+                    continue
+                committed = self._committed_offset[tp]
+                handed_out = dict.get(self._read_offset, tp)  # the last offset given to a stream
+                if committed is None or handed_out is None or handed_out < committed:
+                    continue
+                if self._rewound.get(tp) == committed:
+                    continue  # once per committed offset, as for a hole at the head
+                log.warning("offsets %s..%s of %s were skipped; reading again from %s",
+                            committed, handed_out, tp, committed)
+                self._rewound[tp] = committed
+                self._thread.seek(tp, committed)
+                self._read_offset.rewind(tp, committed)
+
         def _new_offset(self, tp: TP) -> int | None:
             # Faust commits past one never-acked message at the head of a partition (its
             # `min(acked) - committed > 1` check); around a rebalance, a message fetched
