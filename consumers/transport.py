@@ -23,6 +23,8 @@ from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+CHANGELOG_SUFFIX = "-changelog"  # Faust names a table's changelog topic <app id>-<table>-changelog
+
 
 def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
     """Faust's aiokafka driver, with two fixes for brokers other than Apache Kafka.
@@ -49,7 +51,13 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
             reported = await super()._highwaters(partitions)
             if self.consumer.in_transaction:
                 return reported  # last stable offsets: not the figure corrected here
-            return await log_end_offsets(settings, reported)
+            # Only table recovery needs the exact end (a changelog read to its last record);
+            # the lag gauge asks every few seconds and takes the broker's figure (it runs on
+            # the consumer's loop: a probe there would hold up fetching).
+            changelogs = {tp: end for tp, end in reported.items() if tp.topic.endswith(CHANGELOG_SUFFIX)}
+            if not changelogs:
+                return reported
+            return {**reported, **await log_end_offsets(settings, changelogs)}
 
     class Consumer(faust_aiokafka.Consumer):
         def __init__(self, *args: Any, **kwargs: Any) -> None:
