@@ -552,7 +552,9 @@ def render_markdown(results: dict[str, Any]) -> str:
         lines.append(f"- {drained}; worker lag gauge at the end {_num(drain['final_lag'])}")
     for name, label in (("all", "whole run"), ("last_half", "events sent in the last half")):
         figures = latency.get(name)
-        if figures:
+        if figures and figures["p50"] is None:
+            lines.append(f"- latency, {label}: no list arrived for them")
+        elif figures:
             lines.append(f"- latency (event sent -> list received), {label}: p50 {_num(figures['p50'])} ms, "
                          f"p99 {_num(figures['p99'])} ms, max {_num(figures['max'])} ms")
     if results.get("verdicts", {}).get("rss", {}).get("still_filling"):
@@ -606,20 +608,28 @@ def _ok(value: bool | None, yes: str, no: str) -> str:
 def _notes(results: dict[str, Any]) -> list[str]:
     plan, verdicts = results["settings"], results.get("verdicts", {})
     notes = []
-    rate = verdicts.get("rate", {})
-    if rate.get("ok") is False and rate.get("answered_per_s_last_half") is not None:
+    rate, stall = verdicts.get("rate", {}), verdicts.get("progress", {})
+    if stall.get("ok") is False:
+        before = [s["answered_per_s"] for s in results.get("samples", []) if s["phase"] == "load"
+                  and s["t_s"] <= stall["stalled_from_t_s"] and s.get("answered_per_s") is not None]
+        if before:
+            notes.append(f"before the stall the worker answered {np.mean(before):.0f} events/s on average of the "
+                         f"{plan['rate']:.0f}/s offered (the backlog grew from the start)"
+                         if np.mean(before) < HELD_SHARE * plan["rate"] else
+                         f"before the stall the worker kept up ({np.mean(before):.0f} events/s answered)")
+    elif rate.get("ok") is False and rate.get("answered_per_s_last_half") is not None:
         notes.append(f"the worker answered {rate['answered_per_s_last_half']:.0f} events/s of the "
                      f"{plan['rate']:.0f}/s offered: at this rate it falls behind on this machine and the "
                      "lag grows for as long as the load lasts")
-    stall = verdicts.get("progress", {})
     if stall.get("ok") is False:
         if plan.get("broker") == "embedded" and (stall.get("broker_cores") or 0) >= BUSY_BROKER_CORES:
             notes.append(
                 f"the worker stalled at t = {stall['stalled_from_t_s']:.0f} s, idle, while the embedded Tansu "
                 f"broker used {stall['broker_cores']:.2f} cores: Tansu 0.6's memory storage slows down with "
                 "the number of record batches in a partition (one-record batches: a fetch takes ~40 ms at "
-                "10k batches and more than 10 s at 20k), and at this rate the events topic gets about one "
-                "batch per event per partition. The soak then measures the dev broker, not the worker: "
+                "10k batches and more than 10 s at 20k), and the producers here send small batches (5 ms "
+                "linger: a few events per batch and partition). The soak then measures the dev broker, not "
+                "the worker: "
                 "soak a real Kafka with --broker, or spread the batches over more partitions "
                 "(STREAMREC_PARTITIONS)")
         else:
