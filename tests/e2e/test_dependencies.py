@@ -260,7 +260,10 @@ async def test_qdrant_unreachable_serves_trending_and_holds_the_catalogue(
 
         # The catalogue is held back, not lost: no item indexed, none of its offsets committed.
         item_lag = lambda: metric_sum(scrape(port), "streamrec_consumer_lag", settings.topics.items)  # noqa: E731
-        await wait_until(lambda: item_lag() == len(items), OUTPUT_WAIT_S, "the items' lag sampled")
+        # The gauge takes the broker's end offsets, which Tansu reports short by up to a
+        # batch (the last batch's base + 1): at least part of the catalogue shows as lag;
+        # that none of it was committed is checked exactly below.
+        await wait_until(lambda: 0 < item_lag() <= len(items), OUTPUT_WAIT_S, "the items' lag sampled")
         metrics = scrape(port)
         assert metrics["streamrec_index_available"] == 0.0
         assert metrics['streamrec_fallback_lists_total{reason="index_unavailable"}'] >= len(last)
