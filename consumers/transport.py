@@ -77,6 +77,10 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
             # acked. With later messages acked, `_new_offset` finds the hole; when it was the
             # last one in its partition, nothing would: it waited for the next message.
             in_flight = {message.tp for message in self._unacked_messages}
+            for channel in getattr(self.app.topics, "_topics", ()):  # handed out, not yet taken
+                queue = getattr(getattr(channel, "queue", None), "_queue", ())
+                in_flight.update(event.message.tp for event in list(queue) if hasattr(event, "message"))
+            stuck_before, self._stuck = self._stuck, {}
             for tp in self.assignment():
                 if tp in in_flight or self._acked.get(tp) or not self.app.topics.acks_enabled_for(tp.topic):
                     continue
@@ -86,6 +90,9 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
                     continue
                 if self._rewound.get(tp) == committed:
                     continue  # once per committed offset, as for a hole at the head
+                self._stuck[tp] = (committed, handed_out)
+                if stuck_before.get(tp) != (committed, handed_out):
+                    continue  # seen so at two commits in a row, not a message in transit
                 log.warning("offsets %s..%s of %s were skipped; reading again from %s",
                             committed, handed_out, tp, committed)
                 self._rewound[tp] = committed
@@ -118,6 +125,15 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
             # Offsets are committed only over messages processed; a hole left at the head of
             # a partition is read again (`_new_offset`), once, then treated as Faust does.
             return None
+
+        @property
+        def _stuck(self) -> dict[TP, tuple[int, int]]:
+            # partition -> (committed, handed out) when read past committed with nothing in flight
+            return self.__dict__.setdefault("_stuck_offsets", {})
+
+        @_stuck.setter
+        def _stuck(self, value: dict[TP, tuple[int, int]]) -> None:
+            self.__dict__["_stuck_offsets"] = value
 
         @property
         def _rewound(self) -> dict[TP, int]:
