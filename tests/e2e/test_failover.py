@@ -297,7 +297,8 @@ def test_a_worker_killed_mid_stream_loses_nothing(run: Run) -> None:
     before_failure = {e.event_id for e in sender.sent[:killed_at]}
     a2 = run.start("a-restarted")  # same app id: the same consumer group, tables from changelogs
     run.wait_ready(a2)
-    time.sleep(2.0)
+    resumed_at = sender.mark()  # the stream goes on a little with the new worker up
+    wait_for(lambda: sender.mark() >= resumed_at + 2 * RATE, 60, "events sent to the restarted worker")
     sender.stop()
     history = sender.history()
     print(f"killed after {killed_at} of {len(sender.sent)} events")
