@@ -7,16 +7,17 @@ tests/e2e/test_failover.py (a worker killed mid-stream, workers joining and leav
 - table recovery reads changelogs to their real end (`streamrec.stream.offsets`);
 - offsets are committed only over messages processed: no "gap" is committed over, and a
   never-processed message at the head of a partition is read again (`head_gap`), reliably
-  (`ReadOffsets`).
+  (`ReadOffsets`), without handing out again the messages processed after it.
 """
 
 from __future__ import annotations
 
 import logging
+from collections.abc import AsyncIterator, Iterable
 from typing import Any
 
 from faust.transport.drivers import aiokafka as faust_aiokafka
-from faust.types import TP
+from faust.types import TP, Message
 
 from streamrec.stream.offsets import log_end_offsets
 from streamrec.stream.settings import Settings
@@ -95,9 +96,7 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
                     continue  # seen so at two commits in a row, not a message in transit
                 log.warning("offsets %s..%s of %s were skipped; reading again from %s",
                             committed, handed_out, tp, committed)
-                self._rewound[tp] = committed
-                self._thread.seek(tp, committed)
-                self._read_offset.rewind(tp, committed)
+                self._rewind(tp, committed)
 
         def _new_offset(self, tp: TP) -> int | None:
             # Faust commits past one never-acked message at the head of a partition (its
@@ -110,11 +109,29 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
                 log.warning(
                     "offset %s of %s was never processed; reading again from there", rewind, tp
                 )
-                self._rewound[tp] = rewind
-                self._thread.seek(tp, rewind)
-                self._read_offset.rewind(tp, rewind)
+                self._rewind(tp, rewind)
                 return None
             return super()._new_offset(tp)
+
+        def read_again(self, messages: Iterable[Message]) -> None:
+            """Give up `messages` unprocessed (their batch failed): Faust stops waiting for
+            them, and their partitions are read again from the committed offset, even where
+            a rewind went there before (a batch can fail more than once)."""
+            for message in messages:
+                self._unacked_messages.discard(message)
+                self._rewound.pop(message.tp, None)
+
+        def _rewind(self, tp: TP, offset: int) -> None:
+            """Read `tp` again from `offset`; messages processed since are not handed out again."""
+            self._rewound[tp] = offset
+            self._thread.seek(tp, offset)
+            self._read_offset.rewind(tp, offset, processed=self._acked.get(tp, ()))
+
+        async def getmany(self, timeout: float) -> AsyncIterator[tuple[TP, Message]]:
+            async for tp, message in super().getmany(timeout):
+                if self._read_offset.processed_before(tp, message.offset):
+                    continue  # read again by a rewind, but processed (acked) already
+                yield tp, message
 
         async def _add_gap(self, tp: TP, offset_from: int, offset_to: int) -> None:
             # Faust takes a jump in the offsets it is handed for offsets that do not exist
@@ -163,11 +180,19 @@ class ReadOffsets(dict):
     40
     >>> offsets["tp"] = 40; offsets["tp"] = 41; offsets["tp"]
     41
+
+    The offsets processed after the rewind point (acked, not yet committed) are read again
+    too: they are not handed out a second time.
+
+    >>> offsets.rewind("tp", 50, processed=[51, 52])
+    >>> [n for n in (50, 51, 52, 53) if not offsets.processed_before("tp", n)]
+    [50, 53]
     """
 
     def __init__(self) -> None:
         super().__init__()
         self.rewinds: dict[Any, int] = {}
+        self.processed: dict[Any, set[int]] = {}  # tp -> offsets above its rewind point, done
 
     def __missing__(self, tp: Any) -> None:  # Faust's defaultdict(lambda: None), not stored
         return None
@@ -182,18 +207,35 @@ class ReadOffsets(dict):
             del self.rewinds[tp]  # the rewound message is back: normal filtering again
         super().__setitem__(tp, offset)
 
-    def rewind(self, tp: Any, offset: int) -> None:
+    def rewind(self, tp: Any, offset: int, processed: Iterable[int] = ()) -> None:
         self.rewinds[tp] = offset
+        done = {n for n in processed if n > offset}
+        if done:
+            self.processed[tp] = done
+        else:
+            self.processed.pop(tp, None)
         super().__setitem__(tp, offset or None)
+
+    def processed_before(self, tp: Any, offset: int) -> bool:
+        """True (once) for an offset read again by a rewind that was processed before it."""
+        done = self.processed.get(tp)
+        if not done or offset not in done:
+            return False
+        done.discard(offset)
+        if not done:
+            del self.processed[tp]
+        return True
 
     def update(self, *args: Any, **kwargs: Any) -> None:  # Faust's seek to committed offsets
         new = dict(*args, **kwargs)
         for tp in new:
             self.rewinds.pop(tp, None)
+            self.processed.pop(tp, None)
         super().update(new)
 
     def pop(self, tp: Any, *default: Any) -> Any:  # a revoked partition
         self.rewinds.pop(tp, None)
+        self.processed.pop(tp, None)
         return super().pop(tp, *default)
 
 
