@@ -14,206 +14,31 @@ replay of exactly the events that were sent (DESIGN.md, "Delivery semantics"):
 
 from __future__ import annotations
 
-import asyncio
 import json
 import os
 import signal
-import threading
 import time
-import uuid
-from collections import Counter, defaultdict
-from collections.abc import Iterator
-from dataclasses import dataclass, field
-from pathlib import Path
+from collections import Counter
 
 import pytest
 
-from streamrec.consumers.feed import open_reader
 from streamrec.models.state import UserState
-from streamrec.models.synthetic import SyntheticWorld
-from streamrec.stream.broker import DevBroker, free_port
 from streamrec.stream.messages import Event, Recommendation
-from streamrec.stream.offsets import log_end_offsets
-from streamrec.stream.producer import EventProducer
-from streamrec.stream.settings import Settings
-from streamrec.stream.topics import ensure_topics
+from tests.e2e.group_run import (
+    N_USERS,
+    PARTITIONS,
+    RATE,
+    SERVED_S,
+    Run,
+    Sender,
+    fully_committed,
+    lists_triggered_by_last_events,
+    read_topic,
+)
 from tests.e2e.test_end_to_end import metric_sum, scrape
-from tests.e2e.workers import Worker, start_worker, wait_for
+from tests.e2e.workers import Worker, wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
-
-PARTITIONS = 4
-READY_S = 240.0  # a worker start on a loaded 2-core machine: model load, group join, catalogue
-SERVED_S = 180.0  # a dead member's session expires, the group rebalances, tables recover
-RATE = 40.0  # events per second from the background sender
-N_USERS = 24
-HISTORY = 2_000  # events kept per user: more than a user gets here, so every one is checked
-
-
-class Sender:
-    """Sends a world's events at `RATE` from a background thread until stopped; keeps a ledger."""
-
-    def __init__(self, settings: Settings, world: SyntheticWorld, stream: int) -> None:
-        self.settings = settings
-        now = time.time()
-        self._queue = [e.model_copy(update={"ts": now + n * 1e-3})
-                       for n, e in enumerate(world.events(20_000, start_ts=now, stream=stream))]
-        self.sent: list[Event] = []
-        self._stop = threading.Event()
-        self._thread: threading.Thread | None = None
-        self.error: BaseException | None = None
-
-    def send_now(self, n: int) -> list[Event]:
-        """Send the next `n` events at once (no thread) and wait for their delivery."""
-        batch, self._queue = self._queue[:n], self._queue[n:]
-
-        async def produce() -> None:
-            async with EventProducer(self.settings) as producer:
-                await producer.send_events(batch)
-
-        asyncio.run(produce())
-        self.sent.extend(batch)
-        return batch
-
-    def start(self) -> None:
-        self._thread = threading.Thread(target=self._run, name="sender", daemon=True)
-        self._thread.start()
-
-    def _run(self) -> None:
-        async def produce() -> None:
-            async with EventProducer(self.settings) as producer:
-                started = time.monotonic()
-                while not self._stop.is_set() and self._queue:
-                    delay = started + len(self.sent) / RATE - time.monotonic()
-                    if delay > 0:
-                        await asyncio.sleep(delay)
-                    event = self._queue.pop(0)
-                    await producer.send_event(event)
-                    self.sent.append(event)
-                await producer.flush()
-
-        try:
-            asyncio.run(produce())
-        except BaseException as exc:  # reported by stop()
-            self.error = exc
-
-    def mark(self) -> int:
-        """How many events are sent so far (a point in the stream)."""
-        return len(self.sent)
-
-    def stop(self) -> None:
-        self._stop.set()
-        assert self._thread is not None
-        self._thread.join(timeout=60)
-        assert self.error is None, f"the sender failed: {self.error!r}"
-
-    def history(self) -> dict[str, list[Event]]:
-        by_user: dict[str, list[Event]] = defaultdict(list)
-        for event in self.sent:
-            by_user[event.user_id].append(event)
-        return by_user
-
-
-@dataclass
-class Run:
-    settings: Settings
-    tmp: Path
-    world: SyntheticWorld
-    n_items: int
-    workers: list[Worker] = field(default_factory=list)
-
-    def start(self, name: str) -> Worker:
-        settings = self.settings.model_copy(update={"data_dir": self.tmp / name, "metrics_port": free_port()})
-        # Histories long enough to hold every event a user gets here, so all can be checked.
-        env = {"STREAMREC_HISTORY_LENGTH": str(settings.history_length)}
-        worker = start_worker(settings, self.tmp / f"{name}.log", env)
-        self.workers.append(worker)
-        return worker
-
-    def wait_ready(self, worker: Worker) -> None:
-        def ready() -> bool:
-            indexed = metric_sum(scrape(worker.settings.metrics_port), "streamrec_items_indexed_total")
-            return worker.alive() and bool(worker.readiness().get("ready")) and indexed >= self.n_items
-
-        wait_for(ready, READY_S, f"{worker.log_path.stem} ready with the catalogue indexed")
-
-
-@pytest.fixture
-def run(broker: DevBroker, tmp_path: Path) -> Iterator[Run]:
-    tag = uuid.uuid4().hex[:8]
-    settings = Settings(broker=broker.url, app_id=f"failover-{tag}", topic_prefix=f"f{tag}.",
-                        partitions=PARTITIONS, fetch_max_wait_ms=10, k=5, history_length=HISTORY)
-    asyncio.run(ensure_topics(settings))
-    world = SyntheticWorld(seed=31, n_items=50, n_users=N_USERS, n_categories=4)
-    items = world.items(ts=time.time())
-
-    async def catalogue() -> None:
-        async with EventProducer(settings) as producer:
-            for item in items:
-                await producer.send_item(item)
-
-    asyncio.run(catalogue())
-    current = Run(settings=settings, tmp=tmp_path, world=world, n_items=len(items))
-    try:
-        yield current
-    finally:
-        for worker in current.workers:
-            if worker.process.poll() is None:
-                os.killpg(worker.process.pid, signal.SIGKILL)
-                worker.process.wait()
-
-
-def read_topic(settings: Settings, topic: str) -> list[bytes]:
-    """Every value on `topic`, up to its end as it is now (per partition, in offset order)."""
-
-    async def read() -> list[bytes]:
-        consumer = await open_reader(settings, topic, from_beginning=True)
-        try:
-            tps = sorted(consumer.assignment())
-            ends = await log_end_offsets(settings, await consumer.end_offsets(tps))
-            values: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
-            deadline = time.monotonic() + 60
-            idle_since = time.monotonic()
-            while [tp for tp in tps if await consumer.position(tp) < (ends[tp] or 0)] or time.monotonic() - idle_since < 2:
-                assert time.monotonic() < deadline, f"could not read {topic} to its end"
-                for tp, records in (await consumer.getmany(timeout_ms=200)).items():
-                    if records:
-                        idle_since = time.monotonic()
-                    values[tp.partition].extend(r.value for r in records)
-            return [value for tp in tps for value in values[tp.partition]]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
-def fully_committed(settings: Settings) -> bool:
-    """Whether the worker group has committed every input message (all read, all processed)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def check() -> bool:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id,
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for topic in (settings.topics.events, settings.topics.events_by_user)
-                   for p in range(settings.partitions)]
-            ends = await log_end_offsets(settings, await consumer.end_offsets(tps))
-            committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
-            return all(committed[tp] >= (ends[tp] or 0) for tp in tps)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(check())
-
-
-def lists_triggered_by_last_events(worker: Worker, history: dict[str, list[Event]]) -> bool:
-    worker.alive()
-    for user, events in history.items():
-        status, latest = worker.call(f"/users/{user}/recommendations")
-        if status != 200 or latest.get("trigger_event_id") != events[-1].event_id:
-            return False
-    return True
 
 
 def explain_state(run: Run, user: str, held: list[str], events: list[Event]) -> str:
@@ -262,7 +87,10 @@ def check_delivery(run: Run, worker: Worker, history: dict[str, list[Event]], be
     assert all(event_user[m.trigger_event_id] == m.user_id for m in lists), "a list triggered by another user's event"
     triggers = Counter(m.trigger_event_id for m in lists)
     repeated = {trigger for trigger, n in triggers.items() if n > 1}
-    assert repeated <= before_failure, f"events sent after the failure were answered twice: {repeated - before_failure}"
+    assert repeated <= before_failure, (
+        f"events sent after the failure were answered twice: {repeated - before_failure}; "
+        f"the workers' rewinds: {run.rewinds()}"
+    )
     forwarded = Counter(Event.model_validate_json(v).event_id
                         for v in read_topic(run.settings, run.settings.topics.events_by_user))
     assert set(forwarded) == set(event_user), "every event was forwarded by ingest"

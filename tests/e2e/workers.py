@@ -84,15 +84,19 @@ class Worker:
         return group.get("partitions", []) if not group.get("rebalancing") else []
 
 
+WORKER_COMMAND = [sys.executable, "-m", "streamrec.consumers.cli", "worker"]
+
+
 def start_worker(settings: Settings, log_path: Path, env: dict[str, str] | None = None,
-                 token: str | None = None) -> Worker:
-    """Spawn `streamrec worker` for `settings` (its own process group), logging to `log_path`."""
+                 token: str | None = None, command: list[str] | None = None) -> Worker:
+    """Spawn `streamrec worker` (or `command`) for `settings` in its own process group,
+    logging to `log_path`."""
     full_env = streamrec_env(settings) | (env or {})
     if token:
         full_env["STREAMREC_HTTP_TOKEN"] = token
     with log_path.open("ab") as log:
         process = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
+            command or WORKER_COMMAND,
             env=full_env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
         )
     return Worker(settings, log_path, process, token)
