@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import asyncio
+import contextlib
 import logging
 import time
 from collections import deque
@@ -15,6 +16,7 @@ from faust.web import Request, Response, View
 
 from streamrec.consumers.batching import release_unacked
 from streamrec.consumers.handlers import (
+    PROCESSING_FAILED,
     CatalogHandler,
     IngestHandler,
     Origin,
@@ -47,8 +49,8 @@ LATEST_LISTS_TABLE = "latest-recommendations"
 RECENT_EVENTS = 200  # the latest events kept for the HTTP API and the live page
 CATALOG_BATCH = 64  # items embedded per encoder pass
 CATALOG_WAIT_S = 0.5  # wait at most this long to fill a catalogue batch
-CATALOG_RETRY_S = 1.0  # first wait before writing a batch again to an unavailable index (s)
-CATALOG_RETRY_MAX_S = 30.0  # longest wait between two tries (s)
+RETRY_S = 1.0  # first wait before a failed batch is tried again (an index away, an error) (s)
+RETRY_MAX_S = 30.0  # longest wait between two tries (s)
 
 
 def _origin(event: Any) -> Origin:
@@ -156,32 +158,55 @@ def register_agents(
             await asyncio.gather(*deliveries)
             ingest_handler.confirm(accepted)
 
+    failures_in_a_row = 0  # of the recommend agent, across its restarts
+
     @app.agent(by_user_topic, name="recommend")
     async def recommend(stream: faust.StreamT) -> None:
         """Micro-batches of events -> user state -> one fresh list per user -> recommendations."""
+        nonlocal failures_in_a_row
         async for batch in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
-            events = []
+            events: list[tuple[Event, Any]] = []  # (parsed, as read)
             for event in batch:  # written by ingest, so valid; checked anyway at this edge
                 parsed = validator.parse(event.value, now=time.time())
                 if isinstance(parsed, Rejection):
                     await send_dead_letter(dead_letter(parsed, event.value, _origin(event)))
                 else:
-                    events.append(parsed)
+                    events.append((parsed, event))
             if events:
                 try:
                     await publish_recommendations(events)
+                    failures_in_a_row = 0
                 except Exception:
-                    # Faust's supervisor restarts the agent; unacked offsets are read again.
+                    # Faust's supervisor restarts the agent; unacked offsets are read again,
+                    # after a pause that grows while the failures go on (no hot crash loop).
                     metrics.agent_errors.labels(agent="recommend").inc()
-                    log.exception("recommend failed on a batch of %d events", len(events))
+                    failures_in_a_row += 1
+                    delay = min(RETRY_S * 2 ** (failures_in_a_row - 1), RETRY_MAX_S)
+                    log.exception("recommend failed on a batch of %d events; reading it again in %.0f s",
+                                  len(events), delay)
+                    with contextlib.suppress(LeavingBatch):
+                        await wait_unless_leaving(delay)
                     raise
 
-    async def publish_recommendations(events: list[Event]) -> None:
+    async def publish_recommendations(read: list[tuple[Event, Any]]) -> None:
+        events = [parsed for parsed, _ in read]
         states = {
             user_id: _restore(user_states.get(user_id.encode()), settings)
             for user_id in {event.user_id for event in events}
         }
-        messages, new_states = recommend_handler.handle(events, states)
+        messages, new_states, failed = recommend_handler.handle_isolating(events, states)
+        if failed:  # a poison event: aside with the reason, so the rest of the stream goes on
+            metrics.agent_errors.labels(agent="recommend").inc()
+            for parsed, event in read:
+                if parsed.user_id in failed:
+                    error = failed[parsed.user_id]
+                    letter = dead_letter(
+                        Rejection(PROCESSING_FAILED, f"{type(error).__name__}: {error}"[:500]),
+                        event.value, _origin(event),
+                    )
+                    metrics.dead_letters.labels(topic=letter.topic, reason=letter.reason).inc()
+                    await (await dlq_topic.send(value=letter.to_bytes()))  # delivered before the ack
+            events = [event for event in events if event.user_id not in failed]
         for user_id, state in new_states.items():
             user_states[user_id.encode()] = state.to_dict()
         started = time.perf_counter()
@@ -214,7 +239,7 @@ def register_agents(
             started = time.perf_counter()
             indexed = await asyncio.to_thread(pipeline.catalog.embed, items)
             embedded = time.perf_counter()
-            delay = CATALOG_RETRY_S
+            delay = RETRY_S
             while True:  # the batch is acked only once stored: a Qdrant outage loses no item
                 try:
                     async with swapper.catalog_lock:  # not while a version's vectors are built
@@ -225,7 +250,7 @@ def register_agents(
                     log.warning("%d catalogue items wait for the item index (retry in %.0f s): %s",
                                 len(indexed), delay, exc)
                     await wait_unless_leaving(delay)
-                    delay = min(delay * 2, CATALOG_RETRY_MAX_S)
+                    delay = min(delay * 2, RETRY_MAX_S)
             metrics.stage_latency.labels(stage="embed").observe(embedded - started)
             metrics.stage_latency.labels(stage="upsert").observe(time.perf_counter() - embedded)
             metrics.batch_size.labels(agent="catalog").observe(len(items))
@@ -241,7 +266,7 @@ def register_agents(
             left = deadline - time.monotonic()
             if left <= 0:
                 return
-            await asyncio.sleep(min(left, CATALOG_RETRY_S))
+            await asyncio.sleep(min(left, RETRY_S))
 
     if settings.index_mode == "edge":
         # Each worker's embedded index must hold the whole catalogue, not the items of its

@@ -35,8 +35,13 @@ def release_unacked(consumer: Any, events: Sequence[EventT]) -> None:
     the committed offset by whoever owns its partition next (or by this worker: a hole at
     the head of a partition is read again, `streamrec.consumers.transport.head_gap`).
     """
-    for event in events:
-        consumer._unacked_messages.discard(event.message)
+    messages = [event.message for event in events]
+    read_again = getattr(consumer, "read_again", None)  # streamrec's transport (transport.py)
+    if read_again is not None:
+        read_again(messages)
+    else:
+        for message in messages:
+            consumer._unacked_messages.discard(message)
 
 
 class BatchingStream(faust.Stream):

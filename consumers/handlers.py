@@ -5,7 +5,9 @@ Agents stay a few lines each: read, call a handler, produce what it returns.
 
 from __future__ import annotations
 
+import logging
 import time
+from collections import OrderedDict
 from collections.abc import Callable, Container, Iterable, Sequence
 from dataclasses import dataclass
 
@@ -18,6 +20,10 @@ from streamrec.stream.settings import Settings
 from streamrec.stream.validation import EventValidator, RecentIds, Rejection, parse_item
 
 DLQ_RAW_LIMIT_BYTES = 256 * 1024  # the DLQ keeps at most this much of an oversized message
+PROCESSING_FAILED = "processing_failed"  # the dead-letter reason of a valid event the worker failed on
+MAX_ATTEMPTS = 3  # tries of a batch that fails for every user before its events are set aside
+
+log = logging.getLogger(__name__)
 
 
 @dataclass(frozen=True)
@@ -86,6 +92,38 @@ class IngestHandler:
         self.metrics.dedup_size.set(len(self.seen))
 
 
+class FailedAttempts:
+    """How many times each event's handling failed, for the last `capacity` events that failed.
+
+    >>> attempts = FailedAttempts(capacity=2)
+    >>> from types import SimpleNamespace as E
+    >>> attempts.failed([E(event_id="a")]), attempts.failed([E(event_id="a"), E(event_id="b")])
+    (1, 1)
+    >>> attempts.failed([E(event_id="a")]); attempts.failed([E(event_id="c")])  # "b" drops out
+    3
+    1
+    >>> sorted(attempts.counts)
+    ['a', 'c']
+    """
+
+    def __init__(self, capacity: int = 10_000) -> None:
+        self.capacity = capacity
+        self.counts: OrderedDict[str, int] = OrderedDict()
+
+    def failed(self, events: Sequence[Event]) -> int:
+        """Count one more failure for each event; the fewest failures any of them has had."""
+        for event in events:
+            self.counts[event.event_id] = self.counts.get(event.event_id, 0) + 1
+            self.counts.move_to_end(event.event_id)
+        while len(self.counts) > self.capacity:
+            self.counts.popitem(last=False)
+        return min((self.counts.get(event.event_id, 0) for event in events), default=0)
+
+    def forget(self, events: Sequence[Event]) -> None:
+        for event in events:
+            self.counts.pop(event.event_id, None)
+
+
 class RecommendHandler:
     """A micro-batch of valid events -> updated user states and one list per user."""
 
@@ -95,6 +133,7 @@ class RecommendHandler:
         self.metrics = metrics
         # Also told every batch's online outcomes (the canary judge listens here).
         self.on_outcomes: Callable[[Sequence[OnlineOutcome]], None] | None = None
+        self.attempts = FailedAttempts()  # kept across agent restarts (the batch is read again)
 
     def handle(
         self, events: Sequence[Event], states: dict[str, UserState | None]
@@ -140,6 +179,61 @@ class RecommendHandler:
                 )
             )
         return messages, {user.state.user_id: user.state for user in batch}
+
+    def handle_isolating(
+        self, events: Sequence[Event], states: dict[str, UserState | None]
+    ) -> tuple[list[Recommendation], dict[str, UserState], dict[str, Exception]]:
+        """`handle`, with a failure kept to the users whose events cause it: (lists, states, failed).
+
+        When the batch raises, each user's events are handled again alone. A user whose events
+        still fail while others' succeed holds a poison event: the user is returned in `failed`
+        (user id -> error) for the caller to dead-letter, and their stored state is left as it
+        was. When every user fails, nothing singles one out (a broken model, a bug all hit):
+        the error is raised and the batch read again, except for events that have failed
+        `MAX_ATTEMPTS` times (a poison event alone in a quiet stream), which are set aside.
+        Events learned by a failed try are not counted twice (`UserState.learn` is idempotent).
+
+        >>> from unittest import mock
+        >>> handler = RecommendHandler.__new__(RecommendHandler); handler.attempts = FailedAttempts()
+        >>> def handle(events, states):
+        ...     if any(e.user_id == "bad" for e in events): raise ValueError("poison")
+        ...     return [f"list for {e.user_id}" for e in events], {}
+        >>> handler.handle = handle
+        >>> bad, ok = mock.Mock(user_id="bad", event_id="e1"), mock.Mock(user_id="ok", event_id="e2")
+        >>> handler.handle_isolating([bad, ok], {})
+        (['list for ok'], {}, {'bad': ValueError('poison')})
+        """
+        try:
+            messages, new_states = self.handle(events, states)
+            return messages, new_states, {}
+        except Exception as exc:
+            batch_error = exc
+        by_user: dict[str, list[Event]] = {}
+        for event in events:
+            by_user.setdefault(event.user_id, []).append(event)
+        messages, new_states, failed = [], {}, {}
+        if len(by_user) == 1:
+            failed = {events[0].user_id: batch_error}
+        else:
+            log.warning("a batch of %d events for %d users failed (%r); handling each user alone",
+                        len(events), len(by_user), batch_error)
+            for user_id, user_events in by_user.items():
+                try:
+                    user_messages, user_states = self.handle(user_events, {user_id: states.get(user_id)})
+                except Exception as exc:
+                    failed[user_id] = exc
+                    continue
+                messages.extend(user_messages)
+                new_states.update(user_states)
+        if len(failed) == len(by_user):  # no user singled out: read again, unless worn out
+            tries = [self.attempts.failed(by_user[user_id]) for user_id in failed]
+            if min(tries) < MAX_ATTEMPTS:
+                raise batch_error
+        for user_id, exc in failed.items():
+            log.error("dead-lettering %d events of user %r: handling them failed: %r",
+                      len(by_user[user_id]), user_id, exc, exc_info=exc)
+            self.attempts.forget(by_user[user_id])
+        return messages, new_states, failed
 
     def observe_online(self, outcomes: Sequence[OnlineOutcome]) -> None:
         """Count live hits per version; the arm says whether it was a canary's."""

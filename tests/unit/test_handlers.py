@@ -5,9 +5,11 @@ from __future__ import annotations
 import json
 
 import numpy as np
+import pytest
 
 from streamrec.consumers.handlers import (
     DLQ_RAW_LIMIT_BYTES,
+    MAX_ATTEMPTS,
     IngestHandler,
     Origin,
     RecommendHandler,
@@ -68,18 +70,39 @@ def test_dead_letter_keeps_binary_and_caps_huge_payloads() -> None:
     assert "truncated" in letter.error
 
 
-def test_recommend_coalesces_a_users_events_into_one_list() -> None:
+def _recommend_handler(metrics: WorkerMetrics | None = None) -> RecommendHandler:
     index = BruteForceIndex(2)
     for n, angle in enumerate(np.linspace(0, np.pi / 2, 6)):
         vector = np.array([np.cos(angle), np.sin(angle)], dtype=np.float32)
         index.upsert([IndexedItem(item_id=f"i{n}", vector=vector, title=f"item {n}")])
     recommender = Recommender(index, ContentScorer(), TrendingItems(), RecommenderConfig(k=3))
     pipeline = Pipeline(index=index, catalog=None, recommender=recommender)  # type: ignore[arg-type]
-    handler = RecommendHandler(Settings(), pipeline, WorkerMetrics())
-    events = [
+    return RecommendHandler(Settings(), pipeline, metrics or WorkerMetrics())
+
+
+def _events(users: list[str]) -> list[Event]:
+    return [
         Event(event_id=f"e{n}", user_id=user, item_id=f"i{n}", type="view", ts=NOW + n)
-        for n, user in enumerate(["a", "b", "a", "a"])
+        for n, user in enumerate(users)
     ]
+
+
+def _poison_user(handler: RecommendHandler, user_id: str) -> None:
+    """Ranking fails whenever `user_id` is in the batch (a bug only their data reaches)."""
+    recommender = handler.pipeline.recommender
+    rank = recommender.recommend
+
+    def recommend(states):  # type: ignore[no-untyped-def]
+        if any(state.user_id == user_id for state in states):
+            raise ValueError(f"cannot rank for {user_id}")
+        return rank(states)
+
+    recommender.recommend = recommend  # type: ignore[method-assign]
+
+
+def test_recommend_coalesces_a_users_events_into_one_list() -> None:
+    handler = _recommend_handler()
+    events = _events(["a", "b", "a", "a"])
     messages, states = handler.handle(events, {"a": None, "b": None})
     assert [m.user_id for m in messages] == ["a", "b"]
     assert {m.user_id: m.trigger_event_id for m in messages} == {"a": "e3", "b": "e1"}
@@ -87,3 +110,37 @@ def test_recommend_coalesces_a_users_events_into_one_list() -> None:
     a = messages[0]
     assert {i.item_id for i in a.items}.isdisjoint({"i0", "i2", "i3"})
     assert a.model_version == "content-v1" and a.latency_ms >= 0
+
+
+def test_a_poison_user_is_set_aside_and_the_rest_of_the_batch_goes_on() -> None:
+    handler = _recommend_handler()
+    _poison_user(handler, "p")
+    events = _events(["a", "p", "b", "a", "p"])
+    messages, states, failed = handler.handle_isolating(events, {"a": None, "b": None, "p": None})
+    assert {m.user_id: m.trigger_event_id for m in messages} == {"a": "e3", "b": "e2"}
+    assert set(states) == {"a", "b"} and list(failed) == ["p"]  # p's stored state is not replaced
+    assert isinstance(failed["p"], ValueError) and "cannot rank for p" in str(failed["p"])
+    # The first, failed try had learned a's events already: each still counts once.
+    assert states["a"].n_events == 2 and states["b"].n_events == 1
+
+
+def test_a_batch_that_fails_for_every_user_is_raised_not_set_aside() -> None:
+    handler = _recommend_handler()
+    _poison_user(handler, "a")
+    _poison_user(handler, "b")
+    for users in (["a", "b", "a"], ["a", "a"]):  # nothing singles a user out: read again
+        with pytest.raises(ValueError, match="cannot rank"):
+            handler.handle_isolating(_events(users), {})
+
+
+def test_a_batch_failing_alone_is_set_aside_after_max_attempts() -> None:
+    """A poison event with nothing else to read (a quiet stream) does not loop for ever."""
+    handler = _recommend_handler()
+    _poison_user(handler, "p")
+    events = _events(["p", "p"])
+    for _ in range(MAX_ATTEMPTS - 1):
+        with pytest.raises(ValueError):
+            handler.handle_isolating(events, {})
+    messages, states, failed = handler.handle_isolating(events, {})
+    assert (messages, states, list(failed)) == ([], {}, ["p"])
+    assert not handler.attempts.counts, "set-aside events are forgotten"
