@@ -189,8 +189,8 @@ class RecommendHandler:
         still fail while others' succeed holds a poison event: the user is returned in `failed`
         (user id -> error) for the caller to dead-letter, and their stored state is left as it
         was. When every user fails, nothing singles one out (a broken model, a bug all hit):
-        the error is raised and the batch read again, except for events that have failed
-        `MAX_ATTEMPTS` times (a poison event alone in a quiet stream), which are set aside.
+        the error is raised and the batch read again, until each of its events has failed
+        `MAX_ATTEMPTS` times (a poison event alone in a quiet stream): then they are set aside.
         Events learned by a failed try are not counted twice (`UserState.learn` is idempotent).
 
         >>> from unittest import mock
