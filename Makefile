@@ -67,14 +67,15 @@ bench: setup
 	$(VENV)/bin/streamrec bench-trainer --out .streamrec/bench-trainer.json
 
 ## soak: one worker under steady load, RSS, lag and latency sampled every 5 s (writes .streamrec/soak.json
-## and docs/soak.md, keeps the logs in .streamrec/soak-logs); `make soak RATE=250 USERS=10000 DURATION=300`.
+## and docs/soak.md or REPORT=..., keeps the logs in .streamrec/soak-logs); `make soak RATE=200 REPORT=docs/soak-sustained.md`.
 ## Its 30-s form is tests/e2e/test_soak.py.
 soak: RATE = 1000
 soak: USERS = 100000
 soak: DURATION = 600
+soak: REPORT = docs/soak.md
 soak: setup
 	$(VENV)/bin/streamrec soak --rate $(RATE) --users $(USERS) --duration $(DURATION) \
-		--out .streamrec/soak.json --markdown docs/soak.md --logs .streamrec/soak-logs
+		--out .streamrec/soak.json --markdown $(REPORT) --logs .streamrec/soak-logs
 
 ## schemas: regenerate stream/schemas/*.json from the pydantic models
 schemas: setup
