@@ -17,17 +17,19 @@ from typing import Any
 from streamrec.consumers.cli import main
 from streamrec.models.recommender import Recommender
 
-POISON_USER = os.environ["STREAMREC_TEST_POISON_USER"]
-_recommend = Recommender.recommend
 
+def plant_fault(poison_user: str) -> None:
+    """From now on, ranking raises whenever `poison_user` is in the batch."""
+    rank = Recommender.recommend
 
-def recommend(self: Recommender, states: Sequence[Any]) -> Any:
-    if any(state.user_id == POISON_USER for state in states):
-        raise RuntimeError(f"planted fault: cannot rank for {POISON_USER}")
-    return _recommend(self, states)
+    def recommend(self: Recommender, states: Sequence[Any]) -> Any:
+        if any(state.user_id == poison_user for state in states):
+            raise RuntimeError(f"planted fault: cannot rank for {poison_user}")
+        return rank(self, states)
 
+    Recommender.recommend = recommend  # type: ignore[method-assign]
 
-Recommender.recommend = recommend  # type: ignore[method-assign]
 
 if __name__ == "__main__":
+    plant_fault(os.environ["STREAMREC_TEST_POISON_USER"])
     sys.exit(main())
