@@ -113,6 +113,12 @@ class Run:
         self.workers.append(worker)
         return worker
 
+    def wait_served_and_committed(self, worker: Worker, history: dict[str, list[Event]], what: str) -> None:
+        """Wait until each user of `history` has a list for their last event, then until the
+        group has committed every input message (all read, all processed)."""
+        wait_for(lambda: lists_triggered_by_last_events(worker, history), SERVED_S, f"{what} served")
+        wait_for(lambda: fully_committed(self.settings), SERVED_S, f"{what} processed and committed")
+
     def rewinds(self) -> list[str]:
         """The workers' log lines about partitions read again (`streamrec.consumers.transport`)."""
         return [line for worker in self.workers

@@ -31,7 +31,6 @@ from tests.e2e.group_run import (
     SERVED_S,
     Run,
     Sender,
-    fully_committed,
     lists_triggered_by_last_events,
     read_topic,
 )
@@ -114,8 +113,7 @@ def test_a_worker_killed_mid_stream_loses_nothing(run: Run) -> None:
     # Phase 1: every user's first events, served and committed:
     # after the crash, these users' state can come only from the changelog.
     sender.send_now(3 * N_USERS)
-    wait_for(lambda: lists_triggered_by_last_events(a, sender.history()), SERVED_S, "phase 1 served")
-    wait_for(lambda: fully_committed(run.settings), SERVED_S, "phase 1 committed")
+    run.wait_served_and_committed(a, sender.history(), "phase 1")
     # Phase 2: a steady stream; the worker dies in the middle of it, with batches in flight.
     sender.start()
     wait_for(lambda: sender.mark() >= 3 * N_USERS + 60, 60, "the stream to be under way")
@@ -130,8 +128,7 @@ def test_a_worker_killed_mid_stream_loses_nothing(run: Run) -> None:
     sender.stop()
     history = sender.history()
     print(f"killed after {killed_at} of {len(sender.sent)} events")
-    wait_for(lambda: lists_triggered_by_last_events(a2, history), SERVED_S, "every user's last event served")
-    wait_for(lambda: fully_committed(run.settings), SERVED_S, "every input message processed and committed")
+    run.wait_served_and_committed(a2, history, "every user's last event")
     figures = check_delivery(run, a2, history, before_failure)
     assert figures["events"] > killed_at, "events were sent while the worker was down"
 
@@ -158,7 +155,6 @@ def test_workers_joining_and_leaving_mid_stream_lose_nothing(run: Run) -> None:
     sender.stop()
     history = sender.history()
     print(f"b joined after {joined_at} and left after {left_at} of {len(sender.sent)} events")
-    wait_for(lambda: lists_triggered_by_last_events(a, history), SERVED_S, "every user's last event served")
-    wait_for(lambda: fully_committed(run.settings), SERVED_S, "every input message processed and committed")
+    run.wait_served_and_committed(a, history, "every user's last event")
     # Both moves of a partition are failures here: events sent before b left may be repeated.
     check_delivery(run, a, history, {e.event_id for e in sender.sent[:left_at]})

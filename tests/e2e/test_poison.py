@@ -21,7 +21,6 @@ from tests.e2e.group_run import (
     SERVED_S,
     Run,
     Sender,
-    fully_committed,
     lists_triggered_by_last_events,
     read_topic,
 )
@@ -57,8 +56,7 @@ def test_a_poison_event_is_dead_lettered_and_the_stream_goes_on(run: Run) -> Non
     wait_for(lambda: len(dead_letters(run)) > len(poisoned), SERVED_S, "the lone poison event set aside")
     sender.send_now(30)  # and the stream goes on
     history = sender.history()
-    wait_for(lambda: lists_triggered_by_last_events(worker, others(history)), SERVED_S, "the stream after it served")
-    wait_for(lambda: fully_committed(run.settings), SERVED_S, "every input message processed and committed")
+    run.wait_served_and_committed(worker, others(history), "the stream after it")
 
     letters = dead_letters(run)
     assert all(letter.reason == PROCESSING_FAILED for letter in letters), {letter.reason for letter in letters}
