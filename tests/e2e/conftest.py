@@ -12,7 +12,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.broker import DevBroker
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings

@@ -14,8 +14,8 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamrec.consumers.feed import open_reader
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.consumers.tools.feed import open_reader
+from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.broker import free_port
 from streamrec.stream.messages import Event
 from streamrec.stream.offsets import log_end_offsets
@@ -120,7 +120,7 @@ class Run:
         wait_for(lambda: fully_committed(self.settings), SERVED_S, f"{what} processed and committed")
 
     def rewinds(self) -> list[str]:
-        """The workers' log lines about partitions read again (`streamrec.consumers.transport`)."""
+        """The workers' log lines about partitions read again (`streamrec.consumers.worker.transport`)."""
         return [line for worker in self.workers
                 for line in worker.log_path.read_text(errors="replace").splitlines()
                 if "reading again" in line]

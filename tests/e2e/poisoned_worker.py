@@ -14,8 +14,8 @@ import sys
 from collections.abc import Sequence
 from typing import Any
 
-from streamrec.consumers.cli import main
-from streamrec.models.recommender import Recommender
+from streamrec.consumers.cli.main import main
+from streamrec.models.core.recommender import Recommender
 
 
 def plant_fault(poison_user: str) -> None:

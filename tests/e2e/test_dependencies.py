@@ -26,9 +26,9 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.consumers.metrics import scrape_metric
-from streamrec.models.index_health import FALLBACK_VERSION, INDEX_UNAVAILABLE_REASON
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.consumers.worker.metrics import scrape_metric
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.index.health import FALLBACK_VERSION, INDEX_UNAVAILABLE_REASON
 from streamrec.stream.broker import DevBroker, free_port, stop_process_group
 from streamrec.stream.messages import Event, Recommendation
 from streamrec.stream.producer import EventProducer

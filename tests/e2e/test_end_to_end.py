@@ -21,8 +21,8 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from streamrec.consumers.feed import open_reader
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.consumers.tools.feed import open_reader
+from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.broker import free_port
 from streamrec.stream.messages import DeadLetter, Event, Item, Recommendation
 from streamrec.stream.producer import EventProducer

@@ -22,7 +22,7 @@ from collections import Counter
 
 import pytest
 
-from streamrec.models.state import UserState
+from streamrec.models.core.state import UserState
 from streamrec.stream.messages import Event, Recommendation
 from tests.e2e.group_run import (
     N_USERS,

@@ -14,8 +14,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamrec.models.store import WEIGHTS_FILE, DirectoryModelStore
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.learning.store import WEIGHTS_FILE, DirectoryModelStore
 from streamrec.stream.messages import Event, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings

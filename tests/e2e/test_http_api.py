@@ -28,7 +28,7 @@ from jsonschema import Draft202012Validator
 from referencing import Registry, Resource
 from referencing.jsonschema import DRAFT202012
 
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.broker import DevBroker, free_port
 from streamrec.stream.messages import Event, Item
 from streamrec.stream.producer import EventProducer

@@ -15,7 +15,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.consumers.handlers import MAX_ATTEMPTS, PROCESSING_FAILED
+from streamrec.consumers.worker.handlers import MAX_ATTEMPTS, PROCESSING_FAILED
 from streamrec.stream.messages import DeadLetter, Event, Recommendation
 from tests.e2e.group_run import (
     SERVED_S,

@@ -14,12 +14,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamrec.models.encoder import TextEncoder
-from streamrec.models.item_table import ItemTable
-from streamrec.models.ranker import Ranker, RankerConfig, Step
-from streamrec.models.store import DirectoryModelStore
-from streamrec.models.synthetic import SyntheticWorld
-from streamrec.models.training import TrainConfig, make_windows, train_ranker
+from streamrec.models.core.encoder import TextEncoder
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.learning.item_table import ItemTable
+from streamrec.models.learning.ranker import Ranker, RankerConfig, Step
+from streamrec.models.learning.store import DirectoryModelStore
+from streamrec.models.learning.training import TrainConfig, make_windows, train_ranker
 from streamrec.stream.messages import Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings

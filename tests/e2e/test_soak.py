@@ -1,6 +1,6 @@
 """The soak, 30 seconds of it: the same code as `make soak`, at a rate a loaded machine holds.
 
-A real Tansu broker and a real worker process (`streamrec.consumers.soak.run_soak`); the
+A real Tansu broker and a real worker process (`streamrec.consumers.tools.soak.run_soak`); the
 worker's de-duplication capacity is set below the events sent, so its eviction is exercised.
 """
 
@@ -11,7 +11,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.consumers.soak import run_soak
+from streamrec.consumers.tools.soak import run_soak
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 

@@ -17,7 +17,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings

@@ -8,7 +8,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.consumers.bench import BATCH_SIZES, CoreCase, run_bench
+from streamrec.consumers.tools.bench import BATCH_SIZES, CoreCase, run_bench
 
 pytestmark = [pytest.mark.integration, pytest.mark.timeout(300)]
 

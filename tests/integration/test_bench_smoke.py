@@ -11,8 +11,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.consumers.bench_e2e import run_e2e_bench
-from streamrec.consumers.bench_memory import run_memory_bench
+from streamrec.consumers.tools.bench_e2e import run_e2e_bench
+from streamrec.consumers.tools.bench_memory import run_memory_bench
 
 pytestmark = pytest.mark.integration
 

@@ -11,7 +11,7 @@ import pytest
 from aiokafka import AIOKafkaConsumer
 from confluent_kafka import Producer
 
-from streamrec.consumers.feed import open_reader
+from streamrec.consumers.tools.feed import open_reader
 from streamrec.stream.broker import BrokerError, DevBroker, _kafka_answers
 from streamrec.stream.messages import Event, Item
 from streamrec.stream.offsets import log_end_offsets

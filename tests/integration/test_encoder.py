@@ -7,7 +7,7 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.models.encoder import TextEncoder, default_model_path
+from streamrec.models.core.encoder import TextEncoder, default_model_path
 
 pytestmark = pytest.mark.integration
 

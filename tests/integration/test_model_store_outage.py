@@ -16,12 +16,12 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamrec.consumers.metrics import WorkerMetrics
-from streamrec.consumers.model_updates import ModelSwapper, update_for
-from streamrec.models.pipeline import Pipeline
-from streamrec.models.ranker import Ranker, RankerConfig
-from streamrec.models.store import WEIGHTS_FILE, DirectoryModelStore
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.consumers.worker.model_updates import ModelSwapper, update_for
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.learning.ranker import Ranker, RankerConfig
+from streamrec.models.learning.store import WEIGHTS_FILE, DirectoryModelStore
 from streamrec.stream.settings import Settings
 
 pytestmark = pytest.mark.integration

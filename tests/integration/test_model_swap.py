@@ -7,15 +7,15 @@ from pathlib import Path
 
 import torch
 
-from streamrec.consumers.metrics import WorkerMetrics
-from streamrec.consumers.model_updates import ModelSwapper, update_for
-from streamrec.models.pipeline import Pipeline
-from streamrec.models.ranker import Ranker, RankerConfig
-from streamrec.models.recommender import OnlineOutcome, UserBatch
-from streamrec.models.serving import retrieval_name
-from streamrec.models.state import UserState
-from streamrec.models.store import DirectoryModelStore
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.consumers.worker.model_updates import ModelSwapper, update_for
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.core.recommender import OnlineOutcome, UserBatch
+from streamrec.models.core.state import UserState
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.learning.ranker import Ranker, RankerConfig
+from streamrec.models.learning.serving import retrieval_name
+from streamrec.models.learning.store import DirectoryModelStore
 from streamrec.stream.messages import ModelUpdate
 from streamrec.stream.settings import Settings
 

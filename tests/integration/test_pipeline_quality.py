@@ -11,10 +11,10 @@ import random
 
 import pytest
 
-from streamrec.models.pipeline import Pipeline
-from streamrec.models.recommender import UserBatch
-from streamrec.models.state import UserState
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.core.recommender import UserBatch
+from streamrec.models.core.state import UserState
+from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.settings import Settings
 
 pytestmark = pytest.mark.integration

@@ -11,15 +11,15 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec.models.continual import ContinualConfig, ContinualTrainer
-from streamrec.models.finetune import FineTuneConfig, fine_tune, holdout_cases
-from streamrec.models.index import IndexedItem
-from streamrec.models.item_table import ItemTable
-from streamrec.models.ranker import Ranker, RankerConfig
-from streamrec.models.store import DirectoryModelStore
-from streamrec.models.synthetic import SyntheticWorld
-from streamrec.models.training import TrainConfig, make_windows, train_ranker
-from streamrec.models.window import EventWindow, split_newest
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.index.base import IndexedItem
+from streamrec.models.learning.continual import ContinualConfig, ContinualTrainer
+from streamrec.models.learning.finetune import FineTuneConfig, fine_tune, holdout_cases
+from streamrec.models.learning.item_table import ItemTable
+from streamrec.models.learning.ranker import Ranker, RankerConfig
+from streamrec.models.learning.store import DirectoryModelStore
+from streamrec.models.learning.training import TrainConfig, make_windows, train_ranker
+from streamrec.models.learning.window import EventWindow, split_newest
 from streamrec.stream.messages import Event
 
 CONFIG = RankerConfig(text_dim=16, dim=16, max_len=10, layers=1, heads=2, id_buckets=512, dropout=0.1)
@@ -51,7 +51,7 @@ def _table(world: SyntheticWorld) -> ItemTable:
 def _pretrained(world: SyntheticWorld, table: ItemTable, events: list[Event]) -> Ranker:
     from collections import defaultdict
 
-    from streamrec.models.ranker import Step
+    from streamrec.models.learning.ranker import Step
 
     sequences: dict[str, list[Step]] = defaultdict(list)
     for e in events:

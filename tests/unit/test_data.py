@@ -6,8 +6,8 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.models.datasets import iter_movielens_events, load_movielens_items
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.models.data.datasets import iter_movielens_events, load_movielens_items
+from streamrec.models.data.synthetic import SyntheticWorld
 
 MOVIELENS = Path(__file__).resolve().parents[2].parent / "shared" / "datasets" / "ml-latest-small"
 

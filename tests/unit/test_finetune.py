@@ -23,12 +23,12 @@ import numpy as np
 import pytest
 import torch
 
-from streamrec.models.finetune import CycleReport, FineTuneConfig, fine_tune, holdout_cases
-from streamrec.models.item_table import ItemTable
-from streamrec.models.ranker import Ranker, RankerConfig, Step
-from streamrec.models.synthetic import SyntheticWorld
-from streamrec.models.training import TrainConfig, make_windows, train_ranker, train_steps
-from streamrec.models.window import split_newest
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.learning.finetune import CycleReport, FineTuneConfig, fine_tune, holdout_cases
+from streamrec.models.learning.item_table import ItemTable
+from streamrec.models.learning.ranker import Ranker, RankerConfig, Step
+from streamrec.models.learning.training import TrainConfig, make_windows, train_ranker, train_steps
+from streamrec.models.learning.window import split_newest
 from streamrec.stream.messages import Event
 
 MODEL = RankerConfig(

@@ -11,7 +11,7 @@ import pytest
 from hypothesis import HealthCheck, given, settings
 from hypothesis import strategies as st
 
-from streamrec.consumers.views import ApiError, parse_event_body
+from streamrec.consumers.worker.views import ApiError, parse_event_body
 from streamrec.stream.messages import DeadLetter, Event
 from streamrec.stream.validation import MAX_JSON_DEPTH, REASONS, EventValidator, Rejection
 from tests.fuzz_inputs import MAX_SKEW_S, MIN_TS, Fuzzed, inputs

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from streamrec.consumers.handlers import (
+from streamrec.consumers.worker.handlers import (
     DLQ_RAW_LIMIT_BYTES,
     MAX_ATTEMPTS,
     IngestHandler,
@@ -15,12 +15,12 @@ from streamrec.consumers.handlers import (
     RecommendHandler,
     dead_letter,
 )
-from streamrec.consumers.metrics import WorkerMetrics
-from streamrec.models.index import IndexedItem
-from streamrec.models.pipeline import Pipeline
-from streamrec.models.popularity import TrendingItems
-from streamrec.models.recommender import Recommender, RecommenderConfig
-from streamrec.models.scoring import ContentScorer
+from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.recommender import Recommender, RecommenderConfig
+from streamrec.models.core.scoring import ContentScorer
+from streamrec.models.index.base import IndexedItem
 from streamrec.stream.messages import DeadLetter, Event
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import Rejection

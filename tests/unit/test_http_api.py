@@ -11,12 +11,12 @@ import pytest
 import yaml
 from openapi_spec_validator import validate
 
-from streamrec.consumers.app import create_app
-from streamrec.consumers.views import ApiError, parse_event_body
-from streamrec.models.pipeline import Pipeline
-from streamrec.models.popularity import TrendingItems
-from streamrec.models.recommender import Recommender
-from streamrec.models.scoring import ContentScorer
+from streamrec.consumers.worker.app import create_app
+from streamrec.consumers.worker.views import ApiError, parse_event_body
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.recommender import Recommender
+from streamrec.models.core.scoring import ContentScorer
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import EventValidator
 from tests.e2e.test_end_to_end import MAX_MESSAGE_BYTES, bad_messages

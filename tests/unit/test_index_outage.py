@@ -10,17 +10,22 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrec.consumers.metrics import WorkerMetrics
-from streamrec.models.index import IndexedItem, IndexUnavailableError
-from streamrec.models.index_health import (
+from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.recommender import (
+    TRENDING_REASON,
+    Recommender,
+    RecommenderConfig,
+    UserBatch,
+)
+from streamrec.models.core.scoring import ContentScorer
+from streamrec.models.core.state import UserState
+from streamrec.models.index.base import IndexedItem, IndexUnavailableError
+from streamrec.models.index.health import (
     FALLBACK_VERSION,
     INDEX_UNAVAILABLE_REASON,
     IndexHealth,
 )
-from streamrec.models.popularity import TrendingItems
-from streamrec.models.recommender import TRENDING_REASON, Recommender, RecommenderConfig, UserBatch
-from streamrec.models.scoring import ContentScorer
-from streamrec.models.state import UserState
 from streamrec.stream.messages import Event
 from tests.fakes import BruteForceIndex
 

@@ -9,9 +9,9 @@ from __future__ import annotations
 
 import json
 
-from streamrec.consumers.handlers import IngestHandler, Origin
-from streamrec.consumers.metrics import WorkerMetrics
-from streamrec.models.state import UserState
+from streamrec.consumers.worker.handlers import IngestHandler, Origin
+from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.models.core.state import UserState
 from streamrec.stream.messages import Event
 from streamrec.stream.settings import Settings
 

@@ -8,13 +8,13 @@ import numpy as np
 from faust.sensors.prometheus import PrometheusMonitor
 from faust.types import TP
 
-from streamrec.consumers.app import create_app
-from streamrec.consumers.metrics import WorkerMetrics, sample_consumer_lag
-from streamrec.models.index import IndexedItem
-from streamrec.models.pipeline import Pipeline
-from streamrec.models.popularity import TrendingItems
-from streamrec.models.recommender import Recommender, RecommenderConfig
-from streamrec.models.scoring import ContentScorer
+from streamrec.consumers.worker.app import create_app
+from streamrec.consumers.worker.metrics import WorkerMetrics, sample_consumer_lag
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.recommender import Recommender, RecommenderConfig
+from streamrec.models.core.scoring import ContentScorer
+from streamrec.models.index.base import IndexedItem
 from streamrec.stream.settings import Settings
 from tests.fakes import BruteForceIndex
 
@@ -87,9 +87,9 @@ async def test_faust_sensor_records_into_the_workers_one_metrics_page(tmp_path: 
 
 
 def test_trainer_records_a_refused_and_a_failed_cycle() -> None:
-    from streamrec.consumers.trainer import TrainerMetrics
-    from streamrec.models.continual import CycleOutcome
-    from streamrec.models.finetune import CycleReport
+    from streamrec.consumers.trainer.sidecar import TrainerMetrics
+    from streamrec.models.learning.continual import CycleOutcome
+    from streamrec.models.learning.finetune import CycleReport
 
     metrics = TrainerMetrics()
 

@@ -18,8 +18,8 @@ import pytest
 import yaml
 from prometheus_client import CollectorRegistry
 
-from streamrec.consumers.metrics import WorkerMetrics
-from streamrec.consumers.trainer import TrainerMetrics
+from streamrec.consumers.trainer.sidecar import TrainerMetrics
+from streamrec.consumers.worker.metrics import WorkerMetrics
 
 ROOT = Path(__file__).resolve().parents[2]
 DEPLOY = ROOT / "deploy"

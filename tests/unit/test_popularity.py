@@ -5,7 +5,7 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrec.models.popularity import TrendingItems
+from streamrec.models.core.popularity import TrendingItems
 
 
 def test_scores_match_the_brute_force_reference() -> None:

@@ -6,16 +6,21 @@ from collections.abc import Sequence
 
 import pytest
 
-from streamrec.models.prequential import PrequentialConfig, micro_batches, prequential, replay_order
-from streamrec.models.ranker import Step
-from streamrec.models.sequences import SequenceDataset
-from streamrec.models.stream_baselines import (
+from streamrec.models.data.sequences import SequenceDataset
+from streamrec.models.evaluation.prequential import (
+    PrequentialConfig,
+    micro_batches,
+    prequential,
+    replay_order,
+)
+from streamrec.models.evaluation.stream_baselines import (
     CooccurrenceBaseline,
     DecayedPopularityBaseline,
     MarkovBaseline,
     PopularityBaseline,
     RiverMFBaseline,
 )
+from streamrec.models.learning.ranker import Step
 from streamrec.stream.messages import Event
 
 

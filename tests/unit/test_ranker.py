@@ -5,7 +5,7 @@ from __future__ import annotations
 import pytest
 import torch
 
-from streamrec.models.ranker import (
+from streamrec.models.learning.ranker import (
     FIRST_EVENT_GAP,
     Ranker,
     RankerConfig,
@@ -15,7 +15,7 @@ from streamrec.models.ranker import (
     hash_ids,
     transferable,
 )
-from streamrec.models.training import warm_start
+from streamrec.models.learning.training import warm_start
 
 CONFIG = RankerConfig(text_dim=8, dim=16, max_len=6, layers=2, heads=2, id_buckets=97, dropout=0.0)
 

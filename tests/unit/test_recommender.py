@@ -9,11 +9,16 @@ from __future__ import annotations
 import numpy as np
 import pytest
 
-from streamrec.models.index import IndexedItem
-from streamrec.models.popularity import TrendingItems
-from streamrec.models.recommender import TRENDING_REASON, Recommender, RecommenderConfig, UserBatch
-from streamrec.models.scoring import ContentScorer
-from streamrec.models.state import UserState
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.recommender import (
+    TRENDING_REASON,
+    Recommender,
+    RecommenderConfig,
+    UserBatch,
+)
+from streamrec.models.core.scoring import ContentScorer
+from streamrec.models.core.state import UserState
+from streamrec.models.index.base import IndexedItem
 from streamrec.stream.messages import Event
 from tests.fakes import BruteForceIndex
 
@@ -115,9 +120,9 @@ def test_list_length_is_k_when_enough_candidates(k: int) -> None:
 def _ranker_scorer(index: BruteForceIndex, store_dir):
     import torch
 
-    from streamrec.models.ranker import Ranker, RankerConfig
-    from streamrec.models.serving import open_scorer
-    from streamrec.models.store import DirectoryModelStore
+    from streamrec.models.learning.ranker import Ranker, RankerConfig
+    from streamrec.models.learning.serving import open_scorer
+    from streamrec.models.learning.store import DirectoryModelStore
 
     torch.manual_seed(0)
     config = RankerConfig(text_dim=DIM, dim=8, max_len=5, layers=1, heads=2, id_buckets=64, dropout=0.0)
@@ -167,8 +172,8 @@ def test_a_ranker_checkpoint_serves_lists_in_its_own_order_with_its_version(tmp_
 
 
 def test_a_pinned_checkpoint_that_is_missing_is_an_error_and_no_checkpoint_means_none(tmp_path) -> None:
-    from streamrec.models.serving import open_scorer
-    from streamrec.models.store import DirectoryModelStore, ModelStoreError
+    from streamrec.models.learning.serving import open_scorer
+    from streamrec.models.learning.store import DirectoryModelStore, ModelStoreError
 
     index = _clustered_catalogue()
     empty = DirectoryModelStore(tmp_path / "empty")

@@ -18,13 +18,14 @@ import pytest
 from aiokafka.admin import AIOKafkaAdminClient
 from pydantic import ValidationError
 
-from streamrec.consumers import feed, trainer
-from streamrec.consumers.app import create_app
-from streamrec.consumers.model_updates import open_broadcast_reader
-from streamrec.models.pipeline import Pipeline
-from streamrec.models.popularity import TrendingItems
-from streamrec.models.recommender import Recommender
-from streamrec.models.scoring import ContentScorer
+from streamrec.consumers.tools import feed
+from streamrec.consumers.trainer import sidecar as trainer
+from streamrec.consumers.worker.app import create_app
+from streamrec.consumers.worker.model_updates import open_broadcast_reader
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.recommender import Recommender
+from streamrec.models.core.scoring import ContentScorer
 from streamrec.stream import topics
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
@@ -242,7 +243,7 @@ def test_http_binds_to_localhost_unless_told_otherwise(tmp_path: Path) -> None:
     assert not conf.web_router_enabled and not conf.web_tables_enabled  # no raw table dumps
     exposed = _app(Settings(data_dir=tmp_path, metrics_host="0.0.0.0", http_advertised_url="http://pod-1:6066")).conf
     assert exposed.web_bind == "0.0.0.0" and str(exposed.canonical_url) == "http://pod-1:6066"
-    trainer_source = (ROOT / "consumers" / "trainer.py").read_text()
+    trainer_source = (ROOT / "consumers" / "trainer" / "sidecar.py").read_text()
     assert "start_http_server(settings.trainer_metrics_port, addr=settings.metrics_host" in trainer_source
 
 

@@ -9,10 +9,10 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.models.baselines import ItemCooccurrenceModel, MarkovModel
-from streamrec.models.evaluation import evaluate, leave_one_out
-from streamrec.models.ranker import Step
-from streamrec.models.sequences import load_sequences
+from streamrec.models.data.sequences import load_sequences
+from streamrec.models.evaluation.baselines import ItemCooccurrenceModel, MarkovModel
+from streamrec.models.evaluation.metrics import evaluate, leave_one_out
+from streamrec.models.learning.ranker import Step
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 

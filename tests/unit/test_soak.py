@@ -6,7 +6,7 @@ import json
 
 import pytest
 
-from streamrec.consumers.soak import (
+from streamrec.consumers.tools.soak import (
     Ledger,
     _notes,
     judge,
@@ -14,7 +14,7 @@ from streamrec.consumers.soak import (
     rss_figures,
     soak_events,
 )
-from streamrec.models.synthetic import SyntheticWorld
+from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event
 
 NOW = 1_750_000_000.0

@@ -7,7 +7,7 @@ import json
 import numpy as np
 import pytest
 
-from streamrec.models.state import UserState
+from streamrec.models.core.state import UserState
 from streamrec.stream.messages import Event
 
 T0 = 1_700_000_000.0

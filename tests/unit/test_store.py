@@ -13,8 +13,8 @@ from pathlib import Path
 import pytest
 import torch
 
-from streamrec.consumers.model_commands import add_model_parser
-from streamrec.models.store import (
+from streamrec.consumers.cli.model_commands import add_model_parser
+from streamrec.models.learning.store import (
     MANIFEST_FILE,
     WEIGHTS_FILE,
     DirectoryModelStore,
@@ -174,7 +174,7 @@ def test_save_leaves_no_tmp_dirs_and_list_ignores_leftover_ones(
     # A crashed write looks like a complete checkpoint under a `.tmp-` name: still ignored,
     # and quietly, since leftovers of a crash are expected rather than alarming.
     shutil.copytree(tmp_path / saved.version, tmp_path / ".tmp-crashed")
-    with caplog.at_level(logging.WARNING, logger="streamrec.models.store"):
+    with caplog.at_level(logging.WARNING, logger="streamrec.models.learning.store"):
         assert store.list() == [saved]
     assert caplog.records == []
 
@@ -197,7 +197,7 @@ def test_broken_manifest_directory_is_skipped_with_a_warning(
     (tmp_path / broken.version / MANIFEST_FILE).write_text("{not json")
     (tmp_path / "stray-dir").mkdir()  # no manifest at all
 
-    with caplog.at_level(logging.WARNING, logger="streamrec.models.store"):
+    with caplog.at_level(logging.WARNING, logger="streamrec.models.learning.store"):
         assert store.list() == [good]
     assert broken.version in caplog.text and "stray-dir" in caplog.text
     assert store.load()[0] == good

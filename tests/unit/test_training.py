@@ -12,13 +12,13 @@ import random
 import numpy as np
 import torch
 
-from streamrec.models.baselines import PopularityModel
-from streamrec.models.evaluation import evaluate, leave_one_out
-from streamrec.models.item_table import ItemTable
-from streamrec.models.pretrain import RankerSequenceModel
-from streamrec.models.ranker import Ranker, RankerConfig, Step
-from streamrec.models.sequences import SequenceDataset
-from streamrec.models.training import TrainConfig, make_windows, train_ranker
+from streamrec.models.data.sequences import SequenceDataset
+from streamrec.models.evaluation.baselines import PopularityModel
+from streamrec.models.evaluation.metrics import evaluate, leave_one_out
+from streamrec.models.learning.item_table import ItemTable
+from streamrec.models.learning.pretrain import RankerSequenceModel
+from streamrec.models.learning.ranker import Ranker, RankerConfig, Step
+from streamrec.models.learning.training import TrainConfig, make_windows, train_ranker
 
 N_CLUSTERS, PER_CLUSTER = 6, 10
 

@@ -12,8 +12,8 @@ from fractions import Fraction
 
 import pytest
 
-from streamrec.models.synthetic import SyntheticWorld
-from streamrec.models.window import EventWindow, split_newest
+from streamrec.models.data.synthetic import SyntheticWorld
+from streamrec.models.learning.window import EventWindow, split_newest
 from streamrec.stream.messages import Event
 
 

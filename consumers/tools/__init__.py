@@ -1,0 +1,1 @@
+"""Tools beside the worker: benchmarks, soak, load rig, demo feed and reports. Never imported by the worker."""

@@ -1,0 +1,90 @@
+"""The Faust app factory: nothing is built at import time; `create_app(settings)` builds it all."""
+
+from __future__ import annotations
+
+import logging
+from typing import Any
+
+import faust
+from faust.web import drivers as web_drivers
+
+from streamrec.consumers.worker.batching import BatchingStream
+from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.consumers.worker.tables import DeliveredTable
+from streamrec.consumers.worker.transport import transport_for
+from streamrec.models.core.pipeline import Pipeline
+from streamrec.models.learning.serving import RankerScorer
+from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+
+class StreamrecApp(faust.App):
+    """A Faust app whose transport honours `Settings` (`transport_for`)."""
+
+    def __init__(self, *args: Any, settings: Settings, **kwargs: Any) -> None:
+        self.settings = settings
+        super().__init__(*args, **kwargs)
+
+    def _new_transport(self) -> Any:
+        transport_class = transport_for(self.settings)
+        return transport_class(self.conf.broker_consumer, self)
+
+    def _new_web(self) -> Any:
+        # "/" is the live page (consumers/views.py), not Faust's production index.
+        driver = web_drivers.by_url(self.conf.web)
+        web_class = type("StreamrecWeb", (driver,), {"production_blueprints": []})
+        return web_class(self)
+
+
+def _credentials(settings: Settings) -> Any:
+    options = settings.kafka_client_options()
+    if settings.security_protocol.startswith("SASL"):
+        return faust.SASLCredentials(
+            username=options["sasl_plain_username"],
+            password=options["sasl_plain_password"],
+            mechanism=settings.sasl_mechanism,
+            ssl_context=options.get("ssl_context"),
+        )
+    if settings.security_protocol == "SSL":
+        return faust.SSLCredentials(options["ssl_context"])
+    return None
+
+
+def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.App:
+    """Build the worker app: topics, the user-state table, metrics views and the three agents."""
+    from streamrec.consumers.worker.agents import register_agents
+
+    settings.data_dir.mkdir(parents=True, exist_ok=True)
+    app = StreamrecApp(
+        settings.app_id,
+        settings=settings,
+        broker=settings.broker,
+        broker_credentials=_credentials(settings),
+        store=settings.table_store,
+        datadir=str(settings.data_dir / "faust"),
+        topic_partitions=settings.partitions,
+        topic_replication_factor=settings.replication,
+        consumer_auto_offset_reset="earliest",
+        web_enabled=settings.metrics_port > 0,
+        web_port=settings.metrics_port or 6066,
+        web_bind=settings.metrics_host,
+        web_host=settings.metrics_host,
+        canonical_url=settings.http_advertised_url,  # None: http://<web_host>:<web_port>
+        web_router_enabled=False,  # the worker serves its own API (consumers/views.py) and
+        web_tables_enabled=False,  # no raw table dumps
+        producer_acks=-1,
+        broker_session_timeout=settings.session_timeout_s,
+        broker_heartbeat_interval=settings.session_timeout_s / 4,
+        loghandlers=[],
+        Stream=BatchingStream,  # take_events that acks only what it handed out
+        Table=DeliveredTable,  # changelog writes awaited before a batch is acked
+    )
+    pipeline = pipeline or Pipeline.from_settings(settings)
+    metrics = WorkerMetrics()
+    metrics.install_faust_sensor(app)
+    scorer = pipeline.recommender.scorer
+    created = scorer.manifest.created.timestamp() if isinstance(scorer, RankerScorer) else None
+    metrics.set_model_version(scorer.version, created)
+    register_agents(app, settings, pipeline, metrics)
+    return app
