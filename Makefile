@@ -81,8 +81,10 @@ soak: setup
 schemas: setup
 	$(VENV)/bin/streamrec schema --write
 
+## lint: ruff, and the import contract (layers one way, no cycles: tests/unit/test_layers.py)
 lint: setup
 	$(VENV)/bin/ruff check stream models consumers tests
+	$(PY) -m pytest -q tests/unit/test_layers.py
 
 ## audit: known vulnerabilities in the installed dependencies (pip-audit, PyPI's advisory data):
 ## a finding fails; a service that cannot be reached, or knows none of the packages, only warns.
