@@ -182,6 +182,32 @@ class Settings(BaseSettings):
     def resolved_trainer_group(self) -> str:
         return self.trainer_group or f"{self.app_id}-trainer"
 
+    def to_env(self) -> dict[str, str]:
+        """The `STREAMREC_*` environment that reproduces these settings in another process
+        (a worker, the trainer): the inverse of reading them. Every field that is set is
+        there, secrets in clear; a field left at None is left out (unset reads as None).
+
+        >>> import os
+        >>> from unittest import mock
+        >>> s = Settings(broker="kafka://h1:9092;h2:9092", partitions=3, batch_wait_s=0.1,
+        ...              data_dir=Path("/tmp/w"), http_token="t0ken", model_version="v7")
+        >>> env = s.to_env()
+        >>> env["STREAMREC_PARTITIONS"], env["STREAMREC_HTTP_TOKEN"], "STREAMREC_QDRANT_URL" in env
+        ('3', 't0ken', False)
+        >>> with mock.patch.dict(os.environ, env, clear=True):
+        ...     Settings() == s
+        True
+        """
+        env = {}
+        for name in type(self).model_fields:
+            value = getattr(self, name)
+            if value is None:
+                continue
+            if isinstance(value, SecretStr):
+                value = value.get_secret_value()
+            env[f"STREAMREC_{name.upper()}"] = str(value)  # str(float) round-trips exactly
+        return env
+
     def kafka_client_options(self) -> dict[str, object]:
         """Security options for aiokafka clients (SASL/TLS passed through)."""
         options: dict[str, object] = {"security_protocol": self.security_protocol}
