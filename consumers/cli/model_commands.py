@@ -99,8 +99,8 @@ def cmd_model_control(args: argparse.Namespace) -> int:
     """Send one control message to `model-updates` (needs STREAMREC_BROKER)."""
     import asyncio
 
-    from streamrec.consumers.worker.model_updates import read_history, update_for
     from streamrec.models.learning.store import DirectoryModelStore, ModelStoreError
+    from streamrec.stream.model_updates import read_history, update_for
     from streamrec.stream.producer import EventProducer
     from streamrec.stream.settings import Settings
 

@@ -17,8 +17,6 @@ from typing import Any
 import torch
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, start_http_server
 
-from streamrec.consumers.worker.metrics import LATENCY_BUCKETS_S
-from streamrec.consumers.worker.model_updates import open_broadcast_reader, update_for
 from streamrec.models.core.catalog import embed_items
 from streamrec.models.core.device import select_device
 from streamrec.models.core.encoder import TextEncoder
@@ -26,13 +24,18 @@ from streamrec.models.learning.continual import ContinualConfig, ContinualTraine
 from streamrec.models.learning.control import ModelControl
 from streamrec.models.learning.store import DirectoryModelStore
 from streamrec.stream.messages import Item, ModelUpdate
+from streamrec.stream.model_updates import update_for
 from streamrec.stream.producer import EventProducer
+from streamrec.stream.readers import open_broadcast_reader
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import EventValidator, RecentIds, Rejection, parse_item
 
 log = logging.getLogger(__name__)
 
 CYCLE_BUCKETS_S = (0.5, 1, 2.5, 5, 10, 20, 30, 60, 120, 300, 600)
+# Window closed -> published: the buckets of the workers' latency histograms
+# (`consumers.worker.metrics.LATENCY_BUCKETS_S`), so the two delays read on one scale.
+PUBLISH_BUCKETS_S = (0.001, 0.0025, 0.005, 0.01, 0.025, 0.05, 0.1, 0.25, 0.5, 1.0, 2.5, 5.0, 10.0, 30.0, 60.0)
 POLL_S = 0.5  # how often the trainer checks whether a cycle is due
 
 
@@ -68,7 +71,7 @@ class TrainerMetrics:
         self.window_to_published = Histogram(
             "streamrec_trainer_window_to_published_seconds",
             "Window closed -> new version on model-updates (workers add their swap time).",
-            buckets=LATENCY_BUCKETS_S, registry=r,
+            buckets=PUBLISH_BUCKETS_S, registry=r,
         )
         self.serving = Gauge(
             "streamrec_trainer_serving_info", "The version the trainer fine-tunes from (value 1).",

@@ -24,7 +24,6 @@ import logging
 import time
 from collections.abc import Awaitable, Callable, Sequence
 from dataclasses import replace
-from typing import Any
 
 from streamrec.consumers.worker.metrics import WorkerMetrics
 from streamrec.models.core.device import select_device
@@ -35,7 +34,9 @@ from streamrec.models.index.base import IndexUnavailableError, ItemIndex, open_i
 from streamrec.models.learning.control import CanaryJudge, ModelControl, ServingPlan, Target
 from streamrec.models.learning.serving import RankerScorer, open_scorer
 from streamrec.models.learning.store import DirectoryModelStore, ModelStoreError
-from streamrec.stream.messages import ModelAction, ModelUpdate
+from streamrec.stream.messages import ModelUpdate
+from streamrec.stream.model_updates import catch_up, parse_updates, update_for
+from streamrec.stream.readers import open_broadcast_reader
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -245,34 +246,6 @@ def _drop(retrieval: ItemIndex, version: str) -> None:
         log.exception("could not drop the retrieval vectors of %s", version)
 
 
-def update_for(
-    store: DirectoryModelStore, version: str, action: ModelAction, metrics: dict[str, float] | None = None
-) -> ModelUpdate:
-    """The `model-updates` message that names a stored version (ModelStoreError if unknown)."""
-    manifest = store.manifest(version)
-    numeric = {
-        k: float(v) for k, v in manifest.metrics.items() if isinstance(v, int | float) and not isinstance(v, bool)
-    }
-    return ModelUpdate(
-        version=version,
-        uri=(store.root / version).resolve().as_uri(),
-        sha256=manifest.sha256,
-        parent_version=manifest.parent,
-        metrics=metrics if metrics is not None else numeric,
-        created_at=manifest.created.timestamp(),
-        action=action,
-    )
-
-
-async def read_history(settings: Settings) -> list[ModelUpdate]:
-    """Every readable message on `model-updates` so far (for the CLI's rollback)."""
-    consumer, tps = await _open_consumer(settings)
-    try:
-        return await _catch_up(consumer, tps, lambda error: log.warning("unreadable message: %s", error))
-    finally:
-        await consumer.stop()
-
-
 def _log_failure(task: asyncio.Future[None]) -> None:
     if not task.cancelled() and task.exception() is not None:
         log.error("could not publish a canary decision: %s", task.exception())
@@ -284,9 +257,9 @@ async def follow_model_updates(settings: Settings, swapper: ModelSwapper, ready:
     The history is folded first and served once (not version by version); then each new
     message is applied as it arrives.
     """
-    consumer, tps = await _open_consumer(settings)
+    consumer, tps = await open_broadcast_reader(settings, [settings.topics.model_updates])
     try:
-        history = await _catch_up(consumer, tps, swapper.on_invalid)
+        history = await catch_up(consumer, tps, swapper.on_invalid)
         if history:
             plan = swapper.control.apply_all(history)
             current = swapper.recommender.scorer
@@ -305,69 +278,7 @@ async def follow_model_updates(settings: Settings, swapper: ModelSwapper, ready:
         while True:
             batch = await consumer.getmany(timeout_ms=1000)
             for records in batch.values():
-                for update in _parsed(records, swapper.on_invalid):
+                for update in parse_updates(records, swapper.on_invalid):
                     await swapper.on_update(update)
     finally:
         await consumer.stop()
-
-
-async def _open_consumer(settings: Settings) -> tuple[Any, list[Any]]:
-    return await open_broadcast_reader(settings, [settings.topics.model_updates])
-
-
-async def open_broadcast_reader(settings: Settings, topics: Sequence[str]) -> tuple[Any, list[Any]]:
-    """A group-less consumer assigned every partition of `topics`, at the beginning: every
-    process that opens one reads every message (workers and the trainer alike)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(
-        bootstrap_servers=settings.bootstrap_servers,
-        group_id=None,
-        enable_auto_commit=False,
-        auto_offset_reset="earliest",
-        fetch_max_wait_ms=settings.fetch_max_wait_ms,
-        **settings.kafka_client_options(),
-    )
-    await consumer.start()
-    try:
-        tps = [TopicPartition(topic, p) for topic in topics for p in await _partitions(consumer, topic)]
-        consumer.assign(tps)
-        await consumer.seek_to_beginning(*tps)
-    except BaseException:
-        await consumer.stop()
-        raise
-    return consumer, tps
-
-
-async def _catch_up(consumer: Any, tps: list[Any], on_invalid: Callable[[str], None]) -> list[ModelUpdate]:
-    """Messages up to the end offsets seen now (the history), in order per partition."""
-    ends = await consumer.end_offsets(tps)
-    history: list[ModelUpdate] = []
-    while [tp for tp in tps if await consumer.position(tp) < ends[tp]]:
-        batch = await consumer.getmany(timeout_ms=500)
-        for records in batch.values():
-            history.extend(_parsed(records, on_invalid))
-    return history
-
-
-def _parsed(records: Sequence[Any], on_invalid: Callable[[str], None]) -> list[ModelUpdate]:
-    updates = []
-    for record in records:
-        try:
-            updates.append(ModelUpdate.model_validate_json(record.value or b""))
-        except ValueError as exc:
-            on_invalid(str(exc)[:200])
-    return updates
-
-
-async def _partitions(consumer: object, topic: str, timeout_s: float = 30.0) -> list[int]:
-    """The topic's partitions, waiting for metadata (the worker creates the topic at start)."""
-    deadline = time.monotonic() + timeout_s
-    while True:
-        partitions = consumer.partitions_for_topic(topic)  # type: ignore[attr-defined]
-        if partitions:
-            return sorted(partitions)
-        if time.monotonic() > deadline:
-            raise RuntimeError(f"topic {topic} has no partitions after {timeout_s:.0f} s")
-        await consumer.topics()  # type: ignore[attr-defined]  # refreshes the cluster metadata
-        await asyncio.sleep(0.5)
