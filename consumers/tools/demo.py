@@ -27,7 +27,7 @@ from streamrec.consumers.tools.feed import (
     send_items,
     send_paced,
 )
-from streamrec.consumers.worker.metrics import scrape_metric
+from streamrec.consumers.tools.scrape import scrape_metric
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.broker import DevBroker, free_port
 from streamrec.stream.messages import Recommendation

@@ -30,7 +30,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from streamrec.consumers.tools.feed import open_reader, send_items
-from streamrec.consumers.worker.metrics import scrape_metric
+from streamrec.consumers.tools.scrape import scrape_metric
 from streamrec.stream.broker import DevBroker, free_port, stop_process_group
 from streamrec.stream.messages import Event, Item
 from streamrec.stream.producer import EventProducer

@@ -47,7 +47,8 @@ from streamrec.consumers.tools.load_rig import (
     running_rig,
     send_at_rate,
 )
-from streamrec.consumers.worker.metrics import SAMPLE_S, sample_total, scrape_samples
+from streamrec.consumers.tools.scrape import sample_total, scrape_samples
+from streamrec.consumers.worker.metrics import SAMPLE_S
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event
 from streamrec.stream.producer import EventProducer

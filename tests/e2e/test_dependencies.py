@@ -26,7 +26,7 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.consumers.worker.metrics import scrape_metric
+from streamrec.consumers.tools.scrape import scrape_metric
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.models.index.health import FALLBACK_VERSION, INDEX_UNAVAILABLE_REASON
 from streamrec.stream.broker import DevBroker, free_port, stop_process_group
