@@ -35,7 +35,7 @@ from streamrec.models.core.recommender import UserBatch
 from streamrec.models.core.scoring import ScoringBatch
 from streamrec.models.core.state import UserState
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.models.index.base import IndexedItem
+from streamrec.models.index.protocol import IndexedItem
 from streamrec.models.learning.ranker import Ranker, RankerConfig, Step
 from streamrec.models.learning.serving import RankerScorer
 from streamrec.models.learning.store import DirectoryModelStore, Manifest

@@ -43,7 +43,7 @@ import numpy as np
 from streamrec.consumers.tools.bench_report import write_figures
 from streamrec.models.core.state import UserState
 from streamrec.models.data.synthetic import TYPE_PROBABILITIES, SyntheticWorld
-from streamrec.models.index.base import IndexedItem
+from streamrec.models.index.protocol import IndexedItem
 from streamrec.stream.settings import Settings
 
 SCALE = 100_000  # figures are reported per this many users / items
@@ -248,8 +248,8 @@ def measure_items(
     search warm-up, so Qdrant paging in its graph does not count) and extrapolated to the
     settings' `neighbour_cache_size`.
     """
-    from streamrec.models.index.base import EdgeItemIndex
     from streamrec.models.index.cache import CachedItemIndex
+    from streamrec.models.index.edge import EdgeItemIndex
 
     if items < 1:
         raise ValueError("items must be >= 1")

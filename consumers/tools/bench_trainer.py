@@ -30,7 +30,7 @@ from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.recommender import UserBatch
 from streamrec.models.core.state import UserState
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.models.index.base import IndexedItem
+from streamrec.models.index.protocol import IndexedItem
 from streamrec.models.learning.continual import ContinualConfig, ContinualTrainer
 from streamrec.models.learning.ranker import Ranker, RankerConfig
 from streamrec.models.learning.store import DirectoryModelStore

@@ -30,7 +30,8 @@ from streamrec.models.core.device import select_device
 from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.recommender import Canary, OnlineOutcome, Recommender
 from streamrec.models.core.scoring import Scorer
-from streamrec.models.index.base import IndexUnavailableError, ItemIndex, open_index
+from streamrec.models.index.factory import open_index
+from streamrec.models.index.protocol import IndexUnavailableError, ItemIndex
 from streamrec.models.learning.control import CanaryJudge, ModelControl, ServingPlan, Target
 from streamrec.models.learning.serving import RankerScorer, open_scorer
 from streamrec.models.learning.store import DirectoryModelStore, ModelStoreError

@@ -37,7 +37,7 @@ from faust.web import Request, Response, View
 
 from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.state import UserState
-from streamrec.models.index.base import IndexUnavailableError
+from streamrec.models.index.protocol import IndexUnavailableError
 from streamrec.stream.messages import Event, Recommendation
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import EventValidator, Rejection

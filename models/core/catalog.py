@@ -11,7 +11,7 @@ from typing import Protocol
 
 import numpy as np
 
-from streamrec.models.index.base import IndexedItem, ItemIndex
+from streamrec.models.index.protocol import IndexedItem, ItemIndex
 from streamrec.stream.messages import Item
 
 TITLE_MAX_CHARS = 80  # labels in reasons ("similar to <title>") are cut to this length

@@ -16,9 +16,10 @@ from streamrec.models.core.encoder import TextEncoder
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.recommender import Recommender, RecommenderConfig
 from streamrec.models.core.scoring import ContentScorer, Scorer
-from streamrec.models.index.base import IndexedItem, IndexUnavailableError, ItemIndex, open_index
 from streamrec.models.index.cache import CachedItemIndex
+from streamrec.models.index.factory import open_index
 from streamrec.models.index.health import IndexHealth
+from streamrec.models.index.protocol import IndexedItem, IndexUnavailableError, ItemIndex
 from streamrec.models.learning.serving import RankerScorer, open_scorer
 from streamrec.models.learning.store import DirectoryModelStore
 from streamrec.stream.settings import Settings

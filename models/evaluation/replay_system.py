@@ -32,7 +32,8 @@ from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.recommender import UserBatch
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.models.core.state import UserState
-from streamrec.models.index.base import IndexedItem, ItemIndex, open_index
+from streamrec.models.index.factory import open_index
+from streamrec.models.index.protocol import IndexedItem, ItemIndex
 from streamrec.models.learning.continual import ContinualConfig, ContinualTrainer, CycleOutcome
 from streamrec.models.learning.item_table import TextEncoderLike, embed_cached
 from streamrec.models.learning.ranker import RankerConfig

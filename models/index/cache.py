@@ -13,7 +13,8 @@ Answers are exactly those of the backend:
   them; the rest stays valid.
 
 >>> import numpy as np
->>> from streamrec.models.index.base import ClientItemIndex, IndexedItem
+>>> from streamrec.models.index.protocol import IndexedItem
+>>> from streamrec.models.index.server import ClientItemIndex
 >>> index = CachedItemIndex(ClientItemIndex(":memory:", dim=2), items=100, neighbour_lists=100)
 >>> unit = lambda x, y: np.array([x, y], dtype=np.float32) / np.hypot(x, y)
 >>> index.upsert([IndexedItem("tea", unit(1, 0), "tea"), IndexedItem("mate", unit(0.9, 0.1), "mate"),
@@ -36,7 +37,7 @@ from typing import Any
 
 import numpy as np
 
-from streamrec.models.index.base import IndexedItem, ItemIndex, Neighbour, similar_by_search
+from streamrec.models.index.protocol import IndexedItem, ItemIndex, Neighbour, similar_by_search
 
 
 class CachedItemIndex:

@@ -28,7 +28,7 @@ import time
 from collections.abc import Callable
 from dataclasses import dataclass, field
 
-from streamrec.models.index.base import IndexUnavailableError
+from streamrec.models.index.protocol import IndexUnavailableError
 
 log = logging.getLogger(__name__)
 

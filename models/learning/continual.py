@@ -20,7 +20,7 @@ from dataclasses import dataclass, field, replace
 import numpy as np
 import torch
 
-from streamrec.models.index.base import IndexedItem
+from streamrec.models.index.protocol import IndexedItem
 from streamrec.models.learning.finetune import CycleReport, FineTuneConfig, fine_tune
 from streamrec.models.learning.item_table import ItemTable
 from streamrec.models.learning.ranker import Ranker, RankerConfig

@@ -20,7 +20,7 @@ import numpy as np
 import torch
 
 from streamrec.models.core.scoring import ScoringBatch
-from streamrec.models.index.base import IndexedItem, ItemIndex
+from streamrec.models.index.protocol import IndexedItem, ItemIndex
 from streamrec.models.learning.ranker import (
     Ranker,
     RankerConfig,

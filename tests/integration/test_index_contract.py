@@ -14,15 +14,11 @@ from pathlib import Path
 import numpy as np
 import pytest
 
-from streamrec.models.index.base import (
-    ClientItemIndex,
-    EdgeItemIndex,
-    IndexedItem,
-    ItemIndex,
-    open_index,
-    point_id,
-)
 from streamrec.models.index.cache import CachedItemIndex
+from streamrec.models.index.edge import EdgeItemIndex
+from streamrec.models.index.factory import open_index
+from streamrec.models.index.protocol import IndexedItem, ItemIndex, point_id
+from streamrec.models.index.server import ClientItemIndex
 from streamrec.stream.settings import Settings
 
 pytestmark = pytest.mark.integration
@@ -277,7 +273,7 @@ def test_client_index_refuses_a_collection_of_another_dimension(tmp_path: Path) 
 
 
 def test_point_ids_are_the_same_in_another_process() -> None:
-    code = "from streamrec.models.index.base import point_id; print(point_id('item-1'))"
+    code = "from streamrec.models.index.protocol import point_id; print(point_id('item-1'))"
     other = subprocess.run([sys.executable, "-c", code], capture_output=True, text=True, check=True)
     assert other.stdout.strip() == point_id("item-1") != point_id("item-2")
 

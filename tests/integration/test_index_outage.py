@@ -21,8 +21,9 @@ from streamrec.consumers.worker.handlers import RecommendHandler
 from streamrec.consumers.worker.metrics import WorkerMetrics
 from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.models.index.base import ClientItemIndex, IndexUnavailableError
 from streamrec.models.index.health import FALLBACK_VERSION, INDEX_UNAVAILABLE_REASON
+from streamrec.models.index.protocol import IndexUnavailableError
+from streamrec.models.index.server import ClientItemIndex
 from streamrec.stream.broker import free_port
 from streamrec.stream.messages import Event, Item, Recommendation
 from streamrec.stream.settings import Settings

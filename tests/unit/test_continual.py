@@ -12,7 +12,7 @@ import pytest
 import torch
 
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.models.index.base import IndexedItem
+from streamrec.models.index.protocol import IndexedItem
 from streamrec.models.learning.continual import ContinualConfig, ContinualTrainer
 from streamrec.models.learning.finetune import FineTuneConfig, fine_tune, holdout_cases
 from streamrec.models.learning.item_table import ItemTable

@@ -20,12 +20,12 @@ from streamrec.models.core.recommender import (
 )
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.models.core.state import UserState
-from streamrec.models.index.base import IndexedItem, IndexUnavailableError
 from streamrec.models.index.health import (
     FALLBACK_VERSION,
     INDEX_UNAVAILABLE_REASON,
     IndexHealth,
 )
+from streamrec.models.index.protocol import IndexedItem, IndexUnavailableError
 from streamrec.stream.messages import Event
 from tests.fakes import BruteForceIndex
 

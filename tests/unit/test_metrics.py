@@ -14,7 +14,7 @@ from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.recommender import Recommender, RecommenderConfig
 from streamrec.models.core.scoring import ContentScorer
-from streamrec.models.index.base import IndexedItem
+from streamrec.models.index.protocol import IndexedItem
 from streamrec.stream.settings import Settings
 from tests.fakes import BruteForceIndex
 

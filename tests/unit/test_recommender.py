@@ -18,7 +18,7 @@ from streamrec.models.core.recommender import (
 )
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.models.core.state import UserState
-from streamrec.models.index.base import IndexedItem
+from streamrec.models.index.protocol import IndexedItem
 from streamrec.stream.messages import Event
 from tests.fakes import BruteForceIndex
 
