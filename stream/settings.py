@@ -92,6 +92,7 @@ class Settings(BaseSettings):
     seed_items: int = Field(5, ge=1, le=100)  # most recent items used as retrieval seeds
     trending_half_life_s: float = Field(3_600.0, gt=0)  # popularity decay half-life (s)
     recency_half_life_s: float = Field(86_400.0, gt=0)  # weight decay of a user's past events (s)
+    collaborative: bool = True  # co-visitation / transition / popularity candidates and features
 
     # --- index, model, storage ---------------------------------------------------------
     data_dir: Path = Path(".streamrec")  # everything a worker writes lives under here

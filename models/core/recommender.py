@@ -1,10 +1,10 @@
 """The pure event -> recommendation pipeline that workers, the evaluator and benchmarks all call.
 
-One call handles one micro-batch: learn every user's new events, retrieve candidates from the
-item index (text neighbours of recent items; the user vector's nearest items, through the
-ranker's own retrieval index when a ranker serves; consumed items excluded; trending items for
-users without a usable history), score all candidates in one batched pass, keep top-K with a
-reason per item. No Faust, no Kafka: state comes in and goes out as plain objects.
+`Recommender.handle(events, states)` is the one entry point for a micro-batch: group the events
+by user, learn them (user state, trending counts, the collaborative signals, the online blend),
+retrieve candidates from every source (`candidates.Retriever`), score them in one batched pass
+and blend the features (`ranking.ListRanker`), keep top-K with a reason per item and remember
+what each user was served. No Faust, no Kafka: state comes in and goes out as plain objects.
 
 While the item index is unavailable (`IndexUnavailableError`: a Qdrant server away), users
 get trending lists that need no index call, minus what they consumed, with the reason
@@ -13,31 +13,35 @@ get trending lists that need no index call, minus what they consumed, with the r
 
 from __future__ import annotations
 
-import enum
 import hashlib
-import math
-from collections.abc import Callable, Sequence
-from dataclasses import dataclass, field
+import time
+from collections.abc import Callable, Mapping, Sequence
+from dataclasses import dataclass
 
-import numpy as np
-import torch
-
+from streamrec.models.core.blend import OnlineBlend, ServedMemory
+from streamrec.models.core.candidates import Profile, RetrievalConfig, Retriever, build_profiles
+from streamrec.models.core.collaborative import CollaborativeConfig, CollaborativeSignals
 from streamrec.models.core.popularity import TrendingItems
-from streamrec.models.core.scoring import Scorer, ScoringBatch, SequenceScorer
-from streamrec.models.core.state import EVENT_WEIGHTS, Interaction, UserState
-from streamrec.models.index.base import IndexedItem, IndexUnavailableError, ItemIndex, Neighbour
+from streamrec.models.core.ranking import (
+    MODEL_REASON,
+    TRENDING_REASON,
+    ListRanker,
+    new_blend,
+    new_cold_blend,
+)
+from streamrec.models.core.scoring import Scorer, SequenceScorer
+from streamrec.models.core.state import EVENT_WEIGHTS, UserState
 from streamrec.models.index.health import (
     FALLBACK_INDEX_UNAVAILABLE,
     FALLBACK_VERSION,
     INDEX_UNAVAILABLE_REASON,
     IndexHealth,
 )
+from streamrec.models.index.protocol import IndexUnavailableError, ItemIndex
 from streamrec.stream.messages import Event, RecommendedItem
 from streamrec.stream.settings import Settings
 
-TRENDING_REASON = "trending"
-MODEL_REASON = "picked for you after {title}"
-_MIN_WEIGHT = 1e-6
+__all__ = ["MODEL_REASON", "TRENDING_REASON", "Recommender", "RecommenderConfig", "UserBatch"]
 
 
 @dataclass(frozen=True)
@@ -49,6 +53,8 @@ class RecommenderConfig:
     neighbours_per_item: int = 20  # neighbours fetched per query
     profile_items: int = 20  # most recent items that make up the user vector
     recency_half_life_s: float = 86_400.0  # an event this old counts half as much
+    history_length: int = 50  # recent events kept per user (a new user's state)
+    collaborative: bool = True  # co-visitation, transitions, popularity as sources and features
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecommenderConfig:
@@ -58,7 +64,13 @@ class RecommenderConfig:
             neighbours_per_item=settings.neighbours_per_item,
             profile_items=min(settings.history_length, 20),
             recency_half_life_s=settings.recency_half_life_s,
+            history_length=settings.history_length,
+            collaborative=settings.collaborative,
         )
+
+    def retrieval(self) -> RetrievalConfig:
+        return RetrievalConfig(self.seed_items, self.neighbours_per_item, self.profile_items,
+                               self.recency_half_life_s, self.k)
 
 
 @dataclass
@@ -67,6 +79,26 @@ class UserBatch:
 
     state: UserState
     events: Sequence[Event]
+
+
+def group_by_user(
+    events: Sequence[Event], states: Mapping[str, UserState | None], history_length: int = 50
+) -> list[UserBatch]:
+    """One `UserBatch` per user in order of first appearance, events in order; a user without
+    a stored state (absent or None) starts a new one.
+
+    >>> from streamrec.stream.messages import Event
+    >>> evs = [Event(event_id=str(n), user_id=u, item_id="i", type="view", ts=float(n)) for n, u in enumerate("aba")]
+    >>> [(b.state.user_id, [e.event_id for e in b.events]) for b in group_by_user(evs, {})]
+    [('a', ['0', '2']), ('b', ['1'])]
+    """
+    by_user: dict[str, list[Event]] = {}
+    for event in events:
+        by_user.setdefault(event.user_id, []).append(event)
+    return [
+        UserBatch(states.get(user_id) or UserState(user_id, max_history=history_length), user_events)
+        for user_id, user_events in by_user.items()
+    ]
 
 
 @dataclass
@@ -106,28 +138,23 @@ class Canary:
 
 
 @dataclass
-class _Profile:
-    """What retrieval and scoring need of one user."""
+class HandledBatch:
+    """What `Recommender.handle` did with a micro-batch: one entry per user, in order."""
 
-    history: list[IndexedItem] = field(default_factory=list)  # newest first
-    weights: list[float] = field(default_factory=list)
-    seeds: list[IndexedItem] = field(default_factory=list)
-    events: list[Interaction] = field(default_factory=list)  # a sequence scorer's input, oldest first
+    users: list[UserBatch]  # each user's (updated) state and events
+    lists: list[RankedList]  # each user's new list, its trigger the user's last event
+    outcomes: list[OnlineOutcome]  # the live hit-rate: events checked against the last lists
+    learn_s: float = 0.0  # time spent learning (state, counts, blend)
+    rank_s: float = 0.0  # time spent retrieving, scoring and ranking
 
-
-class Source(enum.Enum):
-    """Where a candidate came from; it decides the reason shown with the item."""
-
-    NEIGHBOUR = "neighbour"  # text-similar to one of the user's recent items
-    MODEL = "model"  # the ranker's retrieval (user vector against item vectors)
-    TRENDING = "trending"
-
-
-Candidates = dict[str, tuple[IndexedItem, Source]]  # item id -> (text-space item, source)
+    @property
+    def states(self) -> dict[str, UserState]:
+        return {user.state.user_id: user.state for user in self.users}
 
 
 class Recommender:
-    """State update -> candidates -> one batched scoring pass -> top-K with reasons.
+    """State update -> candidates from every source -> one batched scoring pass -> blended
+    top-K with reasons.
 
     >>> # See tests/unit/test_recommender.py for runnable end-to-end use.
     """
@@ -139,6 +166,7 @@ class Recommender:
         trending: TrendingItems,
         config: RecommenderConfig | None = None,
         index_health: IndexHealth | None = None,
+        collaborative: CollaborativeConfig | None = None,
     ) -> None:
         self.index = index
         self.scorer = scorer
@@ -148,6 +176,13 @@ class Recommender:
         self.index_health = index_health or IndexHealth()
         # Told (reason, number of lists) whenever lists are served without the index.
         self.on_fallback: Callable[[str, int], None] | None = None
+        cfg = self.config
+        self.collaborative = CollaborativeSignals(collaborative) if cfg.collaborative else None
+        self.blend: OnlineBlend = new_blend()
+        self.cold_blend: OnlineBlend = new_cold_blend()
+        self.served = ServedMemory()  # what each user's last list was chosen from (the blend learns)
+        self.retriever = Retriever(index, trending, self.collaborative, cfg.retrieval())
+        self.ranker = ListRanker(trending, self.collaborative, self.blend, self.cold_blend, cfg.k)
 
     @property
     def model_version(self) -> str:
@@ -163,24 +198,61 @@ class Recommender:
         canary = self.canary
         return canary.scorer if canary is not None and canary.serves(user_id) else self.scorer
 
+    def handle(self, events: Sequence[Event], states: Mapping[str, UserState | None]) -> HandledBatch:
+        """The one batch entry point: group by user, learn, rank, remember what was served.
+
+        `states` holds each user's stored state (absent or None: a new user); the updated
+        states come back in the result. One list per user per batch, triggered by the user's
+        last event in it.
+        """
+        users = group_by_user(events, states, self.config.history_length)
+        started = time.perf_counter()
+        outcomes = self.learn(users)
+        learned = time.perf_counter()
+        lists = self.recommend([user.state for user in users])
+        for ranked_list, user in zip(lists, users):
+            ranked_list.trigger = user.events[-1] if user.events else None
+        self.remember_served(users, lists)
+        return HandledBatch(users, lists, outcomes, learned - started, time.perf_counter() - learned)
+
     def learn(self, users: Sequence[UserBatch]) -> list[OnlineOutcome]:
-        """Apply every new event to its user's state and to the trending counts.
+        """Apply every new event to its user's state, the trending counts and the collaborative
+        signals; the blends learn from what each user consumed after their last list.
 
         Before an event is learned, it is checked against the last list served to its user:
         the outcomes are the live hit-rate of each model version. An event the state holds
         already is skipped (`UserState.learn` is idempotent); its user still gets a list.
         """
         outcomes = []
+        signals = self.collaborative
         for user in users:
+            state = user.state
+            first = True
             for event in user.events:
-                state = user.state
                 if state.has_learned(event.event_id):
                     continue  # read again (after a crash, or forwarded twice): counted once
                 if state.served_version is not None:
                     outcomes.append(OnlineOutcome(state.served_version, event.item_id in state.served))
+                if first:  # what the user took next: the blend's lesson
+                    self._learn_blend(state, event.item_id)
+                    first = False
+                weight = EVENT_WEIGHTS[event.type]
+                if signals is not None:
+                    signals.learn([i.item_id for i in state.recent], event.item_id, weight)
                 state.learn(event)
-                self.trending.learn(event.item_id, event.ts, EVENT_WEIGHTS[event.type])
+                self.trending.learn(event.item_id, event.ts, weight)
         return outcomes
+
+    def _learn_blend(self, state: UserState, consumed: str) -> None:
+        served = self.served.take(state.user_id)
+        if served is None:
+            return
+        try:
+            row = served.ids.index(consumed)
+        except ValueError:
+            return  # not among the candidates: nothing to say about their order
+        blend = self.blend if served.warm else self.cold_blend
+        blend.learn(served.features, row)
 
     def process_batch(self, users: Sequence[UserBatch]) -> list[RankedList]:
         """Learn the batch's events, then rank for every user in it (one list per user)."""
@@ -249,206 +321,24 @@ class Recommender:
         return lists
 
     def _recommend_with(self, scorer: Scorer, states: Sequence[UserState]) -> list[RankedList]:
-        profiles, text = self._profiles(states, scorer)
-        users = self._user_vectors(profiles, text, scorer)
-        candidates = self._retrieve(states, profiles, users, scorer)
-        return [
-            RankedList(state.user_id, items, None, scorer.version)
-            for state, items in zip(states, self._rank(states, profiles, candidates, users, scorer))
-        ]
-
-    # --- stages -----------------------------------------------------------------------
-    def _profiles(
-        self, states: Sequence[UserState], scorer: Scorer
-    ) -> tuple[list[_Profile], dict[str, np.ndarray]]:
-        """Fetch the vectors of every user's recent items in one index call."""
-        cfg = self.config
         sequence_scorer = _sequence_scorer(scorer)
-        sequence_length = sequence_scorer.history_length if sequence_scorer is not None else 0
-        events_per_user = [list(state.recent)[-sequence_length:] if sequence_length else [] for state in states]
-        recent_per_user = []
-        for state in states:
-            seen: dict[str, tuple[str, float]] = {}
-            for interaction in reversed(state.recent):  # newest first
-                if interaction.item_id not in seen:
-                    seen[interaction.item_id] = (interaction.type, interaction.ts)
-                if len(seen) >= cfg.profile_items:
-                    break
-            recent_per_user.append(seen)
-        wanted = sorted(
-            {item for recent in recent_per_user for item in recent}
-            | {event.item_id for events in events_per_user for event in events}
-        )
-        known = self.index.get(wanted) if wanted else {}
-        profiles = []
-        for state, recent, events in zip(states, recent_per_user, events_per_user):
-            now = state.last_ts or 0.0
-            profile = _Profile()
-            for item_id, (kind, ts) in recent.items():
-                item = known.get(item_id)
-                if item is None:  # seen in events before its catalogue entry: skip
-                    continue
-                age = max(0.0, now - ts)
-                decay = math.pow(0.5, age / cfg.recency_half_life_s)
-                profile.history.append(item)
-                profile.weights.append(max(EVENT_WEIGHTS.get(kind, 1.0) * decay, _MIN_WEIGHT))
-            profile.seeds = profile.history[: cfg.seed_items]
-            if profile.history:
-                profile.events = [event for event in events if event.item_id in known]
-            profiles.append(profile)
-        return profiles, {item_id: item.vector for item_id, item in known.items()}
+        profiles, known = build_profiles(states, self.index, sequence_scorer, self.config.retrieval())
+        users = self._user_vectors(profiles, known, sequence_scorer)
+        candidates = self.retriever.retrieve(states, profiles, users, sequence_scorer)
+        lists = []
+        for state, ranked in zip(states, self.ranker.rank(profiles, candidates, users, scorer)):
+            if ranked.served is not None:
+                self.served.remember(state.user_id, ranked.served)
+            lists.append(RankedList(state.user_id, ranked.items, None, scorer.version))
+        return lists
 
-    def _user_vectors(
-        self, profiles: Sequence[_Profile], text: dict[str, np.ndarray], scorer: Scorer
-    ) -> torch.Tensor | None:
+    @staticmethod
+    def _user_vectors(profiles: Sequence[Profile], known: Mapping, scorer: SequenceScorer | None):
         """The sequence scorer's user vectors (B, D'), one pass for the batch; None without one."""
-        scorer = _sequence_scorer(scorer)
         if scorer is None:
             return None
+        text = {item_id: item.vector for item_id, item in known.items()}
         return scorer.user_vectors([profile.events for profile in profiles], text)
-
-    def _retrieve(
-        self,
-        states: Sequence[UserState],
-        profiles: Sequence[_Profile],
-        users: torch.Tensor | None,
-        scorer: Scorer,
-    ) -> list[Candidates]:
-        """Candidates per user: text neighbours of recent items, the user vector's nearest
-        items (the ranker's retrieval index, else the text index), and trending items."""
-        cfg = self.config
-        limit = max(cfg.neighbours_per_item, cfg.k)  # enough to fill a list
-        scorer = _sequence_scorer(scorer)
-        seeds: list[str] = []  # item ids whose neighbours are candidates
-        seed_rows: list[int] = []
-        queries: list[np.ndarray] = []  # each (D,): the content user vector, without a ranker
-        query_rows: list[int] = []
-        model_rows = [row for row, profile in enumerate(profiles) if profile.history and scorer]
-        for row, profile in enumerate(profiles):
-            for seed in profile.seeds:
-                seeds.append(seed.item_id)
-                seed_rows.append(row)
-            if scorer is None and len(profile.history) > 1:
-                queries.append(_user_vector(profile))
-                query_rows.append(row)
-        candidates: list[Candidates] = [{} for _ in states]
-        consumed = {row: states[row].consumed for row in {*seed_rows, *query_rows, *model_rows}}
-        if seeds:
-            results = self.index.similar(
-                seeds, limit=limit, exclude=[consumed[row] for row in seed_rows]
-            )
-            self._collect(candidates, seed_rows, results, Source.NEIGHBOUR)
-        if queries:
-            results = self.index.search_batch(
-                np.stack(queries),  # (Q, D)
-                limit=limit,
-                exclude=[consumed[row] for row in query_rows],
-            )
-            self._collect(candidates, query_rows, results, Source.NEIGHBOUR)
-        if scorer is not None and users is not None and model_rows:
-            model_queries = scorer.queries(users[model_rows])  # (Q', D')
-            results = scorer.retrieval.search_batch(
-                model_queries, limit=limit, exclude=[consumed[row] for row in model_rows]
-            )
-            # The retrieval index holds model vectors; scoring reads text vectors.
-            wanted = sorted({n.item_id for hits in results for n in hits})
-            text = self.index.get(wanted) if wanted else {}
-            bare = [[Neighbour(n.item_id, n.score) for n in hits] for hits in results]
-            self._collect(candidates, model_rows, bare, Source.MODEL, text)
-        self._add_trending(states, candidates)
-        return candidates
-
-    def _collect(
-        self,
-        candidates: list[Candidates],
-        owners: Sequence[int],
-        results: Sequence[Sequence[Neighbour]],
-        source: Source,
-        known: dict[str, IndexedItem] | None = None,
-    ) -> None:
-        """Add search hits to their users' candidates (the first source to find one wins)."""
-        known = dict(known or {})
-        # Hits carry their items; fetch (once per batch) only those an index left bare.
-        bare = sorted({n.item_id for hits in results for n in hits if n.item is None} - set(known))
-        if bare:
-            known.update(self.index.get(bare))
-        for row, hits in zip(owners, results):
-            for hit in hits:
-                item = hit.item or known.get(hit.item_id)
-                if item is not None:
-                    candidates[row].setdefault(item.item_id, (item, source))
-
-    def _add_trending(self, states: Sequence[UserState], candidates: list[Candidates]) -> None:
-        """Top trending items (those in the catalogue) join every user's candidates."""
-        cfg = self.config
-        # Ask for enough that k survive after removing a user's consumed items.
-        longest = max((state.n_consumed for state in states), default=0)
-        top = self.trending.top(cfg.k + min(longest, 4 * cfg.k))
-        known = self.index.get([item_id for item_id, _ in top]) if top else {}
-        for state, user_candidates in zip(states, candidates):
-            added = 0
-            for item_id, _ in top:
-                if added >= cfg.k:
-                    break
-                if item_id in known and not state.has_consumed(item_id):
-                    user_candidates.setdefault(item_id, (known[item_id], Source.TRENDING))
-                    added += 1
-
-    def _rank(
-        self,
-        states: Sequence[UserState],
-        profiles: Sequence[_Profile],
-        candidates: Sequence[Candidates],
-        users: torch.Tensor | None,
-        scorer: Scorer,
-    ) -> list[list[RecommendedItem]]:
-        cfg = self.config
-        warm = [row for row, profile in enumerate(profiles) if profile.history]
-        lists: list[list[RecommendedItem]] = [[] for _ in states]
-        for row, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
-            if not profile.history:  # cold user: trending order, trending reason
-                ordered = sorted(
-                    user_candidates, key=lambda item_id: -self.trending.score(item_id)
-                )
-                lists[row] = [
-                    RecommendedItem.model_construct(  # built from checked values: no re-validation
-                        item_id=item_id,
-                        score=round(self.trending.score(item_id), 6),
-                        reason=TRENDING_REASON,
-                    )
-                    for item_id in ordered[: cfg.k]
-                ]
-        if not warm:
-            return lists
-        batch, ids = _pad(
-            [profiles[row] for row in warm],
-            [candidates[row] for row in warm],
-            users[warm] if users is not None else None,
-        )
-        scores = scorer.score(batch)  # (B, C)
-        # For the reason: which history item each candidate is most like.
-        similarity = torch.einsum("bcd,bld->bcl", batch.candidates, batch.history)  # (B, C, L)
-        similarity = similarity.masked_fill(batch.history_weights[:, None, :] <= 0, -2.0)
-        closest = similarity.argmax(dim=-1)  # (B, C)
-        top = torch.topk(scores, k=min(cfg.k, scores.shape[1]), dim=-1)
-        for b, row in enumerate(warm):
-            ranked = []
-            for score, column in zip(top.values[b].tolist(), top.indices[b].tolist()):
-                if not math.isfinite(score):
-                    break
-                item_id = ids[b][column]
-                _, source = candidates[row][item_id]
-                if source is Source.NEIGHBOUR:
-                    reason = f"similar to {profiles[row].history[int(closest[b, column])].title}"
-                elif source is Source.MODEL:
-                    reason = MODEL_REASON.format(title=profiles[row].history[0].title)
-                else:
-                    reason = TRENDING_REASON
-                ranked.append(
-                    RecommendedItem.model_construct(item_id=item_id, score=round(score, 6), reason=reason)
-                )
-            lists[row] = ranked
-        return lists
 
 
 def _sequence_scorer(scorer: Scorer) -> SequenceScorer | None:
@@ -456,46 +346,3 @@ def _sequence_scorer(scorer: Scorer) -> SequenceScorer | None:
     if getattr(scorer, "retrieval", None) is not None:
         return scorer  # type: ignore[return-value]
     return None
-
-
-def _user_vector(profile: _Profile) -> np.ndarray:
-    """Weighted mean of the user's recent item vectors, normalised; (D,)."""
-    vectors = np.stack([item.vector for item in profile.history])  # (L, D)
-    weights = np.asarray(profile.weights, dtype=np.float32)  # (L,)
-    mean = weights @ vectors  # (D,)
-    norm = float(np.linalg.norm(mean))
-    return (mean / norm if norm > 0 else mean).astype(np.float32)
-
-
-def _pad(
-    profiles: Sequence[_Profile],
-    candidates: Sequence[Candidates],
-    users: torch.Tensor | None = None,
-) -> tuple[ScoringBatch, list[list[str]]]:
-    """Pack users into padded tensors; also return candidate ids per row."""
-    dim = profiles[0].history[0].vector.shape[0]
-    n_users = len(profiles)
-    max_history = max(len(p.history) for p in profiles)
-    max_candidates = max(1, max(len(c) for c in candidates))
-    history = np.zeros((n_users, max_history, dim), dtype=np.float32)  # (B, L, D)
-    weights = np.zeros((n_users, max_history), dtype=np.float32)  # (B, L)
-    cand = np.zeros((n_users, max_candidates, dim), dtype=np.float32)  # (B, C, D)
-    mask = np.zeros((n_users, max_candidates), dtype=bool)  # (B, C)
-    ids: list[list[str]] = []
-    for b, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
-        history[b, : len(profile.history)] = np.stack([item.vector for item in profile.history])
-        weights[b, : len(profile.weights)] = profile.weights
-        row_ids = list(user_candidates)
-        if row_ids:
-            cand[b, : len(row_ids)] = np.stack([user_candidates[i][0].vector for i in row_ids])
-            mask[b, : len(row_ids)] = True
-        ids.append(row_ids)
-    batch = ScoringBatch(
-        history=torch.from_numpy(history),
-        history_weights=torch.from_numpy(weights),
-        candidates=torch.from_numpy(cand),
-        candidate_mask=torch.from_numpy(mask),
-        candidate_ids=ids,
-        user_vectors=users,
-    )
-    return batch, ids

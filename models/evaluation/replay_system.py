@@ -133,6 +133,8 @@ class CoreSystem:
         accepted = sum(1 for cycle in self.cycles if cycle["accepted"])
         return {
             "serving": self.pipeline.recommender.model_version,
+            "blend": self.pipeline.recommender.blend.as_dict(),
+            "cold_blend": self.pipeline.recommender.cold_blend.as_dict(),
             "versions": [vars(change) for change in self.timeline],
             "cycles": len(self.cycles),
             "cycles_published": accepted,

@@ -1,0 +1,233 @@
+"""Candidate retrieval for a micro-batch: every source's items for every user, in few index calls.
+
+Sources (each with its own reason, see `Source`):
+- text neighbours of the user's recent items (the item index, Qdrant);
+- the ranker's retrieval (user vector against the version's item vectors), when a ranker serves;
+- co-visitation and transitions from the collaborative signals (`CollaborativeSignals`);
+- popular and trending items, for everyone (and all a cold user gets).
+
+Items already consumed are left out; items not in the catalogue (seen in events only) never
+become candidates, since nothing could be shown for them.
+"""
+
+from __future__ import annotations
+
+import enum
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass, field
+
+import numpy as np
+import torch
+
+from streamrec.models.core.collaborative import CollaborativeSignals
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.scoring import SequenceScorer
+from streamrec.models.core.state import EVENT_WEIGHTS, Interaction, UserState
+from streamrec.models.index.protocol import IndexedItem, ItemIndex, Neighbour
+
+_MIN_WEIGHT = 1e-6
+
+
+class Source(enum.Enum):
+    """Where a candidate came from; it decides the reason shown with the item."""
+
+    NEIGHBOUR = "neighbour"  # text-similar to one of the user's recent items
+    MODEL = "model"  # the ranker's retrieval (user vector against item vectors)
+    COVISIT = "covisit"  # often consumed near one of the user's recent items
+    NEXT = "next"  # often consumed right after the user's last item
+    TRENDING = "trending"  # popular now or overall
+
+
+Candidates = dict[str, tuple[IndexedItem, Source]]  # item id -> (text-space item, first source)
+
+
+@dataclass
+class Profile:
+    """What retrieval and scoring need of one user."""
+
+    history: list[IndexedItem] = field(default_factory=list)  # newest first, in the catalogue
+    weights: list[float] = field(default_factory=list)  # event type x recency, per history item
+    seeds: list[IndexedItem] = field(default_factory=list)
+    events: list[Interaction] = field(default_factory=list)  # a sequence scorer's input, oldest first
+    items: list[str] = field(default_factory=list)  # every recent item id, oldest first (counts)
+
+
+@dataclass(frozen=True)
+class RetrievalConfig:
+    seed_items: int = 5
+    neighbours_per_item: int = 20
+    profile_items: int = 20
+    recency_half_life_s: float = 86_400.0
+    k: int = 10
+
+
+def build_profiles(
+    states: Sequence[UserState], index: ItemIndex, sequence_scorer: SequenceScorer | None, cfg: RetrievalConfig
+) -> tuple[list[Profile], dict[str, IndexedItem]]:
+    """Every user's profile, with the vectors of their recent items fetched in one index call."""
+    sequence_length = sequence_scorer.history_length if sequence_scorer is not None else 0
+    recents = [state.recent for state in states]
+    events_per_user = [recent[-sequence_length:] if sequence_length else [] for recent in recents]
+    recent_per_user = []
+    for recent in recents:
+        seen: dict[str, tuple[str, float]] = {}
+        for interaction in reversed(recent):  # newest first
+            if interaction.item_id not in seen:
+                seen[interaction.item_id] = (interaction.type, interaction.ts)
+            if len(seen) >= cfg.profile_items:
+                break
+        recent_per_user.append(seen)
+    wanted = sorted(
+        {item for recent in recent_per_user for item in recent}
+        | {event.item_id for events in events_per_user for event in events}
+    )
+    known = index.get(wanted) if wanted else {}
+    profiles = []
+    for state, recent, events, all_recent in zip(states, recent_per_user, events_per_user, recents):
+        now = state.last_ts or 0.0
+        profile = Profile(items=[interaction.item_id for interaction in all_recent])
+        for item_id, (kind, ts) in recent.items():
+            item = known.get(item_id)
+            if item is None:  # seen in events before its catalogue entry: skip
+                continue
+            decay = math.pow(0.5, max(0.0, now - ts) / cfg.recency_half_life_s)
+            profile.history.append(item)
+            profile.weights.append(max(EVENT_WEIGHTS.get(kind, 1.0) * decay, _MIN_WEIGHT))
+        profile.seeds = profile.history[: cfg.seed_items]
+        if profile.history:
+            profile.events = [event for event in events if event.item_id in known]
+        profiles.append(profile)
+    return profiles, known
+
+
+class Retriever:
+    """Candidates per user from every source, a few batched index calls per micro-batch."""
+
+    def __init__(
+        self,
+        index: ItemIndex,
+        trending: TrendingItems,
+        collaborative: CollaborativeSignals | None,
+        config: RetrievalConfig,
+    ) -> None:
+        self.index = index
+        self.trending = trending
+        self.collaborative = collaborative
+        self.config = config
+
+    def retrieve(
+        self,
+        states: Sequence[UserState],
+        profiles: Sequence[Profile],
+        users: torch.Tensor | None,
+        scorer: SequenceScorer | None,
+    ) -> list[Candidates]:
+        cfg = self.config
+        limit = max(cfg.neighbours_per_item, cfg.k)  # enough to fill a list
+        seeds: list[str] = []  # item ids whose text neighbours are candidates
+        seed_rows: list[int] = []
+        queries: list[np.ndarray] = []  # each (D,): the content user vector, without a ranker
+        query_rows: list[int] = []
+        model_rows = [row for row, profile in enumerate(profiles) if profile.history and scorer]
+        for row, profile in enumerate(profiles):
+            for seed in profile.seeds:
+                seeds.append(seed.item_id)
+                seed_rows.append(row)
+            if scorer is None and len(profile.history) > 1:
+                queries.append(content_user_vector(profile))
+                query_rows.append(row)
+        candidates: list[Candidates] = [{} for _ in states]
+        consumed = {row: states[row].consumed for row in {*seed_rows, *query_rows, *model_rows}}
+        if seeds:
+            results = self.index.similar(seeds, limit=limit, exclude=[consumed[row] for row in seed_rows])
+            self._collect(candidates, seed_rows, results, Source.NEIGHBOUR)
+        if queries:
+            results = self.index.search_batch(
+                np.stack(queries),  # (Q, D)
+                limit=limit,
+                exclude=[consumed[row] for row in query_rows],
+            )
+            self._collect(candidates, query_rows, results, Source.NEIGHBOUR)
+        if scorer is not None and users is not None and model_rows:
+            model_queries = scorer.queries(users[model_rows])  # (Q', D')
+            results = scorer.retrieval.search_batch(
+                model_queries, limit=limit, exclude=[consumed[row] for row in model_rows]
+            )
+            bare = [[Neighbour(n.item_id, n.score) for n in hits] for hits in results]
+            self._collect(candidates, list(model_rows), bare, Source.MODEL)  # model vectors: text fetched
+        self._add_collaborative(states, profiles, candidates)
+        self._add_popular(states, candidates)
+        return candidates
+
+    def _collect(
+        self,
+        candidates: list[Candidates],
+        owners: Sequence[int],
+        results: Sequence[Sequence[Neighbour]],
+        source: Source,
+    ) -> None:
+        """Add search hits to their users' candidates (the first source to find one wins)."""
+        # Hits carry their items; fetch (once per batch) only those an index left bare.
+        bare = sorted({n.item_id for hits in results for n in hits if n.item is None})
+        known = self.index.get(bare) if bare else {}
+        for row, hits in zip(owners, results):
+            for hit in hits:
+                item = hit.item or known.get(hit.item_id)
+                if item is not None:
+                    candidates[row].setdefault(item.item_id, (item, source))
+
+    def _add_collaborative(
+        self, states: Sequence[UserState], profiles: Sequence[Profile], candidates: list[Candidates]
+    ) -> None:
+        """Co-visited items and items that came next, for users with any recent item."""
+        signals = self.collaborative
+        if signals is None:
+            return
+        found: list[list[tuple[str, Source]]] = []
+        for state, profile in zip(states, profiles):
+            hits: list[tuple[str, Source]] = []
+            if profile.items:
+                hits += [(item, Source.NEXT) for item, _ in signals.next_after(profile.items)]
+                hits += [(item, Source.COVISIT) for item, _ in signals.covisited(profile.items)]
+            found.append([(item, source) for item, source in hits if not state.has_consumed(item)])
+        wanted = sorted({item for hits in found for item, _ in hits} - {i for c in candidates for i in c})
+        known = self.index.get(wanted) if wanted else {}
+        for user_candidates, hits in zip(candidates, found):
+            for item_id, source in hits:
+                if item_id in user_candidates:
+                    continue
+                item = known.get(item_id)
+                if item is not None:
+                    user_candidates[item_id] = (item, source)
+
+    def _add_popular(self, states: Sequence[UserState], candidates: list[Candidates]) -> None:
+        """The top trending and popular items (those in the catalogue) join every user's
+        candidates: enough of them that `k` are left once consumed items are removed."""
+        k = self.config.k
+        longest = max((state.n_consumed for state in states), default=0)
+        want = k + min(longest, 4 * k)
+        ranked = [item for item, _ in self.trending.top(want)]
+        if self.collaborative is not None:
+            ranked += [item for item, _ in self.collaborative.most_popular(want)]
+            ranked += [item for item, _ in self.collaborative.most_popular(want, now=True)]
+        ranked = list(dict.fromkeys(ranked))
+        known = self.index.get(ranked) if ranked else {}
+        popular = [item_id for item_id in ranked if item_id in known]
+        for state, user_candidates in zip(states, candidates):
+            added = 0
+            for item_id in popular:
+                if added >= 3 * k:
+                    break
+                if not state.has_consumed(item_id):
+                    user_candidates.setdefault(item_id, (known[item_id], Source.TRENDING))
+                    added += 1
+
+
+def content_user_vector(profile: Profile) -> np.ndarray:
+    """Weighted mean of the user's recent item vectors, normalised; (D,)."""
+    vectors = np.stack([item.vector for item in profile.history])  # (L, D)
+    weights = np.asarray(profile.weights, dtype=np.float32)  # (L,)
+    mean = weights @ vectors  # (D,)
+    norm = float(np.linalg.norm(mean))
+    return (mean / norm if norm > 0 else mean).astype(np.float32)

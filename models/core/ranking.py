@@ -1,0 +1,246 @@
+"""Ranking a micro-batch's candidates: features, one blended score, top-K with a reason each.
+
+Features per (user, candidate), each scaled per user to 0..1 (`FEATURES`):
+- `text`: cosine between the candidate's text vector and the user's weighted recent items;
+- `model`: the serving scorer's score (the ranker's; the text score again without one);
+- `covisit`, `next`, `next2`, `popular`, `popular_now`: the collaborative signals;
+- `trending`: decayed popularity on event time (the worker's trending counts).
+
+`OnlineBlend` weighs them, learned test-then-learn from what users consume next
+(`Recommender.learn`). Users without a usable history are ranked by a second blend over the
+popularity features alone. Reasons are built for the K items shown only, from the feature
+that contributed most to each item's score.
+
+Shapes: B users, C candidates (padded), L history items, D text dims, F features.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+import torch
+
+from streamrec.models.core.blend import OnlineBlend, ServedCandidates
+from streamrec.models.core.candidates import Candidates, Profile, Source
+from streamrec.models.core.collaborative import FEATURES as COLLABORATIVE_FEATURES
+from streamrec.models.core.collaborative import CollaborativeSignals, distinct_recent
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.scoring import ContentScorer, Scorer, ScoringBatch
+from streamrec.stream.messages import RecommendedItem
+
+FEATURES = ("text", "model", *COLLABORATIVE_FEATURES, "trending")
+# Where the learned blend starts: every signal counts, text and co-visitation most. Chosen
+# for any stream (not tuned on one); the online updates move them within a few thousand events.
+PRIOR = {"text": 1.0, "model": 0.5, "covisit": 1.0, "next": 1.0, "next2": 0.5,
+         "popular": 0.3, "popular_now": 0.3, "trending": 0.3}
+POPULARITY_FEATURES = ("popular", "popular_now", "trending")
+
+TRENDING_REASON = "trending"
+MODEL_REASON = "picked for you after {title}"
+SIMILAR_REASON = "similar to {title}"
+COVISIT_REASON = "often viewed with {title}"
+NEXT_REASON = "often next after {title}"
+
+
+def new_blend() -> OnlineBlend:
+    """The blend for users with a history: every feature."""
+    return OnlineBlend(FEATURES, [PRIOR[name] for name in FEATURES])
+
+
+def new_cold_blend() -> OnlineBlend:
+    """The blend for users without a usable history: popularity at each scale."""
+    return OnlineBlend(FEATURES, [PRIOR[name] if name in POPULARITY_FEATURES else 0.0 for name in FEATURES])
+
+
+@dataclass
+class RankedCandidates:
+    """One user's list before it becomes messages: items shown, and what it was chosen from."""
+
+    items: list[RecommendedItem]
+    served: ServedCandidates | None
+
+
+class ListRanker:
+    """Features -> blended scores -> top-K, for one micro-batch."""
+
+    def __init__(
+        self,
+        trending: TrendingItems,
+        collaborative: CollaborativeSignals | None,
+        blend: OnlineBlend,
+        cold_blend: OnlineBlend,
+        k: int,
+    ) -> None:
+        self.trending = trending
+        self.collaborative = collaborative
+        self.blend = blend
+        self.cold_blend = cold_blend
+        self.k = k
+        self._text = ContentScorer()
+
+    def rank(
+        self,
+        profiles: Sequence[Profile],
+        candidates: Sequence[Candidates],
+        users: torch.Tensor | None,
+        scorer: Scorer,
+    ) -> list[RankedCandidates]:
+        ranked: list[RankedCandidates] = [RankedCandidates([], None) for _ in profiles]
+        warm = [row for row, profile in enumerate(profiles) if profile.history]
+        cold = [row for row, profile in enumerate(profiles) if not profile.history]
+        for row in cold:
+            ranked[row] = self._rank_cold(profiles[row], candidates[row])
+        if warm:
+            for row, result in zip(warm, self._rank_warm(
+                [profiles[r] for r in warm], [candidates[r] for r in warm],
+                users[warm] if users is not None else None, scorer,
+            )):
+                ranked[row] = result
+        return ranked
+
+    def _rank_cold(self, profile: Profile, candidates: Candidates) -> RankedCandidates:
+        ids = list(candidates)
+        if not ids:
+            return RankedCandidates([], None)
+        features = np.zeros((len(ids), len(FEATURES)), dtype=np.float32)  # (C, F)
+        self._fill_counts(features, profile, ids)
+        scores = self.cold_blend.score(features)  # (C,)
+        order = np.argsort(-scores, kind="stable")[: self.k]
+        items = [
+            RecommendedItem.model_construct(item_id=ids[c], score=round(float(scores[c]), 6), reason=TRENDING_REASON)
+            for c in order
+        ]
+        return RankedCandidates(items, ServedCandidates(ids, features, warm=False))
+
+    def _rank_warm(
+        self,
+        profiles: Sequence[Profile],
+        candidates: Sequence[Candidates],
+        users: torch.Tensor | None,
+        scorer: Scorer,
+    ) -> list[RankedCandidates]:
+        batch, ids = pad(profiles, candidates, users)
+        text = self._text.score(batch)  # (B, C)
+        model = text if isinstance(scorer, ContentScorer) else scorer.score(batch)  # (B, C)
+        mask = batch.candidate_mask.numpy()  # (B, C)
+        features = np.zeros((*mask.shape, len(FEATURES)), dtype=np.float32)  # (B, C, F)
+        features[..., FEATURES.index("text")] = _scale_per_user(text.numpy(), mask)
+        features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
+        for b, profile in enumerate(profiles):
+            self._fill_counts(features[b, : len(ids[b])], profile, ids[b])
+        weights = self.blend.weights.astype(np.float32)
+        contributions = features * weights  # (B, C, F)
+        scores = np.where(mask, contributions.sum(axis=-1), -np.inf)  # (B, C)
+        take = min(self.k, scores.shape[1])
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :take]  # (B, K)
+        results = []
+        for b, profile in enumerate(profiles):
+            chosen = [int(c) for c in top[b] if math.isfinite(scores[b, c])]
+            reasons = self._reasons(profile, candidates[b], ids[b], chosen, contributions[b], batch, b)
+            items = [
+                RecommendedItem.model_construct(
+                    item_id=ids[b][c], score=round(float(scores[b, c]), 6), reason=reason
+                )
+                for c, reason in zip(chosen, reasons)
+            ]
+            served = ServedCandidates(ids[b], features[b, : len(ids[b])].copy())
+            results.append(RankedCandidates(items, served))
+        return results
+
+    def _fill_counts(self, features: np.ndarray, profile: Profile, ids: Sequence[str]) -> None:
+        """The collaborative and trending columns of one user's (C, F) features, in place."""
+        if not ids:
+            return
+        if self.collaborative is not None:
+            start = FEATURES.index(COLLABORATIVE_FEATURES[0])
+            features[:, start : start + len(COLLABORATIVE_FEATURES)] = self.collaborative.features(profile.items, ids)
+        trending = np.asarray(self.trending.scores(ids), dtype=np.float32)  # (C,)
+        peak = float(trending.max(initial=0.0))
+        features[:, FEATURES.index("trending")] = trending / peak if peak > 0 else 0.0
+
+    def _reasons(
+        self,
+        profile: Profile,
+        candidates: Candidates,
+        ids: Sequence[str],
+        chosen: Sequence[int],
+        contributions: np.ndarray,
+        batch: ScoringBatch,
+        b: int,
+    ) -> list[str]:
+        """A reason for each shown item: the signal that added most to its score."""
+        reasons = []
+        last = profile.history[0].title if profile.history else ""
+        for c in chosen:
+            feature = FEATURES[int(np.argmax(contributions[c]))]
+            item_id = ids[c]
+            if feature == "text" or (feature == "model" and candidates[item_id][1] is Source.NEIGHBOUR):
+                similarity = batch.history[b] @ batch.candidates[b, c]  # (L,)
+                similarity = similarity.masked_fill(batch.history_weights[b] <= 0, -2.0)
+                reasons.append(SIMILAR_REASON.format(title=profile.history[int(similarity.argmax())].title))
+            elif feature == "model":
+                reasons.append(MODEL_REASON.format(title=last))
+            elif feature == "covisit":
+                reasons.append(COVISIT_REASON.format(title=self._covisit_seed(profile, item_id)))
+            elif feature in ("next", "next2"):
+                reasons.append(NEXT_REASON.format(title=last))
+            else:
+                reasons.append(TRENDING_REASON)
+        return reasons
+
+    def _covisit_seed(self, profile: Profile, item_id: str) -> str:
+        """The title of the user's most recent item that `item_id` was co-visited with."""
+        assert self.collaborative is not None
+        titles = {item.item_id: item.title for item in profile.history}
+        for seed in distinct_recent(profile.items, self.collaborative.config.seed_items):
+            if item_id in self.collaborative.covisit.rows.get(seed, {}) and seed in titles:
+                return titles[seed]
+        return profile.history[0].title
+
+
+def _scale_per_user(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
+    """(B, C) scores -> 0..1 per row (min-max over the real candidates), 0 where padded."""
+    real = np.where(mask, scores, np.nan)
+    with np.errstate(all="ignore"):
+        low = np.nanmin(real, axis=1, keepdims=True)
+        high = np.nanmax(real, axis=1, keepdims=True)
+        span = np.where(high - low > 0, high - low, 1.0)
+        scaled = (real - low) / span
+    return np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
+
+
+def pad(
+    profiles: Sequence[Profile],
+    candidates: Sequence[Candidates],
+    users: torch.Tensor | None = None,
+) -> tuple[ScoringBatch, list[list[str]]]:
+    """Pack users into padded tensors; also return candidate ids per row."""
+    dim = profiles[0].history[0].vector.shape[0]
+    n_users = len(profiles)
+    max_history = max(len(p.history) for p in profiles)
+    max_candidates = max(1, max(len(c) for c in candidates))
+    history = np.zeros((n_users, max_history, dim), dtype=np.float32)  # (B, L, D)
+    weights = np.zeros((n_users, max_history), dtype=np.float32)  # (B, L)
+    cand = np.zeros((n_users, max_candidates, dim), dtype=np.float32)  # (B, C, D)
+    mask = np.zeros((n_users, max_candidates), dtype=bool)  # (B, C)
+    ids: list[list[str]] = []
+    for b, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
+        history[b, : len(profile.history)] = np.stack([item.vector for item in profile.history])
+        weights[b, : len(profile.weights)] = profile.weights
+        row_ids = list(user_candidates)
+        if row_ids:
+            cand[b, : len(row_ids)] = np.stack([user_candidates[i][0].vector for i in row_ids])
+            mask[b, : len(row_ids)] = True
+        ids.append(row_ids)
+    batch = ScoringBatch(
+        history=torch.from_numpy(history),
+        history_weights=torch.from_numpy(weights),
+        candidates=torch.from_numpy(cand),
+        candidate_mask=torch.from_numpy(mask),
+        candidate_ids=ids,
+        user_vectors=users,
+    )
+    return batch, ids
