@@ -45,6 +45,7 @@ def add_prequential_arguments(p: argparse.ArgumentParser) -> None:
 
 
 def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path]) -> int:
+    from streamrec.models.data.log import ORDER_RULE
     from streamrec.models.evaluation.prequential import PrequentialConfig, prequential, replay_order
     from streamrec.models.evaluation.replay_system import VARIANTS
 
@@ -59,7 +60,7 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
         config = PrequentialConfig(k=args.k, warmup=args.warmup, sample_every=args.sample_every,
                                    batch_size=args.batch_size, progress=True)
         dataset = _load(args)
-        stream = replay_order(dataset, seed=args.seed, limit=args.limit)
+        stream = replay_order(dataset, limit=args.limit)
         if not stream:
             raise ValueError("the dataset has no events")
     except (ValueError, FileNotFoundError) as exc:
@@ -74,10 +75,10 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
         variants = [name for name in VARIANTS if name in wanted]
         if variants:
             systems += _core_systems(args, k_settings, dataset, stream, variants, device, cache, Path(work))
-        ties = dataset.description.get("tie_breaking")
+        order = dataset.description.get("order")
         print(f"replaying {len(stream)} events through {len(systems)} systems "
               f"(measured from event {math.ceil(len(stream) * args.warmup)}"
-              f"{f'; timestamp ties: {ties}' if ties else ''}) ...", flush=True)
+              f"{f'; order: {order}' if order else ''}) ...", flush=True)
         started = time.perf_counter()
         result = prequential(stream, systems, config)
         seconds = time.perf_counter() - started
@@ -91,8 +92,7 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
             "name": "prequential",
             "description": "each event, before it is learned: is its item in the user's top-K list now? "
                            "Candidates: items seen so far minus the user's consumed items.",
-            "order": "event time; ties between users by a seeded random user order, ties inside a user "
-                     "by the loader's seeded shuffle",
+            "order": ORDER_RULE,
             "seed": args.seed,
             "limit": args.limit,
             "half_life_s": half_life,
@@ -114,13 +114,11 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
 
 def _load(args: argparse.Namespace) -> Any:
     from streamrec.models.data.sequences import load_sequences
-    from streamrec.models.data.synthetic import synthetic_sequences
 
-    if args.dataset == "synthetic":
-        return synthetic_sequences(seed=args.seed, n_events=args.synthetic_events)
     strong = args.strong_rating if args.strong_rating > 0 else None
-    print(f"loading {args.dataset} from {args.path} ...", flush=True)
-    return load_sequences(args.dataset, args.path, items_path=args.items, seed=args.seed, strong_rating=strong)
+    print(f"loading {args.dataset} from {args.path or 'the generator'} ...", flush=True)
+    return load_sequences(args.dataset, args.path, items_path=args.items, seed=args.seed, strong_rating=strong,
+                          synthetic_events=args.synthetic_events)
 
 
 def _baselines(wanted: list[str], half_life: float, seed: int) -> list[Any]:

@@ -13,7 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
-from streamrec.models.data.datasets import iter_movielens_events, load_movielens_items
+from streamrec.models.data.movielens import iter_movielens_events, load_movielens_items
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event, Item, Recommendation
 from streamrec.stream.producer import EventProducer

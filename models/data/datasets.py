@@ -1,62 +1,57 @@
-"""Dataset loaders: MovieLens (`movies.csv` as items, `ratings.csv` as events).
+"""One reader per dataset, each returning the dataset as one stream of events (`EventLog`).
 
-Files are read from where the user keeps them (`--path`); nothing is bundled or downloaded.
+| kind | reader | file(s) | types |
+|---|---|---|---|
+| movielens | `movielens.read_movielens` | `ratings.csv`, `movies.csv` | rating >= 4 a click, else a view |
+| beauty | `beauty.read_beauty` | `Beauty.txt` (+ attributes) | every review a purchase |
+| generic | `generic.read_generic` | CSV / JSON lines (+ item file) | the `type` column, else a view |
+| synthetic | `synthetic.read_synthetic` | none: the demo's shop, seeded | generated |
+
+All order their events by the one rule of `log.stream_order` (timestamp, then a stable hash of
+user and item). Files are read from where the user keeps them (`--path`); nothing is bundled
+or downloaded. Per-user sequences are derived from these events (`sequences.SequenceDataset`).
+
+>>> log = read_dataset("synthetic", None, seed=1, synthetic_events=30)
+>>> log.name, len(log.events), log.events == sorted(log.events, key=lambda e: e.ts)
+('synthetic', 30, True)
 """
 
 from __future__ import annotations
 
-import csv
-import time
-from collections.abc import Iterator
 from pathlib import Path
+from typing import Literal
 
-from streamrec.stream.messages import Event, Item
+from streamrec.models.data.beauty import read_beauty
+from streamrec.models.data.generic import read_generic
+from streamrec.models.data.log import EventLog
+from streamrec.models.data.movielens import CLICK_MIN_RATING, read_movielens
+from streamrec.models.data.synthetic import read_synthetic
 
-CLICK_MIN_RATING = 4.0  # a rating this high or higher counts as a click, lower as a view
-
-
-def _require(path: Path, name: str) -> Path:
-    file = Path(path) / name
-    if not file.is_file():
-        raise FileNotFoundError(f"expected {name} in {path} (MovieLens latest-small layout)")
-    return file
-
-
-def load_movielens_items(path: Path, ts: float | None = None) -> list[Item]:
-    """`movies.csv` (`movieId,title,genres`) -> items whose text is the title and the genres."""
-    stamp = time.time() if ts is None else ts
-    items = []
-    with _require(path, "movies.csv").open(newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            genres = [g for g in row["genres"].split("|") if g and g != "(no genres listed)"]
-            title = row["title"].strip()
-            text = f"{title}. Genres: {', '.join(genres)}" if genres else title
-            items.append(
-                Item(
-                    item_id=row["movieId"].strip(),
-                    text=text,
-                    attributes={"title": title, "genres": genres},
-                    ts=stamp,
-                )
-            )
-    return items
+DatasetKind = Literal["movielens", "beauty", "generic", "synthetic"]
+DATASET_KINDS: tuple[str, ...] = ("movielens", "beauty", "generic", "synthetic")
 
 
-def iter_movielens_events(path: Path) -> Iterator[Event]:
-    """`ratings.csv` -> one event per rating, in file order.
+def read_dataset(
+    kind: DatasetKind | str,
+    path: Path | None,
+    items_path: Path | None = None,
+    seed: int = 0,
+    strong_rating: float | None = CLICK_MIN_RATING,
+    synthetic_events: int = 20_000,
+) -> EventLog:
+    """The dataset `kind` at `path` as events in stream order, with its item texts.
 
-    Mapping: a rating >= 4.0 is a `click`, anything lower a `view`; the rating itself is kept in
-    `context`. event_id = `ml-<user>-<movie>-<timestamp>`; ts = the rating's unix timestamp.
+    `items_path`: the generic reader's item file. `strong_rating`: MovieLens ratings at or above
+    it are clicks (None: all views). `seed` and `synthetic_events`: the synthetic shop's.
     """
-    with _require(path, "ratings.csv").open(newline="", encoding="utf-8") as file:
-        for row in csv.DictReader(file):
-            rating = float(row["rating"])
-            user, movie, stamp = row["userId"].strip(), row["movieId"].strip(), row["timestamp"].strip()
-            yield Event(
-                event_id=f"ml-{user}-{movie}-{stamp}",
-                user_id=user,
-                item_id=movie,
-                type="click" if rating >= CLICK_MIN_RATING else "view",
-                ts=float(stamp),
-                context={"rating": rating},
-            )
+    if kind == "synthetic":
+        return read_synthetic(seed=seed, n_events=synthetic_events)
+    if kind not in DATASET_KINDS:
+        raise ValueError(f"unknown dataset kind {kind!r}; one of {', '.join(DATASET_KINDS)}")
+    if path is None:
+        raise ValueError(f"the {kind} dataset needs --path")
+    if kind == "movielens":
+        return read_movielens(Path(path), strong_rating)
+    if kind == "beauty":
+        return read_beauty(Path(path))
+    return read_generic(Path(path), items_path)

@@ -17,12 +17,9 @@ from __future__ import annotations
 
 import random
 from dataclasses import dataclass
-from typing import TYPE_CHECKING
 
+from streamrec.models.data.log import ORDER_RULE, EventLog, stream_order
 from streamrec.stream.messages import Event, Item
-
-if TYPE_CHECKING:
-    from streamrec.models.data.sequences import SequenceDataset
 
 FAVOURITE_PROBABILITY = 0.85  # an event touches one of the user's favourite categories
 TYPE_PROBABILITIES = (("view", 0.75), ("click", 0.20), ("purchase", 0.05))
@@ -143,28 +140,25 @@ class SyntheticWorld:
         return out
 
 
-def synthetic_sequences(
+def read_synthetic(
     seed: int = 7, n_events: int = 20_000, n_items: int = 400, n_users: int = 200
-) -> SequenceDataset:
+) -> EventLog:
     """The synthetic shop as a dataset (what `streamrec evaluate --dataset synthetic` replays).
 
-    >>> data = synthetic_sequences(seed=1, n_events=50, n_items=16, n_users=4)
-    >>> data.description["n_events"], len(data.item_text) <= 16
+    >>> log = read_synthetic(seed=1, n_events=50, n_items=16, n_users=4)
+    >>> log.description["n_events"], len(log.item_text) <= 16
     (50, True)
     """
-    from streamrec.models.data.sequences import SequenceDataset, Step
-
     world = SyntheticWorld(seed=seed, n_items=n_items, n_users=n_users)
-    sequences: dict[str, list[Step]] = {}
-    for event in world.events(n_events, start_ts=1_700_000_000.0):
-        sequences.setdefault(event.user_id, []).append(Step(event.item_id, event.type, event.ts))
-    used = {step.item_id for steps in sequences.values() for step in steps}
+    events = stream_order(world.events(n_events, start_ts=1_700_000_000.0))
+    used = {event.item_id for event in events}
     items = {item.item_id: item for item in world.items(ts=0.0) if item.item_id in used}
-    return SequenceDataset(
+    log = EventLog(
         "synthetic",
-        sequences,
+        events,
         {item_id: item.text for item_id, item in items.items()},
         {item_id: str((item.attributes or {})["title"]) for item_id, item in items.items()},
-        {"dataset": "synthetic", "seed": seed, "n_users": len(sequences), "n_items": len(used),
-         "n_events": n_events, "event_mapping": "generated view/click/purchase (75/20/5 %)"},
     )
+    log.description = {"dataset": "synthetic", "seed": seed, **log.counts(),
+                       "event_mapping": "generated view/click/purchase (75/20/5 %)", "order": ORDER_RULE}
+    return log

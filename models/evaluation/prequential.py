@@ -4,10 +4,10 @@ For each event, before it is learned: is its item in the top-K list the system w
 user right now? Then every system learns the event. This is how a streaming recommender runs,
 so it is how it is judged: no train/test split, no peeking, models that adapt get credit for it.
 
-- **Order**: events by timestamp. Ties between users are broken by a seeded random order of the
-  users, ties inside one user by the dataset loader's seeded shuffle (MovieLens lists a user's
-  tied ratings by movie id, which would leak the future to sequence models). Beauty has no
-  timestamps: its loader puts a user's n-th event on day n, so the replay interleaves users
+- **Order**: the readers' one stream order (`data.log.stream_order`): by timestamp, events with
+  equal timestamps by a stable hash of user and item, never by file order (MovieLens lists a
+  user's tied ratings by movie id, which would leak the future to sequence models). Beauty has
+  no timestamps: its reader puts a user's n-th event on day n, so the replay interleaves users
   round-robin by position.
 - **Micro-batches**: consecutive events go together (as a worker batches them) as long as no
   user appears twice, so every user's list reflects all their earlier events.
@@ -33,12 +33,12 @@ so it is how it is judged: no train/test split, no peeking, models that adapt ge
 from __future__ import annotations
 
 import math
-import random
 import time
 from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
 
+from streamrec.models.data.log import tie_key
 from streamrec.models.data.sequences import SequenceDataset
 from streamrec.stream.messages import Event
 
@@ -167,9 +167,12 @@ class PrequentialResult:
         }
 
 
-def replay_order(dataset: SequenceDataset, seed: int = 0, limit: int | None = None) -> list[Event]:
-    """The dataset's events as one stream: by time, seeded order among users at equal times,
-    each user's own order (already tie-shuffled by the loader) kept.
+def replay_order(dataset: SequenceDataset, limit: int | None = None) -> list[Event]:
+    """The dataset's events as one stream, in the readers' stream order (`data.log.stream_order`:
+    by time, equal times by a stable hash of user and item), each user's own order kept.
+
+    For sequences derived from a reader this is exactly the reader's stream (what `streamrec feed`
+    sends); a hand-made dataset whose user lists a tie otherwise keeps its own order.
 
     >>> from streamrec.models.learning.ranker import Step
     >>> data = SequenceDataset("t", {"u1": [Step("a", "view", 1.0), Step("b", "view", 1.0)],
@@ -177,20 +180,18 @@ def replay_order(dataset: SequenceDataset, seed: int = 0, limit: int | None = No
     >>> [(e.user_id, e.item_id) for e in replay_order(data)]
     [('u2', 'c'), ('u1', 'a'), ('u1', 'b')]
     """
-    rng = random.Random(seed)
-    users = sorted(dataset.sequences)
-    user_key = {user: rng.random() for user in users}
-    rows = [
-        (step.ts, user_key[user], position, user, step)
-        for user in users
-        for position, step in enumerate(dataset.sequences[user])
-    ]
+    rows = []
+    for user in sorted(dataset.sequences):
+        key = (-math.inf, 0)
+        for position, step in enumerate(dataset.sequences[user]):
+            key = max(key, (step.ts, tie_key(user, step.item_id)))  # never before the user's previous step
+            rows.append((key, user, position, step))
     rows.sort(key=lambda row: row[:3])
     if limit is not None:
         rows = rows[:limit]
     return [
         Event(event_id=f"{dataset.name}-{n}", user_id=user, item_id=step.item_id, type=step.type, ts=step.ts)
-        for n, (_, _, _, user, step) in enumerate(rows)
+        for n, (_, user, _, step) in enumerate(rows)
     ]
 
 

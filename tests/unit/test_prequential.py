@@ -6,6 +6,7 @@ from collections.abc import Sequence
 
 import pytest
 
+from streamrec.models.data.log import EventLog, stream_order
 from streamrec.models.data.sequences import SequenceDataset
 from streamrec.models.evaluation.prequential import (
     PrequentialConfig,
@@ -93,18 +94,22 @@ def test_micro_batches_never_hold_a_user_twice_and_keep_order() -> None:
         assert len({e.user_id for e in batch}) == len(batch)
 
 
-def test_replay_order_breaks_ties_by_seed_and_keeps_each_users_order() -> None:
+def test_replay_order_is_the_stream_order_and_keeps_each_users_order() -> None:
     sequences = {
         f"u{n}": [Step(f"i{n}-{m}", "view", 100.0 + (m // 2)) for m in range(4)] for n in range(20)
     }
     data = SequenceDataset("t", sequences, {s.item_id: "" for steps in sequences.values() for s in steps})
-    first, again, other = replay_order(data, seed=1), replay_order(data, seed=1), replay_order(data, seed=2)
+    first, again = replay_order(data), replay_order(data)
     assert [e.item_id for e in first] == [e.item_id for e in again]
-    assert [e.user_id for e in first] != [e.user_id for e in other]
     assert [e.ts for e in first] == sorted(e.ts for e in first)
+    users_at_100 = [e.user_id for e in first if e.ts == 100.0]
+    assert users_at_100 != sorted(users_at_100)  # users at one time interleave by the hash
     for user, steps in sequences.items():
         assert [e.item_id for e in first if e.user_id == user] == [s.item_id for s in steps]
-    assert len(replay_order(data, seed=1, limit=7)) == 7
+    assert len(replay_order(data, limit=7)) == 7
+    events = [Event(event_id=e.event_id, user_id=e.user_id, item_id=e.item_id, type=e.type, ts=e.ts) for e in first]
+    derived = SequenceDataset.from_log(EventLog("t", stream_order(events), data.item_text))
+    assert [(e.user_id, e.item_id) for e in replay_order(derived)] == [(e.user_id, e.item_id) for e in stream_order(events)]
 
 
 def test_duplicate_system_names_are_refused() -> None:

@@ -9,25 +9,46 @@ from pathlib import Path
 import numpy as np
 import pytest
 
+from streamrec.models.data.log import tie_key
+from streamrec.models.data.movielens import iter_movielens_events
 from streamrec.models.data.sequences import load_sequences
 from streamrec.models.evaluation.baselines import ItemCooccurrenceModel, MarkovModel
 from streamrec.models.evaluation.metrics import evaluate, leave_one_out
+from streamrec.models.evaluation.prequential import replay_order
 from streamrec.models.learning.ranker import Step
 
 SHARED = Path(__file__).resolve().parents[3] / "shared" / "datasets"
 
 
-def test_movielens_sorts_by_time_and_shuffles_ties_by_seed(tmp_path: Path) -> None:
+def test_movielens_sorts_by_time_and_breaks_ties_by_hash_not_file_order(tmp_path: Path) -> None:
     rows = ["userId,movieId,rating,timestamp"] + [f"1,{m},4.0,100" for m in range(1, 9)] + ["1,50,2.0,50", "2,3,5.0,7"]
     (tmp_path / "ratings.csv").write_bytes("\r\n".join(rows).encode() + b"\r\n")
     (tmp_path / "movies.csv").write_text('movieId,title,genres\n3,"Heat (1995)",Action|Crime\n')
-    orders = {seed: [s.item_id for s in load_sequences("movielens", tmp_path, seed=seed).sequences["1"]] for seed in range(4)}
-    assert all(order[0] == "50" for order in orders.values())  # earliest first
-    assert orders[0] == [s.item_id for s in load_sequences("movielens", tmp_path, seed=0).sequences["1"]]
-    assert len({tuple(order) for order in orders.values()}) > 1  # ties shuffled, per seed
+    order = [s.item_id for s in load_sequences("movielens", tmp_path).sequences["1"]]
+    assert order[0] == "50"  # earliest first
+    assert order[1:] == sorted(order[1:], key=lambda movie: tie_key("1", movie))  # the tie by hash
+    assert order[1:] != [str(m) for m in range(1, 9)]  # not by movie id (file order)
+    reversed_file = [rows[0], *reversed(rows[1:])]
+    (tmp_path / "ratings.csv").write_bytes("\r\n".join(reversed_file).encode() + b"\r\n")
+    assert [s.item_id for s in load_sequences("movielens", tmp_path).sequences["1"]] == order  # file order irrelevant
     data = load_sequences("movielens", tmp_path)
     assert data.item_text["3"].startswith("Heat (1995)") and data.sequences["1"][0].type == "view"
-    assert data.sequences["2"][0].type == "click" and "tie" in data.description["tie_breaking"]
+    assert data.sequences["2"][0].type == "click" and "7 events tied" in data.description["order"]
+
+
+def test_sequences_are_the_readers_stream_grouped_by_user(tmp_path: Path) -> None:
+    rows = ["userId,movieId,rating,timestamp"] + [f"{u},{m},{r},{t}" for u, m, r, t in
+                                                  [(1, 5, 4.0, 10), (2, 6, 3.0, 10), (1, 7, 1.0, 10), (2, 5, 5.0, 9)]]
+    (tmp_path / "ratings.csv").write_text("\n".join(rows) + "\n")
+    (tmp_path / "movies.csv").write_text("movieId,title,genres\n")
+    events = list(iter_movielens_events(tmp_path))
+    data = load_sequences("movielens", tmp_path)
+    for user, steps in data.sequences.items():
+        assert [(e.item_id, e.type, e.ts) for e in events if e.user_id == user] == [tuple(s) for s in steps]
+    replayed = replay_order(data)
+    assert [(e.user_id, e.item_id, e.type, e.ts) for e in replayed] == [
+        (e.user_id, e.item_id, e.type, e.ts) for e in events
+    ]
 
 
 def test_beauty_and_generic_formats(tmp_path: Path) -> None:
