@@ -1,7 +1,7 @@
 """`streamrec bench`: throughput and latency of the core the workers run (no broker involved).
 
 For each case (index backend x catalogue size x scorer) it builds the catalogue, warms the
-core up on a synthetic stream and times `Recommender.process_batch` (learn, retrieve from
+core up on a synthetic stream and times `Recommender.handle` (learn, retrieve from
 Qdrant, score, top-K: what a worker does per micro-batch) at micro-batch sizes 1, 32 and 256.
 It also times the ranker's scoring alone (CPU, and CUDA when present), and, through
 `bench_memory` and `bench_e2e`, the memory per 100k users/items and the broker round trip.
@@ -31,7 +31,6 @@ from streamrec.consumers.tools.bench_report import write_figures
 from streamrec.models.core.catalog import title_of
 from streamrec.models.core.encoder import TextEncoder
 from streamrec.models.core.pipeline import Pipeline
-from streamrec.models.core.recommender import UserBatch
 from streamrec.models.core.scoring import ScoringBatch
 from streamrec.models.core.state import UserState
 from streamrec.models.data.synthetic import SyntheticWorld
@@ -135,12 +134,9 @@ def time_core(
         states: dict[str, UserState] = {}
 
         def process(chunk: Sequence) -> float:
-            by_user: dict[str, list] = {}
-            for event in chunk:
-                by_user.setdefault(event.user_id, []).append(event)
-            batch = [UserBatch(states.setdefault(u, UserState(u)), evs) for u, evs in by_user.items()]
             begin = time.perf_counter()
-            pipeline.recommender.process_batch(batch)
+            handled = pipeline.recommender.handle(chunk, states)  # the worker's call, grouping included
+            states.update(handled.states)
             return time.perf_counter() - begin
 
         stream = world.events(warmup + events_per_size * len(BATCH_SIZES), start_ts=T0, rate_per_s=200.0)

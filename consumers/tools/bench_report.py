@@ -111,7 +111,7 @@ def render_markdown(results: dict[str, Any]) -> str:
         settings = results.get("settings", {})
         parts += [
             "", "## Core pipeline (no broker)", "",
-            "`Recommender.process_batch` per micro-batch: learn the events, retrieve (text neighbours of "
+            "`Recommender.handle` per micro-batch: learn the events, retrieve (text neighbours of "
             "the user's recent items, the user vector's nearest items), score every candidate, top-10 with "
             f"reasons. Synthetic shop, {settings.get('users', '?'):,} users, after "
             f"{settings.get('warmup_events', '?'):,} warm-up events; {settings.get('events_per_size', '?'):,} "

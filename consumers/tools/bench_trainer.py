@@ -27,7 +27,6 @@ import torch
 from streamrec.consumers.worker.metrics import WorkerMetrics
 from streamrec.consumers.worker.model_updates import ModelSwapper, update_for
 from streamrec.models.core.pipeline import Pipeline
-from streamrec.models.core.recommender import UserBatch
 from streamrec.models.core.state import UserState
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.models.index.protocol import IndexedItem
@@ -112,12 +111,9 @@ async def bench_swap(root: Path, n_items: int = 10_000) -> dict[str, float]:
         position = 0
         while time.perf_counter() - t0 < 7.0 and position < len(events):
             chunk, position = events[position : position + 32], position + 32
-            by_user: dict[str, list] = {}
-            for event in chunk:
-                by_user.setdefault(event.user_id, []).append(event)
-            batch = [UserBatch(states.setdefault(u, UserState(u)), evs) for u, evs in by_user.items()]
-            ranked = pipeline.recommender.process_batch(batch)
-            served.append((time.perf_counter() - t0, len(ranked)))
+            handled = pipeline.recommender.handle(chunk, states)  # the worker's call
+            states.update(handled.states)
+            served.append((time.perf_counter() - t0, len(handled.lists)))
             await asyncio.sleep(0)  # the worker yields to the loop between micro-batches
         await task
         start, end = swap_window[0] - t0, swap_window[1] - t0

@@ -13,7 +13,7 @@ from dataclasses import dataclass
 
 from streamrec.consumers.worker.metrics import WorkerMetrics
 from streamrec.models.core.pipeline import Pipeline
-from streamrec.models.core.recommender import OnlineOutcome, UserBatch
+from streamrec.models.core.recommender import OnlineOutcome
 from streamrec.models.core.state import UserState
 from streamrec.stream.messages import DeadLetter, Event, Item, Recommendation
 from streamrec.stream.settings import Settings
@@ -139,34 +139,14 @@ class RecommendHandler:
         self, events: Sequence[Event], states: dict[str, UserState | None]
     ) -> tuple[list[Recommendation], dict[str, UserState]]:
         """`states` holds each user's stored state (None when new); returns the new states too."""
-        started = time.perf_counter()
-        by_user: dict[str, list[Event]] = {}
-        for event in events:  # coalesce: one list per user per batch, events in order
-            by_user.setdefault(event.user_id, []).append(event)
-        batch = [
-            UserBatch(
-                state=states.get(user_id)
-                or UserState(
-                    user_id,
-                    max_history=self.settings.history_length,
-                ),
-                events=user_events,
-            )
-            for user_id, user_events in by_user.items()
-        ]
-        recommender = self.pipeline.recommender
-        outcomes = recommender.learn(batch)
-        learned = time.perf_counter()
-        ranked = recommender.recommend([user.state for user in batch])
-        recommender.remember_served(batch, ranked)
-        ranked_at = time.perf_counter()
-        self.observe_online(outcomes)
-        self.metrics.stage_latency.labels(stage="state").observe(learned - started)
-        self.metrics.stage_latency.labels(stage="rank").observe(ranked_at - learned)
+        handled = self.pipeline.recommender.handle(events, states)  # one list per user per batch
+        self.observe_online(handled.outcomes)
+        self.metrics.stage_latency.labels(stage="state").observe(handled.learn_s)
+        self.metrics.stage_latency.labels(stage="rank").observe(handled.rank_s)
         self.metrics.batch_size.labels(agent="recommend").observe(len(events))
         generated_at = time.time()
         messages = []
-        for user, ranked_list in zip(batch, ranked):
+        for user, ranked_list in zip(handled.users, handled.lists):
             trigger = user.events[-1]
             messages.append(
                 Recommendation(
@@ -178,7 +158,7 @@ class RecommendHandler:
                     latency_ms=round(max(0.0, generated_at - trigger.ts) * 1000.0, 3),
                 )
             )
-        return messages, {user.state.user_id: user.state for user in batch}
+        return messages, handled.states
 
     def handle_isolating(
         self, events: Sequence[Event], states: dict[str, UserState | None]

@@ -205,7 +205,10 @@ class Recommender:
         states come back in the result. One list per user per batch, triggered by the user's
         last event in it.
         """
-        users = group_by_user(events, states, self.config.history_length)
+        return self.handle_users(group_by_user(events, states, self.config.history_length))
+
+    def handle_users(self, users: Sequence[UserBatch]) -> HandledBatch:
+        """`handle` for a batch already grouped by user."""
         started = time.perf_counter()
         outcomes = self.learn(users)
         learned = time.perf_counter()
@@ -213,7 +216,7 @@ class Recommender:
         for ranked_list, user in zip(lists, users):
             ranked_list.trigger = user.events[-1] if user.events else None
         self.remember_served(users, lists)
-        return HandledBatch(users, lists, outcomes, learned - started, time.perf_counter() - learned)
+        return HandledBatch(list(users), lists, outcomes, learned - started, time.perf_counter() - learned)
 
     def learn(self, users: Sequence[UserBatch]) -> list[OnlineOutcome]:
         """Apply every new event to its user's state, the trending counts and the collaborative
@@ -255,13 +258,8 @@ class Recommender:
         blend.learn(served.features, row)
 
     def process_batch(self, users: Sequence[UserBatch]) -> list[RankedList]:
-        """Learn the batch's events, then rank for every user in it (one list per user)."""
-        self.learn(users)
-        ranked = self.recommend([user.state for user in users])
-        for ranked_list, user in zip(ranked, users):
-            ranked_list.trigger = user.events[-1] if user.events else None
-        self.remember_served(users, ranked)
-        return ranked
+        """The lists of `handle_users` (learn, then one list per user)."""
+        return self.handle_users(users).lists
 
     @staticmethod
     def remember_served(users: Sequence[UserBatch], ranked: Sequence[RankedList]) -> None:

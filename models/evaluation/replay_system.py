@@ -29,7 +29,7 @@ import torch
 
 from streamrec.models.core.encoder import TextEncoder
 from streamrec.models.core.pipeline import Pipeline
-from streamrec.models.core.recommender import UserBatch
+from streamrec.models.core.recommender import group_by_user
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.models.core.state import UserState
 from streamrec.models.index.factory import open_index
@@ -119,11 +119,9 @@ class CoreSystem:
             self.indexed.update(item.item_id for item in unique)
             if self.trainer is not None:
                 self.trainer.add_items(unique)
-        batch = [
-            UserBatch(self.states.setdefault(e.user_id, UserState(e.user_id, max_history=self.max_history)), [e])
-            for e in events
-        ]
-        self.pipeline.recommender.learn(batch)
+        users = group_by_user(events, self.states, self.max_history)
+        self.states.update((user.state.user_id, user.state) for user in users)
+        self.pipeline.recommender.learn(users)
         if self.trainer is not None:
             self.trainer.add_events(events)
         self.events_seen += len(events)
