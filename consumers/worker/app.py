@@ -31,7 +31,7 @@ class StreamrecApp(faust.App):
         return transport_class(self.conf.broker_consumer, self)
 
     def _new_web(self) -> Any:
-        # "/" is the live page (consumers/views.py), not Faust's production index.
+        # "/" is the live page (consumers/worker/views.py), not Faust's production index.
         driver = web_drivers.by_url(self.conf.web)
         web_class = type("StreamrecWeb", (driver,), {"production_blueprints": []})
         return web_class(self)
@@ -71,7 +71,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
         web_bind=settings.metrics_host,
         web_host=settings.metrics_host,
         canonical_url=settings.http_advertised_url,  # None: http://<web_host>:<web_port>
-        web_router_enabled=False,  # the worker serves its own API (consumers/views.py) and
+        web_router_enabled=False,  # the worker serves its own API (consumers/worker/views.py) and
         web_tables_enabled=False,  # no raw table dumps
         producer_acks=-1,
         broker_session_timeout=settings.session_timeout_s,

@@ -1,68 +1,53 @@
-"""The worker's HTTP API and live page: Faust web views, thin adapters over the core.
+"""The worker's HTTP API and live page: Faust web views, thin adapters over `WorkerApi`.
 
 Every answer is JSON; every refusal is a 4xx `{"error": <readable>, "reason": <machine>}`.
 `docs/openapi.yaml` describes the routes (a test checks it names exactly those registered):
 
 =====  ==================================  ===============================================
-GET    /                                   the live page (`consumers/live/index.html`)
+GET    /                                   the live page (`consumers/worker/live/index.html`)
 GET    /users/{user_id}/recommendations    the user's latest list (trending for a new user)
 GET    /users/{user_id}                    the user's state: recent items, counts
 GET    /items/{item_id}/similar            an item's nearest neighbours in the text index
 GET    /events/recent                      the latest events this worker learned from
 POST   /events                             one event or a JSON array of them -> `events`
 GET    /readyz                             broker, consumer group, index and model ready?
+GET    /healthz                            the process answers: serving model and canary
+GET    /metrics                            Prometheus exposition (no token needed)
 =====  ==================================  ===============================================
 
-(`/healthz` and `/metrics` are registered with the agents.) A user's state lives in the
-partition that owns their id, so the `/users/...` routes are answered by the worker that
-holds that partition: another worker forwards the request there (Faust's router, one hop).
+A user's state lives in the partition that owns their id, so the `/users/...` routes are
+answered by the worker that holds that partition: another worker forwards the request there
+(Faust's router, one hop). What the answers hold is `api.py`'s business; here: auth, JSON
+errors, forwarding, reading requests.
 """
 
 from __future__ import annotations
 
-import asyncio
 import hmac
 import json
 import logging
 import time
-from collections import deque
-from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
 from importlib import resources
 from typing import Any, ClassVar
 
 import aiohttp
-import faust
 from faust.web import Request, Response, View
 
-from streamrec.models.core.pipeline import Pipeline
-from streamrec.models.core.state import UserState
+from streamrec.consumers.worker.api import FORWARD_TIMEOUT_S, ApiError, WorkerApi
+from streamrec.consumers.worker.context import USER_STATE_TABLE, WorkerContext
+from streamrec.consumers.worker.metrics import CONTENT_TYPE
 from streamrec.models.index.protocol import IndexUnavailableError
-from streamrec.stream.messages import Event, Recommendation
-from streamrec.stream.settings import Settings
+from streamrec.stream.messages import Event
 from streamrec.stream.validation import EventValidator, Rejection
 
 log = logging.getLogger(__name__)
 
 ROUTED_HEADER = "X-Streamrec-Routed"  # set on a forwarded request: answer it, never forward again
-FORWARD_TIMEOUT_S = 5.0  # a forwarded request gives up after this long
-BROKER_PROBE_TIMEOUT_S = 2.0  # /readyz: a metadata request must answer within this
 RECENT_EVENTS_DEFAULT, RECENT_EVENTS_MAX = 20, 200  # GET /events/recent?limit=
 SIMILAR_DEFAULT, SIMILAR_MAX = 10, 100  # GET /items/{id}/similar?limit=
 MAX_ID_CHARS = 256  # as in the contract (stream/messages.py)
 JSON_TYPES = ("application/json", "")  # POST /events content types (none given: JSON assumed)
 LIVE_PAGE = "live/index.html"  # package data of streamrec.consumers.worker
-
-
-class ApiError(Exception):
-    """A refusal: HTTP status, machine-readable reason, readable detail (and extra fields)."""
-
-    def __init__(self, status: int, reason: str, error: str, **extra: Any) -> None:
-        super().__init__(error)
-        self.status, self.reason, self.error, self.extra = status, reason, error, extra
-
-    def body(self) -> dict[str, Any]:
-        return {"error": self.error, "reason": self.reason, **self.extra}
 
 
 # --- POST /events: the body -> events, validated exactly like the topic's messages ------
@@ -121,214 +106,6 @@ def parse_event_body(
 
 def _refuse_constant(name: str) -> float:
     raise ValueError(f"{name} is not valid JSON")
-
-
-# --- what the views read and write ----------------------------------------------------
-@dataclass
-class WorkerApi:
-    """The worker's parts the HTTP API answers from: its tables, pipeline and `events` topic.
-
-    Answers are plain dicts; the core (`models/`) makes every list, the API only reads it.
-    """
-
-    app: faust.App
-    settings: Settings
-    pipeline: Pipeline
-    user_states: Mapping[bytes, Any]  # the user-state table: user id -> UserState.to_dict()
-    latest_lists: Mapping[bytes, Any]  # user id -> the last Recommendation published, as a dict
-    events_topic: Any  # faust topic of `events` (raw bytes)
-    validator: EventValidator
-    recent_events: deque[Event]  # the latest events learned here, newest last
-    restore: Callable[[Any], UserState | None]  # table value -> UserState (None: none/unreadable)
-    owner_table: str  # the table whose partitions decide which worker owns a user
-    joined: bool = False  # the consumer group was joined and the tables recovered, once
-    _metadata_known: set[str] = field(default_factory=set)
-
-    @property
-    def url(self) -> str:
-        """This worker's canonical URL (what the other workers route to)."""
-        return str(self.app.conf.canonical_url)
-
-    # --- users ---------------------------------------------------------------------------
-    def recommendations(self, user_id: str) -> dict[str, Any]:
-        """The list last published for the user; for a user without one, computed now by the
-        core (trending for a user never seen)."""
-        key = user_id.encode()
-        stored = self.latest_lists.get(key)
-        if stored is not None:
-            latest = Recommendation.model_validate(stored)
-            source = "latest"
-        else:
-            state = self.restore(self.user_states.get(key))
-            source = "trending" if state is None or state.is_cold else "computed"
-            state = state or UserState(user_id, max_history=self.settings.history_length)
-            ranked = self.pipeline.recommender.recommend([state])[0]
-            now = time.time()
-            latest = Recommendation(
-                user_id=user_id,
-                items=ranked.items,
-                model_version=ranked.model_version,
-                trigger_event_id=state.last_event_id or "",
-                generated_at=now,
-                latency_ms=0.0,
-            )
-        titles = self._titles([item.item_id for item in latest.items])
-        body = latest.model_dump(exclude_none=True)
-        for item in body["items"]:
-            item["title"] = titles.get(item["item_id"])
-        return {**body, "source": source, "served_by": self.url}
-
-    def user(self, user_id: str) -> dict[str, Any]:
-        """The user's state as this worker holds it: recent items (newest first) and counts."""
-        state = self.restore(self.user_states.get(user_id.encode()))
-        if state is None:
-            return {"user_id": user_id, "known": False, "n_events": 0, "recent": [], "served_by": self.url}
-        recent = list(reversed(state.recent))
-        titles = self._titles([interaction.item_id for interaction in recent])
-        return {
-            "user_id": user_id,
-            "known": True,
-            "n_events": state.n_events,
-            "counts": state.counts,
-            "last_ts": state.last_ts,
-            "recent": [
-                {
-                    "item_id": interaction.item_id,
-                    "title": titles.get(interaction.item_id),
-                    "type": interaction.type,
-                    "ts": interaction.ts,
-                    "event_id": interaction.event_id,
-                }
-                for interaction in recent
-            ],
-            "served_by": self.url,
-        }
-
-    # --- items and events ---------------------------------------------------------------
-    def similar(self, item_id: str, limit: int) -> dict[str, Any]:
-        index = self.pipeline.index
-        item = index.get([item_id]).get(item_id)
-        if item is None:
-            raise ApiError(404, "unknown_item", f"item {item_id!r} is not in the catalogue")
-        hits = index.similar([item_id], limit=limit)[0]  # the neighbour list a worker keeps
-        bare = [hit.item_id for hit in hits if hit.item is None]
-        titles = {i: found.title for i, found in index.get(bare).items()} if bare else {}
-        return {
-            "item_id": item_id,
-            "title": item.title,
-            "similar": [
-                {
-                    "item_id": hit.item_id,
-                    "title": hit.item.title if hit.item is not None else titles.get(hit.item_id),
-                    "score": round(hit.score, 6),
-                }
-                for hit in hits
-            ],
-        }
-
-    def latest_events(self, limit: int) -> dict[str, Any]:
-        events = list(self.recent_events)[-limit:][::-1]  # newest first
-        titles = self._titles([event.item_id for event in events])
-        return {
-            "events": [
-                {**event.model_dump(exclude_none=True), "title": titles.get(event.item_id)}
-                for event in events
-            ],
-            "served_by": self.url,
-        }
-
-    async def produce(self, events: Sequence[Event]) -> None:
-        """Send events to `events` (keyed by user id, like the SDK) and wait for the acks."""
-        pending = [
-            await self.events_topic.send(key=event.user_id.encode(), value=event.to_bytes())
-            for event in events
-        ]
-        await asyncio.gather(*pending)
-
-    def _titles(self, item_ids: Sequence[str]) -> dict[str, str]:
-        wanted = sorted(set(item_ids))
-        return {i: item.title for i, item in self.pipeline.index.get(wanted).items()} if wanted else {}
-
-    # --- readiness ----------------------------------------------------------------------
-    async def readiness(self) -> dict[str, Any]:
-        """Each check with a detail; `ready` only when all pass."""
-        checks = {
-            "broker": await self._check_broker(),
-            "consumer_group": self._check_group(),
-            "index": self._check_index(),
-            "model": self._check_model(),
-        }
-        missing = [name for name, check in checks.items() if not check["ok"]]
-        return {"ready": not missing, "missing": missing, "checks": checks, "served_by": self.url}
-
-    async def _check_broker(self) -> dict[str, Any]:
-        try:
-            client = self._kafka_producer().client
-            cluster = await asyncio.wait_for(client.fetch_all_metadata(), BROKER_PROBE_TIMEOUT_S)
-            return {"ok": True, "detail": f"{len(cluster.brokers())} broker(s) answered"}
-        except Exception as exc:  # not started, unreachable, timed out: all mean "not ready"
-            return {"ok": False, "detail": f"no metadata from {self.settings.broker}: {exc!r}"}
-
-    def _check_group(self) -> dict[str, Any]:
-        if not self.joined:
-            return {"ok": False, "detail": "consumer group not joined (or tables not recovered) yet"}
-        assigned = sorted(
-            tp.partition
-            for tp in self.app.consumer.assignment()
-            if tp.topic == self.settings.topics.events_by_user
-        )
-        rebalancing = bool(getattr(self.app, "rebalancing", False))
-        detail = f"owns {len(assigned)} partition(s) of {self.settings.topics.events_by_user}"
-        return {
-            "ok": True,
-            "detail": detail + ("; rebalancing" if rebalancing else ""),
-            "partitions": assigned,
-            "rebalancing": rebalancing,
-        }
-
-    def _check_index(self) -> dict[str, Any]:
-        """Ready while the index answers, and while it is away (the worker serves trending
-        lists then: degraded, not down); not ready when it answers with an error."""
-        health = self.pipeline.recommender.index_health
-        if health.available:
-            try:
-                return {"ok": True, "detail": f"{self.pipeline.index.count()} items"}
-            except IndexUnavailableError as exc:
-                health.failed(exc)
-            except Exception as exc:
-                return {"ok": False, "detail": f"item index unusable: {exc!r}"}
-        return {
-            "ok": True,
-            "degraded": True,
-            "detail": f"item index unavailable, serving trending lists: {health.last_error}",
-        }
-
-    def _check_model(self) -> dict[str, Any]:
-        scorer = self.pipeline.recommender.scorer
-        if scorer is None or not scorer.version:
-            return {"ok": False, "detail": "no scorer loaded"}
-        return {"ok": True, "detail": scorer.version}
-
-    # --- routing -----------------------------------------------------------------------
-    def _kafka_producer(self) -> Any:
-        # Faust's aiokafka driver keeps the AIOKafkaProducer behind `_ensure_producer()`.
-        return self.app.producer._ensure_producer()
-
-    async def owner_of(self, table_name: str, key: bytes) -> str | None:
-        """The URL of the worker that owns `key`'s partition; None when it is this one."""
-        topic = self.app.tables[table_name].changelog_topic.get_topic_name()
-        if topic not in self._metadata_known:  # Faust's router hashes with the producer's metadata
-            await asyncio.wait_for(self._kafka_producer().partitions_for(topic), FORWARD_TIMEOUT_S)
-            self._metadata_known.add(topic)
-        try:
-            owner = self.app.router.key_store(table_name, key)
-        except KeyError:
-            raise ApiError(503, "not_assigned", "the user's partition has no owner yet (rebalancing)",
-                           retry_after_s=1) from None
-        here = self.app.conf.canonical_url
-        if (owner.host, owner.port) == (here.host, here.port):
-            return None
-        return str(owner)
 
 
 # --- the views ------------------------------------------------------------------------
@@ -434,7 +211,7 @@ class ReadyView(ApiView):
         return self.json(report, status=200 if report["ready"] else 503)
 
 
-#: path -> view: every route of the API (GET /healthz and /metrics: consumers/agents.py).
+#: path -> view: every route of the API (GET /healthz and /metrics: `register_probes`).
 ROUTES: dict[str, type[ApiView]] = {
     "/": LivePage,
     "/users/{user_id}/recommendations": UserRecommendationsView,
@@ -446,8 +223,22 @@ ROUTES: dict[str, type[ApiView]] = {
 }
 
 
-def register_views(app: faust.App, api: WorkerApi) -> None:
-    """Serve `ROUTES` on the worker's web server, bound to this worker's parts."""
+def register_views(context: WorkerContext) -> None:
+    """Serve the probes and `ROUTES` on the worker's web server, bound to this worker's parts."""
+    app = context.app
+    register_probes(context)
+    api = WorkerApi(
+        app=app,
+        settings=context.settings,
+        pipeline=context.pipeline,
+        user_states=context.user_states,
+        latest_lists=context.latest_lists,
+        events_topic=context.topics.events,
+        validator=context.ingest.validator,
+        recent_events=context.recent_events,
+        restore=context.restore,
+        owner_table=USER_STATE_TABLE,
+    )
 
     async def on_rebalance_complete(sender: Any, **kwargs: Any) -> None:
         api.joined = True
@@ -456,6 +247,29 @@ def register_views(app: faust.App, api: WorkerApi) -> None:
     for path, view in ROUTES.items():
         bound = type(view.__name__, (view,), {"api": api})
         app.page(path, name=view.__name__)(bound)
+
+
+def register_probes(context: WorkerContext) -> None:
+    """GET /metrics and /healthz: plain Faust views, no token, no JSON error handling."""
+    metrics, recommender = context.metrics, context.pipeline.recommender
+
+    class MetricsView(View):
+        async def get(self, request: Request) -> Response:
+            return self.bytes(metrics.exposition(), content_type=CONTENT_TYPE)
+
+    class HealthView(View):
+        async def get(self, request: Request) -> Response:
+            canary = recommender.canary
+            return self.json(
+                {
+                    "status": "ok",
+                    "model_version": recommender.model_version,
+                    "canary_version": canary.scorer.version if canary is not None else None,
+                }
+            )
+
+    context.app.page("/metrics")(MetricsView)
+    context.app.page("/healthz")(HealthView)
 
 
 # --- request helpers ------------------------------------------------------------------
