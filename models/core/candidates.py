@@ -202,26 +202,37 @@ class Retriever:
                     user_candidates[item_id] = (item, source)
 
     def _add_popular(self, states: Sequence[UserState], candidates: list[Candidates]) -> None:
-        """The top trending and popular items (those in the catalogue) join every user's
-        candidates: enough of them that `k` are left once consumed items are removed."""
+        """The top trending and popular items *in the catalogue* join every user's candidates:
+        enough of them that `k` are left once a user's consumed items are removed (items seen
+        only in events are skipped before counting, so they never make a list come out short)."""
         k = self.config.k
         longest = max((state.n_consumed for state in states), default=0)
-        want = k + min(longest, 4 * k)
-        ranked = [item for item, _ in self.trending.top(want)]
-        if self.collaborative is not None:
-            ranked += [item for item, _ in self.collaborative.most_popular(want)]
-            ranked += [item for item, _ in self.collaborative.most_popular(want, now=True)]
-        ranked = list(dict.fromkeys(ranked))
-        known = self.index.get(ranked) if ranked else {}
-        popular = [item_id for item_id in ranked if item_id in known]
+        popular = self.popular_in_catalogue(2 * k + min(longest, 4 * k))
         for state, user_candidates in zip(states, candidates):
             added = 0
-            for item_id in popular:
+            for item in popular:
                 if added >= 3 * k:
                     break
-                if not state.has_consumed(item_id):
-                    user_candidates.setdefault(item_id, (known[item_id], Source.TRENDING))
+                if not state.has_consumed(item.item_id):
+                    user_candidates.setdefault(item.item_id, (item, Source.TRENDING))
                     added += 1
+
+    def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
+        """Up to `n` of the most popular items (trending, all-time, now) that the catalogue
+        holds, asking the counts for more while items outside the catalogue crowd the top."""
+        want = n
+        while True:
+            ranked = [item for item, _ in self.trending.top(want)]
+            if self.collaborative is not None:
+                ranked += [item for item, _ in self.collaborative.most_popular(want)]
+                ranked += [item for item, _ in self.collaborative.most_popular(want, now=True)]
+            ranked = list(dict.fromkeys(ranked))
+            known = self.index.get(ranked) if ranked else {}
+            found = [known[item] for item in ranked if item in known]
+            exhausted = len(ranked) < want or want >= 64 * n
+            if len(found) >= n or exhausted:
+                return found
+            want *= 4
 
 
 def content_user_vector(profile: Profile) -> np.ndarray:

@@ -1,0 +1,129 @@
+"""The hybrid core's collaborative half: counts learned per event, bounded, used as sources and
+features, and a blend that learns which signal predicts what users take next.
+
+Pure logic: the item index is the brute-force stand-in (tests/support/fakes.py).
+"""
+
+from __future__ import annotations
+
+import numpy as np
+
+from streamrec.models.core.blend import OnlineBlend
+from streamrec.models.core.collaborative import CollaborativeConfig, CollaborativeSignals
+from streamrec.models.core.popularity import TrendingItems
+from streamrec.models.core.ranking import FEATURES
+from streamrec.models.core.recommender import Recommender, RecommenderConfig
+from streamrec.models.core.scoring import ContentScorer
+from streamrec.models.core.state import UserState
+from streamrec.models.index.protocol import IndexedItem
+from tests.support.events import event
+from tests.support.fakes import BruteForceIndex
+
+DIM = 16
+
+
+def _random_catalogue(n: int = 60, seed: int = 0) -> BruteForceIndex:
+    """Items whose text says nothing about what goes together (random directions)."""
+    rng = np.random.default_rng(seed)
+    index = BruteForceIndex(DIM)
+    for j in range(n):
+        v = rng.normal(size=DIM).astype(np.float32)
+        index.upsert([IndexedItem(item_id=f"i{j}", vector=v / np.linalg.norm(v), title=f"item {j}")])
+    return index
+
+
+def _learn(signals: CollaborativeSignals, sequences: list[list[str]]) -> None:
+    for items in sequences:
+        for n, item in enumerate(items):
+            signals.learn(items[:n], item)
+
+
+def test_transitions_are_directed_and_co_visitation_is_not() -> None:
+    signals = CollaborativeSignals()
+    _learn(signals, [["a", "b"]] * 3)
+    assert [item for item, _ in signals.next_after(["a"])] == ["b"]
+    assert signals.next_after(["b"]) == []  # nothing ever came after b
+    assert [item for item, _ in signals.covisited(["b"])] == ["a"]
+
+
+def test_second_order_transitions_tell_apart_what_follows_a_pair() -> None:
+    signals = CollaborativeSignals()
+    _learn(signals, [["x", "m", "after-xm"]] * 3 + [["y", "m", "after-ym"]] * 3)
+    features = signals.features(["x", "m"], ["after-xm", "after-ym"])  # (2, F)
+    from streamrec.models.core.collaborative import FEATURES as COUNTS
+
+    next1, next2 = COUNTS.index("next"), COUNTS.index("next2")
+    assert abs(features[0, next1] - features[1, next1]) < 1e-3  # after m alone: a tie
+    assert features[0, next2] == 1.0 and features[1, next2] == 0.0  # after (x, m): only one
+
+
+def test_memory_stays_bounded() -> None:
+    config = CollaborativeConfig(max_neighbours=5, max_items=50, max_pairs=40)
+    signals = CollaborativeSignals(config)
+    rng = np.random.default_rng(1)
+    _learn(signals, [[f"i{j}" for j in rng.integers(0, 500, size=20)] for _ in range(200)])
+    assert len(signals.covisit.rows) <= config.max_items
+    assert len(signals.next2.rows) <= config.max_pairs
+    assert max(len(row) for row in signals.covisit.rows.values()) <= 2 * config.max_neighbours
+    assert len(signals.popular) <= config.max_items
+
+
+def test_counts_decay_so_a_new_habit_replaces_an_old_one() -> None:
+    signals = CollaborativeSignals(CollaborativeConfig(half_life_events=20.0, short_half_life_events=5.0))
+    _learn(signals, [["a", "old"]] * 10)
+    _learn(signals, [["a", "new"]] * 8)  # fewer, but recent
+    assert [item for item, _ in signals.next_after(["a"])][0] == "new"
+    assert signals.most_popular(1, now=True)[0][0] in {"a", "new"}
+
+
+def test_the_worker_core_recommends_a_planted_co_visitation_pattern_with_its_reason() -> None:
+    index = _random_catalogue()
+    rec = Recommender(
+        index=index,
+        scorer=ContentScorer(),
+        trending=TrendingItems(half_life_s=3600.0),
+        config=RecommenderConfig(k=5, seed_items=3, neighbours_per_item=5, profile_items=10),
+    )
+    states: dict = {}
+    # The crowd: whoever takes i7 also takes i42 (text says nothing of it), among random noise.
+    rng = np.random.default_rng(2)
+    events = []
+    for n in range(40):
+        user = f"crowd{n}"
+        noise = [f"i{j}" for j in rng.integers(0, 60, size=3) if j not in (7, 42)]
+        for m, item in enumerate([*noise, "i7", "i42"]):
+            events.append(event(user, item, 100 * n + m))
+    for start in range(0, len(events), 32):
+        states.update(rec.handle(events[start : start + 32], states).states)
+    handled = rec.handle([event("newcomer", "i7", 10_000)], states)
+    [ranked] = handled.lists
+    ids = [item.item_id for item in ranked.items]
+    assert ids[0] == "i42", ids
+    assert ranked.items[0].reason in {"often viewed with item 7", "often next after item 7"}
+    assert ranked.trigger is not None and ranked.trigger.item_id == "i7"
+
+
+def test_cold_users_get_the_popular_items_of_the_catalogue_only() -> None:
+    index = _random_catalogue(n=20)
+    rec = Recommender(index, ContentScorer(), TrendingItems(3600.0), RecommenderConfig(k=5))
+    ghosts = [event(f"g{n}", f"ghost-{n % 3}", n) for n in range(300)]  # not in the catalogue
+    real = [event(f"r{n}", f"i{n % 4}", 300 + n) for n in range(20)]
+    states: dict = {}
+    for start in range(0, len(ghosts + real), 64):
+        states.update(rec.handle((ghosts + real)[start : start + 64], states).states)
+    [ranked] = rec.recommend([UserState("nobody")])
+    ids = [item.item_id for item in ranked.items]
+    # Every catalogue item with events is listed, however many ghosts are more popular.
+    assert sorted(ids) == ["i0", "i1", "i2", "i3"]
+
+
+def test_the_blend_learns_which_signal_predicts_the_next_item() -> None:
+    blend = OnlineBlend(FEATURES, [1.0] * len(FEATURES))
+    rng = np.random.default_rng(3)
+    covisit = FEATURES.index("covisit")
+    for _ in range(300):
+        features = rng.random((20, len(FEATURES))).astype(np.float32)  # (C, F)
+        blend.learn(features, consumed=int(np.argmax(features[:, covisit])))
+    weights = blend.as_dict()
+    assert weights["covisit"] == max(weights.values())
+    assert blend.updates == 300
