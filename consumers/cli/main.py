@@ -14,25 +14,11 @@ import os
 import sys
 from pathlib import Path
 
-from pydantic import ValidationError
-
+from streamrec.consumers.cli.common import configure_logging, load_settings
 from streamrec.consumers.cli.model_commands import add_model_parser
 from streamrec.consumers.cli.offline_commands import add_offline_parsers
-from streamrec.stream.settings import Settings
 
 log = logging.getLogger("streamrec")
-
-
-def _settings() -> Settings:
-    try:
-        return Settings()
-    except ValidationError as exc:
-        lines = [f"  STREAMREC_{'_'.join(map(str, e['loc'])).upper()}: {e['msg']}" for e in exc.errors()]
-        raise SystemExit("invalid settings:\n" + "\n".join(lines)) from None
-
-
-def _logging(level: str) -> None:
-    logging.basicConfig(level=level, format="%(asctime)s %(levelname)s %(name)s: %(message)s")
 
 
 # --- broker ----------------------------------------------------------------------------
@@ -55,8 +41,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
     from streamrec.consumers.worker.app import create_app
     from streamrec.stream.topics import ensure_topics
 
-    settings = _settings()
-    _logging(settings.log_level)
+    settings = load_settings()
+    configure_logging(settings.log_level)
     created = asyncio.run(ensure_topics(settings))
     if created:
         log.info("created topics: %s", ", ".join(created))
@@ -70,8 +56,8 @@ def cmd_worker(args: argparse.Namespace) -> int:
 def cmd_trainer(args: argparse.Namespace) -> int:
     from streamrec.consumers.trainer.sidecar import run_trainer
 
-    settings = _settings()
-    _logging(settings.log_level)
+    settings = load_settings()
+    configure_logging(settings.log_level)
     return run_trainer(settings)
 
 
@@ -79,8 +65,8 @@ def cmd_trainer(args: argparse.Namespace) -> int:
 def cmd_produce(args: argparse.Namespace) -> int:
     from streamrec.consumers.tools.feed import produce_dataset, produce_synthetic
 
-    settings = _settings()
-    _logging("WARNING")
+    settings = load_settings()
+    configure_logging("WARNING")
     if args.dataset == "synthetic":
         coroutine = produce_synthetic(
             settings, n_events=args.events, rate=args.rate, seed=args.seed, with_items=not args.no_items
@@ -108,8 +94,8 @@ def cmd_produce(args: argparse.Namespace) -> int:
 def cmd_tail(args: argparse.Namespace) -> int:
     from streamrec.consumers.tools.feed import tail
 
-    settings = _settings()
-    _logging("WARNING")
+    settings = load_settings()
+    configure_logging("WARNING")
     topic = {"recommendations": settings.topics.recommendations, "dlq": settings.topics.dlq}[
         args.topic
     ]
@@ -133,7 +119,7 @@ def cmd_demo(args: argparse.Namespace) -> int:
 def cmd_bench(args: argparse.Namespace) -> int:
     from streamrec.consumers.tools.bench import DEFAULT_CASES, parse_cases, run_bench
 
-    _logging("WARNING")
+    configure_logging("WARNING")
     try:
         cases = parse_cases(args.cases) if args.cases else DEFAULT_CASES
     except ValueError as exc:
@@ -148,7 +134,7 @@ def cmd_bench(args: argparse.Namespace) -> int:
 def cmd_bench_trainer(args: argparse.Namespace) -> int:
     from streamrec.consumers.tools.bench_trainer import run_bench_trainer
 
-    _logging("WARNING")
+    configure_logging("WARNING")
     run_bench_trainer(args.out)
     return 0
 
@@ -156,7 +142,7 @@ def cmd_bench_trainer(args: argparse.Namespace) -> int:
 def cmd_soak(args: argparse.Namespace) -> int:
     from streamrec.consumers.tools.soak import run_soak
 
-    _logging("WARNING")
+    configure_logging("WARNING")
     try:
         results = run_soak(args.rate, args.users, args.duration, sample_s=args.sample_every, items=args.items,
                            drain_max_s=args.drain_max, seed=args.seed, out=args.out, markdown=args.markdown,

@@ -14,6 +14,8 @@ import time
 from pathlib import Path
 from typing import Any
 
+from streamrec.consumers.cli.common import configure_logging, load_settings
+
 DATASETS = ("movielens", "beauty", "generic", "synthetic")
 
 
@@ -68,12 +70,11 @@ def add_offline_parsers(sub: argparse._SubParsersAction) -> None:
 
 def _context(args: argparse.Namespace) -> tuple[Any, Any, Any, Path]:
     """(settings, model store, torch device, cache dir) for an offline command."""
-    from streamrec.consumers.cli.main import _logging, _settings
     from streamrec.models.core.device import select_device
     from streamrec.models.learning.store import DirectoryModelStore
 
-    settings = _settings()
-    _logging("WARNING")
+    settings = load_settings()
+    configure_logging("WARNING")
     logging.getLogger("streamrec").setLevel(logging.INFO)
     store = DirectoryModelStore(args.model_dir or settings.resolved_model_dir)
     device = select_device(args.device or settings.device)
@@ -140,11 +141,16 @@ def cmd_pretrain(args: argparse.Namespace) -> int:
 
 def cmd_evaluate(args: argparse.Namespace) -> int:
     from streamrec.models.evaluation.baselines import (
-        ItemCooccurrenceModel,
-        MarkovModel,
-        PopularityModel,
+        CooccurrenceBaseline,
+        MarkovBaseline,
+        PopularityBaseline,
     )
-    from streamrec.models.evaluation.metrics import evaluate, leave_one_out, results_table
+    from streamrec.models.evaluation.metrics import (
+        evaluate,
+        evaluate_learner,
+        leave_one_out,
+        results_table,
+    )
     from streamrec.models.learning.pretrain import load_for_evaluation
     from streamrec.models.learning.store import ModelStoreError
 
@@ -157,7 +163,8 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
     try:
         dataset = _dataset(args)
         split = leave_one_out(dataset)
-        models: list[Any] = [PopularityModel(), ItemCooccurrenceModel(), MarkovModel()]
+        baselines: list[Any] = [PopularityBaseline(), CooccurrenceBaseline(window=20), MarkovBaseline()]
+        models: list[Any] = []  # scorers of whole histories (a checkpoint), not learners
         checkpoint = None
         if args.checkpoint:
             version = None if args.checkpoint == "latest" else args.checkpoint
@@ -167,6 +174,10 @@ def cmd_evaluate(args: argparse.Namespace) -> int:
             models.append(ranker)
         rows = {}
         timings = {}
+        for baseline in baselines:  # learn every user's history, then rank the held-out items
+            started = time.perf_counter()
+            rows[baseline.name] = evaluate_learner(baseline, split, progress=True)
+            timings[baseline.name] = round(time.perf_counter() - started, 2)
         for model in models:
             started = time.perf_counter()
             model.fit(split.train, split.items)
