@@ -44,15 +44,13 @@ from streamrec.consumers.tools.load_rig import (
     FETCH_MAX_WAIT_MS,
     TICK_S,
     Rig,
-    cpu_seconds,
     index_catalogue,
-    log_tail,
-    own_cpu_seconds,
     percentiles,
     reading_lists,
     running_rig,
     send_at_rate,
 )
+from streamrec.consumers.tools.processes import cpu_seconds, log_tail, own_cpu_seconds
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event
 from streamrec.stream.producer import LINGER_MS, EventProducer

@@ -9,11 +9,9 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
 import shutil
 import signal
 import subprocess
-import sys
 import time
 from collections.abc import Iterator
 from dataclasses import dataclass, field
@@ -27,9 +25,10 @@ from streamrec.consumers.tools.feed import (
     send_items,
     send_paced,
 )
+from streamrec.consumers.tools.processes import start_worker
 from streamrec.consumers.tools.scrape import scrape_metric
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.stream.broker import DevBroker, free_port
+from streamrec.stream.broker import DevBroker, free_port, stop_process_group
 from streamrec.stream.messages import Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
@@ -164,17 +163,6 @@ async def _stream(
                 await asyncio.wait_for(reader.stop(), CLOSE_TIMEOUT_S)
 
 
-def _stop(process: subprocess.Popen) -> None:
-    if process.poll() is not None:
-        return
-    os.killpg(process.pid, signal.SIGTERM)
-    try:
-        process.wait(timeout=STOP_GRACE_S)
-    except subprocess.TimeoutExpired:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
 def _summary(stats: DemoStats) -> None:
     produced = stats.produced.get("events", 0)
     seconds = stats.produced.get("seconds", 0.0)
@@ -186,24 +174,6 @@ def _summary(stats: DemoStats) -> None:
     if stats.latencies_ms:
         p50, p99 = np.percentile(stats.latencies_ms, [50, 99])
         _say(f"event -> recommendation latency: p50 {p50:.0f} ms, p99 {p99:.0f} ms")
-
-
-def _start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = {
-        **os.environ,
-        "STREAMREC_BROKER": settings.broker,
-        "STREAMREC_DATA_DIR": str(settings.data_dir),
-        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
-        "HF_HUB_OFFLINE": "1",
-    }
-    with log_path.open("wb") as log_file:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
-            env=env,
-            stdout=log_file,
-            stderr=subprocess.STDOUT,
-            start_new_session=True,  # Ctrl-C reaches the demo only; it stops the worker itself
-        )
 
 
 def run_demo(duration_s: float = 60.0, rate: float = 100.0, port: int = 0, seed: int = 7) -> int:
@@ -222,7 +192,7 @@ def run_demo(duration_s: float = 60.0, rate: float = 100.0, port: int = 0, seed:
             update={"broker": broker.url, "data_dir": data_dir, "metrics_port": free_port()}
         )
         worker_log = data_dir / "worker.log"
-        worker = _start_worker(settings, worker_log)
+        worker = start_worker(settings, worker_log)  # Ctrl-C reaches the demo only; it stops the worker
         _say(f"started a worker (pid {worker.pid}, metrics on http://127.0.0.1:{settings.metrics_port}/metrics)")
         world = SyntheticWorld(seed=seed)
         asyncio.run(_stream(settings, world, worker, worker_log, duration_s, rate, stats))
@@ -233,7 +203,7 @@ def run_demo(duration_s: float = 60.0, rate: float = 100.0, port: int = 0, seed:
         code = 1
     finally:
         if worker is not None:
-            _stop(worker)
+            stop_process_group(worker, STOP_GRACE_S)
         broker.stop()
     _summary(stats)
     _say("stopped the worker and the broker.")

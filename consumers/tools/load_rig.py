@@ -5,19 +5,16 @@ worker`, its data dir in a temp dir) and stops both at the end, on an error and 
 (a second Ctrl-C cannot leave either running). Around it: waiting until the worker has indexed
 the catalogue, sending events at a fixed rate, reading `recommendations` with a plain
 consumer (partitions assigned, no group join: a Tansu group join takes 5-25 s), and the
-process figures (CPU seconds, resident memory) read from /proc.
+process figures (`processes.py`: CPU seconds, resident memory).
 """
 
 from __future__ import annotations
 
 import asyncio
 import contextlib
-import os
-import resource
 import shutil
 import signal
 import subprocess
-import sys
 import tempfile
 import time
 import uuid
@@ -30,6 +27,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from streamrec.consumers.tools.feed import open_reader, send_items
+from streamrec.consumers.tools.processes import log_tail, start_worker
 from streamrec.consumers.tools.scrape import scrape_metric
 from streamrec.stream.broker import DevBroker, free_port, stop_process_group
 from streamrec.stream.messages import Event, Item
@@ -43,7 +41,6 @@ WORKER_READY_TIMEOUT_S = 300.0  # worker start: model load, group join, catalogu
 PROGRESS_EVERY_S = 5.0
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long
 CLOSE_TIMEOUT_S = 10.0  # closing a Kafka client never holds up the stop longer than this
-LOG_TAIL_CHARS = 3_000
 MIB = 2**20
 
 Say = Callable[[str], None]
@@ -60,62 +57,6 @@ def percentiles(values: Sequence[float] | np.ndarray) -> dict[str, float | None]
     p50, p95, p99 = np.percentile(values, [50, 95, 99])
     return {"p50": round(float(p50), 1), "p95": round(float(p95), 1), "p99": round(float(p99), 1),
             "max": round(float(np.max(values)), 1)}
-
-
-# --- processes ----------------------------------------------------------------------------
-def cpu_seconds(pid: int | None) -> float:
-    """User + system CPU seconds of a process (all its threads) so far; 0 when gone."""
-    if pid is None:
-        return 0.0
-    try:
-        with open(f"/proc/{pid}/stat") as stat:
-            fields = stat.read().rsplit(")", 1)[1].split()
-    except OSError:
-        return 0.0
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
-def own_cpu_seconds() -> float:
-    usage = resource.getrusage(resource.RUSAGE_SELF)
-    return usage.ru_utime + usage.ru_stime
-
-
-def rss_bytes(pid: int | str | None) -> int | None:
-    """Resident set size of a process (/proc/<pid>/statm; "self" for this one); None when gone."""
-    if pid is None:
-        return None
-    try:
-        with open(f"/proc/{pid}/statm") as statm:
-            return int(statm.read().split()[1]) * os.sysconf("SC_PAGE_SIZE")
-    except (OSError, IndexError, ValueError):
-        return None
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    """`streamrec worker` in its own process group, with `settings`' broker, app id, topics,
-    data dir and metrics port; every other setting from this process' STREAMREC_* env."""
-    env = {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "TOKENIZERS_PARALLELISM": "false",
-        "STREAMREC_BROKER": settings.broker,
-        "STREAMREC_APP_ID": settings.app_id,
-        "STREAMREC_TOPIC_PREFIX": settings.topic_prefix,
-        "STREAMREC_PARTITIONS": str(settings.partitions),
-        "STREAMREC_DATA_DIR": str(settings.data_dir),
-        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
-        "STREAMREC_FETCH_MAX_WAIT_MS": str(settings.fetch_max_wait_ms),
-    }
-    with log_path.open("wb") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, stdin=subprocess.DEVNULL,
-            start_new_session=True,  # Ctrl-C reaches the driver only; it stops the worker itself
-        )
-
-
-def log_tail(path: Path) -> str:
-    return path.read_text(errors="replace")[-LOG_TAIL_CHARS:] if path.exists() else "(no log)"
 
 
 @dataclass

@@ -38,15 +38,13 @@ from streamrec.consumers.tools.bench_report import write_figures
 from streamrec.consumers.tools.load_rig import (
     MIB,
     Rig,
-    cpu_seconds,
     index_catalogue,
-    own_cpu_seconds,
     percentiles,
     reading_lists,
-    rss_bytes,
     running_rig,
     send_at_rate,
 )
+from streamrec.consumers.tools.processes import cpu_seconds, own_cpu_seconds, rss_bytes
 from streamrec.consumers.tools.scrape import sample_total, scrape_samples
 from streamrec.consumers.worker.metrics import SAMPLE_S
 from streamrec.models.data.synthetic import SyntheticWorld

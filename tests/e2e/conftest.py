@@ -1,10 +1,9 @@
-"""The `run` fixture: a worker group of its own on the session's broker (tests/e2e/group_run.py)."""
+"""Fixtures of the end-to-end tests: workers started for a test and killed after it, and a
+worker group of its own on the session's broker (`tests/support/group_run.py`)."""
 
 from __future__ import annotations
 
 import asyncio
-import os
-import signal
 import time
 import uuid
 from collections.abc import Iterator
@@ -13,11 +12,38 @@ from pathlib import Path
 import pytest
 
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.stream.broker import DevBroker
+from streamrec.stream.broker import DevBroker, free_port
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
-from tests.e2e.group_run import HISTORY, N_USERS, PARTITIONS, Run
+from tests.support.events import MAX_MESSAGE_BYTES
+from tests.support.group_run import HISTORY, N_USERS, PARTITIONS, Run
+from tests.support.workers import Worker, start_worker
+
+
+@pytest.fixture
+def e2e_settings(settings: Settings) -> Settings:
+    """One worker's settings: its own metrics port, small messages (the `oversized` case), K=5."""
+    return settings.model_copy(
+        update={"metrics_port": free_port(), "max_message_bytes": MAX_MESSAGE_BYTES, "k": 5}
+    )
+
+
+@pytest.fixture
+def workers() -> Iterator[list[Worker]]:
+    """The workers a test started (it appends them): killed at the end, whatever happened."""
+    started: list[Worker] = []
+    yield started
+    for worker in started:
+        worker.kill()
+
+
+@pytest.fixture
+def worker(e2e_settings: Settings, tmp_path: Path, workers: list[Worker]) -> Worker:
+    """A `streamrec worker` for `e2e_settings`, logging to `<tmp_path>/worker.log`."""
+    started = start_worker(e2e_settings, tmp_path / "worker.log")
+    workers.append(started)
+    return started
 
 
 @pytest.fixture
@@ -40,6 +66,4 @@ def run(broker: DevBroker, tmp_path: Path) -> Iterator[Run]:
         yield current
     finally:
         for worker in current.workers:
-            if worker.process.poll() is None:
-                os.killpg(worker.process.pid, signal.SIGKILL)
-                worker.process.wait()
+            worker.kill()

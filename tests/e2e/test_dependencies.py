@@ -13,9 +13,6 @@
 from __future__ import annotations
 
 import asyncio
-import json
-import os
-import signal
 import subprocess
 import sys
 import time
@@ -26,7 +23,6 @@ from pathlib import Path
 
 import pytest
 
-from streamrec.consumers.tools.scrape import scrape_metric
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.models.index.health import FALLBACK_VERSION, INDEX_UNAVAILABLE_REASON
 from streamrec.stream.broker import DevBroker, free_port, stop_process_group
@@ -34,17 +30,10 @@ from streamrec.stream.messages import Event, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
-from tests.e2e.test_end_to_end import (
-    OUTPUT_WAIT_S,
-    WORKER_READY_S,
-    TopicCollector,
-    index_catalogue,
-    metric_sum,
-    scrape,
-    start_worker,
-    streamrec_env,
-    wait_until,
-)
+from tests.support.metrics import metric_sum, scrape
+from tests.support.topics import TopicCollector, group_offsets
+from tests.support.waiting import OUTPUT_WAIT_S, wait_until
+from tests.support.workers import WORKER_READY_S, Worker, index_catalogue, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -123,12 +112,12 @@ async def test_broker_down_and_back(
     )
     world = SyntheticWorld(seed=8, n_items=40, n_users=8, n_categories=3)
     log_path = tmp_path / "worker.log"
-    process = None
+    worker: Worker | None = None
     try:
         await ensure_topics(settings)
-        process = start_worker(settings, log_path)
+        worker = start_worker(settings, log_path)
         async with EventProducer(settings) as producer:
-            await index_catalogue(producer, settings, world, process, log_path)
+            await index_catalogue(producer, world, worker)
         before = _round(world, "before", 30, stream=1)
         await _send(settings, before)
         async with TopicCollector(settings, settings.topics.recommendations) as recs:
@@ -144,7 +133,7 @@ async def test_broker_down_and_back(
         broker.stop()
         down_until = time.monotonic() + BROKER_DOWN_S
         while time.monotonic() < down_until:
-            assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+            worker.alive()
             await asyncio.sleep(0.5)
         broker.start()
 
@@ -159,7 +148,7 @@ async def test_broker_down_and_back(
             wanted = {e.user_id: e.event_id for e in pending} | {e.user_id: e.event_id for e in after}
 
             def resumed() -> bool:
-                assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+                assert worker is not None and worker.alive()
                 return set(wanted.values()) <= served()
 
             await wait_until(resumed, OUTPUT_WAIT_S * 2, "lists after the broker returned")
@@ -173,62 +162,30 @@ async def test_broker_down_and_back(
                 assert not consumed & {item.item_id for item in rec.items}, rec.user_id
         # No agent was restarted (a crash loop would count here), and it still stops cleanly.
         assert metric_sum(scrape(settings.metrics_port), "streamrec_agent_errors_total") == 0
-        os.killpg(process.pid, signal.SIGTERM)
-        assert process.wait(timeout=60) == 0
+        assert worker.terminate() == 0
     finally:
-        if process is not None and process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        if worker is not None:
+            worker.kill()
         broker.stop()
     log = log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]
     assert "Connect call failed" in log  # the outage did reach the worker
 
 
-async def _committed(settings: Settings, topic: str) -> list[int | None]:
-    """The workers' group's committed offset of each partition of `topic` (None: none)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id)
-    await consumer.start()
-    try:
-        return [await consumer.committed(TopicPartition(topic, p)) for p in range(settings.partitions)]
-    finally:
-        await consumer.stop()
-
-
-def _get(port: int, path: str) -> tuple[int, dict]:
-    request = urllib.request.Request(f"http://127.0.0.1:{port}{path}")
-    try:
-        with urllib.request.urlopen(request, timeout=15) as response:
-            return response.status, json.loads(response.read())
-    except urllib.error.HTTPError as error:
-        return error.code, json.loads(error.read())
-
-
 async def test_qdrant_unreachable_serves_trending_and_holds_the_catalogue(
     settings: Settings, tmp_path: Path
 ) -> None:
-    settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5})
-    await ensure_topics(settings)
     nowhere = f"http://127.0.0.1:{free_port()}"  # nothing listens: connections are refused
-    env = streamrec_env(settings) | {
-        "STREAMREC_INDEX_MODE": "client",
-        "STREAMREC_QDRANT_URL": nowhere,
-        "STREAMREC_INDEX_RETRY_S": "1",
-    }
+    settings = settings.model_copy(update={"metrics_port": free_port(), "k": 5, "index_mode": "client",
+                                           "qdrant_url": nowhere, "index_retry_s": 1.0})
+    await ensure_topics(settings)
     log_path = tmp_path / "worker.log"
-    with log_path.open("ab") as log:
-        process = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    worker = start_worker(settings, log_path)
     world = SyntheticWorld(seed=4, n_items=20, n_users=6, n_categories=2)
     port = settings.metrics_port
     try:
         def up() -> bool:
-            assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
-            return scrape_metric(port, "streamrec_index_available") is not None
+            return worker.alive() and "streamrec_index_available" in scrape(port)
 
         await wait_until(up, WORKER_READY_S, "the worker to start without Qdrant")
         items = world.items(ts=time.time())
@@ -243,7 +200,7 @@ async def test_qdrant_unreachable_serves_trending_and_holds_the_catalogue(
             last = {e.user_id: e.event_id for e in events}
 
             def served() -> bool:
-                assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+                worker.alive()
                 triggers = {Recommendation.model_validate_json(v).trigger_event_id for v in recs.values}
                 return set(last.values()) <= triggers
 
@@ -269,18 +226,16 @@ async def test_qdrant_unreachable_serves_trending_and_holds_the_catalogue(
         assert metrics['streamrec_fallback_lists_total{reason="index_unavailable"}'] >= len(last)
         assert metric_sum(metrics, "streamrec_items_indexed_total") == 0
         assert metric_sum(metrics, "streamrec_agent_errors_total") == 0
-        status, body = _get(port, f"/items/{items[0].item_id}/similar")
+        status, body = worker.call(f"/items/{items[0].item_id}/similar")
         assert (status, body["reason"]) == (503, "index_unavailable")
-        status, body = _get(port, "/readyz")
+        status, body = worker.call("/readyz")
         assert body["checks"]["index"]["degraded"] is True and body["checks"]["index"]["ok"]
 
-        os.killpg(process.pid, signal.SIGTERM)  # while the catalogue waits for Qdrant
-        assert process.wait(timeout=60) == 0
-        assert await _committed(settings, settings.topics.items) == [None] * settings.partitions
+        assert worker.terminate() == 0  # while the catalogue waits for Qdrant
+        committed = await group_offsets(settings, [settings.topics.items])
+        assert [offset for offset, _ in committed.values()] == [None] * settings.partitions
     finally:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
+        worker.kill()
     log = log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]
     assert "catalogue items wait for the item index" in log

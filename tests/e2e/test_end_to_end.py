@@ -8,12 +8,7 @@ from __future__ import annotations
 
 import asyncio
 import json
-import os
-import signal
-import subprocess
-import sys
 import time
-import urllib.request
 import uuid
 from collections import defaultdict
 from pathlib import Path
@@ -21,179 +16,33 @@ from pathlib import Path
 import jsonschema
 import pytest
 
-from streamrec.consumers.tools.feed import open_reader
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.stream.broker import free_port
-from streamrec.stream.messages import DeadLetter, Event, Item, Recommendation
+from streamrec.stream.messages import DeadLetter, Event, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
-from tests.helpers import confluent_read
+from tests.support.events import bad_messages
+from tests.support.metrics import metric_sum, scrape
+from tests.support.topics import TopicCollector, confluent_read, group_offsets
+from tests.support.waiting import OUTPUT_WAIT_S, wait_until
+from tests.support.workers import WORKER_READY_S, Worker, index_catalogue, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
 SCHEMAS = Path(__file__).resolve().parents[2] / "stream" / "schemas"
-WORKER_READY_S = 180.0
-OUTPUT_WAIT_S = 120.0
-MAX_MESSAGE_BYTES = 4096
 
 
-def scrape(port: int) -> dict[str, float]:
-    """The worker's /metrics as {'name{labels}': value}; empty while it is not up."""
-    try:
-        with urllib.request.urlopen(f"http://127.0.0.1:{port}/metrics", timeout=2) as response:
-            body = response.read().decode()
-    except OSError:
-        return {}
-    out = {}
-    for line in body.splitlines():
-        if line and not line.startswith("#"):
-            name, _, value = line.rpartition(" ")
-            out[name] = float(value)
-    return out
-
-
-def metric_sum(metrics: dict[str, float], prefix: str, contains: str = "") -> float:
-    return sum(v for k, v in metrics.items() if k.startswith(prefix) and contains in k)
-
-
-async def wait_until(condition, timeout_s: float, what: str, poll_s: float = 0.25) -> None:
-    deadline = time.monotonic() + timeout_s
-    while time.monotonic() < deadline:
-        if condition():
-            return
-        await asyncio.sleep(poll_s)
-    raise AssertionError(f"timed out after {timeout_s}s waiting for {what}")
-
-
-class TopicCollector:
-    """Reads a topic from the beginning in the background into a list."""
-
-    def __init__(self, settings: Settings, topic: str) -> None:
-        self.settings, self.topic = settings, topic
-        self.values: list[bytes] = []
-
-    async def __aenter__(self) -> TopicCollector:
-        self.consumer = await open_reader(self.settings, self.topic, from_beginning=True)
-        self.task = asyncio.create_task(self._run())
-        return self
-
-    async def _run(self) -> None:
-        while True:
-            batches = await self.consumer.getmany(timeout_ms=200)
-            for records in batches.values():
-                self.values.extend(record.value for record in records)
-
-    async def __aexit__(self, *exc: object) -> None:
-        self.task.cancel()
-        await asyncio.gather(self.task, return_exceptions=True)
-        await self.consumer.stop()
-
-
-async def group_offsets(settings: Settings) -> dict[str, tuple[int | None, int]]:
-    """Committed offset vs end offset of the worker group, per input partition (diagnostics)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id)
-    await consumer.start()
-    try:
-        tps = [TopicPartition(t, p) for t in (settings.topics.events, settings.topics.events_by_user)
-               for p in range(settings.partitions)]
-        ends = await consumer.end_offsets(tps)
-        return {f"{tp.topic}/{tp.partition}": (await consumer.committed(tp), ends[tp]) for tp in tps}
-    finally:
-        await consumer.stop()
-
-
-async def index_catalogue(
-    producer: EventProducer, settings: Settings, world: SyntheticWorld, process: subprocess.Popen, log_path: Path
-) -> list[Item]:
-    """Produce the world's catalogue and wait until the worker has indexed all of it."""
-    items = world.items(ts=time.time())
-    for item in items:
-        await producer.send_item(item)
-    await producer.flush()
-
-    def ready() -> bool:
-        assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
-        return metric_sum(scrape(settings.metrics_port), "streamrec_items_indexed_total") >= len(items)
-
-    await wait_until(ready, WORKER_READY_S, "the worker to index the catalogue")
-    return items
-
-
-def bad_messages(now: float) -> list[tuple[bytes, str]]:
-    """(raw value, the DLQ reason it must get), each unique so it can be found in the DLQ."""
-    good = {"user_id": "u-bad", "item_id": "i-bad", "type": "view", "ts": now}
-    cases = [
-        (b'{"event_id": "broken-json", ', "invalid_json"),
-        (b"\xff\xfe\xfd binary-garbage", "invalid_json"),
-        (b"[\"an\", \"array\"]", "not_an_object"),
-        (json.dumps({**good, "event_id": "no-item", "item_id": None}).encode(), "schema"),
-        (json.dumps({k: v for k, v in good.items() if k != "user_id"} | {"event_id": "no-user"}).encode(), "schema"),
-        (json.dumps({**good, "event_id": "int-user", "user_id": 12345}).encode(), "schema"),
-        (json.dumps({**good, "event_id": "liked", "type": "like"}).encode(), "unknown_type"),
-        (json.dumps({**good, "event_id": "too-old", "ts": 86_400.0}).encode(), "absurd_timestamp"),
-        (json.dumps({**good, "event_id": "too-new", "ts": now + 10 * 86_400}).encode(), "absurd_timestamp"),
-        (json.dumps({**good, "event_id": "huge", "context": {"pad": "x" * MAX_MESSAGE_BYTES}}).encode(), "oversized"),
-    ]
-    return cases
-
-
-@pytest.fixture
-def e2e_settings(settings: Settings) -> Settings:
-    return settings.model_copy(
-        update={"metrics_port": free_port(), "max_message_bytes": MAX_MESSAGE_BYTES, "k": 5}
-    )
-
-
-def streamrec_env(settings: Settings) -> dict[str, str]:
-    """The environment a `streamrec` subprocess needs to reach this test's broker and files."""
-    return {
-        **os.environ,
-        "HF_HUB_OFFLINE": "1",
-        "STREAMREC_BROKER": settings.broker,
-        "STREAMREC_APP_ID": settings.app_id,
-        "STREAMREC_TOPIC_PREFIX": settings.topic_prefix,
-        "STREAMREC_PARTITIONS": str(settings.partitions),
-        "STREAMREC_DATA_DIR": str(settings.data_dir),
-        "STREAMREC_METRICS_PORT": str(settings.metrics_port),
-        "STREAMREC_MAX_MESSAGE_BYTES": str(MAX_MESSAGE_BYTES),
-        "STREAMREC_K": str(settings.k),
-    }
-
-
-def start_worker(settings: Settings, log_path: Path) -> subprocess.Popen:
-    env = streamrec_env(settings)
-    with log_path.open("ab") as log:
-        return subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "worker"],
-            env=env, stdout=log, stderr=subprocess.STDOUT, start_new_session=True,
-        )
-
-
-@pytest.fixture
-def worker(e2e_settings: Settings, tmp_path: Path):
-    log_path = tmp_path / "worker.log"
-    processes = [start_worker(e2e_settings, log_path)]
-    yield processes, log_path
-    for process in processes:
-        if process.poll() is None:
-            os.killpg(process.pid, signal.SIGKILL)
-            process.wait()
-
-
-async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worker) -> None:
+async def test_events_in_fresh_recommendations_out(
+    e2e_settings: Settings, worker: Worker, workers: list[Worker]
+) -> None:
     settings = e2e_settings
-    processes, log_path = worker
-    process = processes[0]
     world = SyntheticWorld(seed=11, n_items=80, n_users=15, n_categories=4)
     await ensure_topics(settings)
 
     async with EventProducer(settings) as producer, \
             TopicCollector(settings, settings.topics.recommendations) as recs, \
             TopicCollector(settings, settings.topics.dlq) as dlq:
-        items = await index_catalogue(producer, settings, world, process, log_path)
+        items = await index_catalogue(producer, world, worker)
 
         # A live stream of valid events, interleaved with bad messages.
         now = time.time()
@@ -212,7 +61,7 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
             last_event[event.user_id] = event.event_id
 
         def all_users_served() -> bool:
-            assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+            worker.alive()
             triggers = {json.loads(v)["trigger_event_id"] for v in recs.values}
             return set(last_event.values()) <= triggers and len(dlq.values) >= len(bad)
 
@@ -275,14 +124,13 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
     assert all(m.key() == Recommendation.model_validate_json(m.value()).user_id.encode() for m in theirs)
 
     # Stops cleanly on SIGTERM.
-    os.killpg(process.pid, signal.SIGTERM)
-    assert process.wait(timeout=60) == 0
-    assert "Traceback" not in log_path.read_text(errors="replace")
+    assert worker.terminate() == 0
+    assert "Traceback" not in worker.log_path.read_text(errors="replace")
 
     # A new worker recovers user state from the table's changelog: after the restart, lists
     # still exclude everything the users consumed before it.
-    restarted = start_worker(settings, log_path)
-    processes.append(restarted)
+    restarted = start_worker(settings, worker.log_path)
+    workers.append(restarted)
     returning = sorted(history)[:5]
     later = [
         Event(event_id=f"after-{user}", user_id=user, item_id=history[user][0].item_id, type="click", ts=time.time())
@@ -296,7 +144,7 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
         wanted = {e.event_id for e in later}
 
         def served_after_restart() -> bool:
-            assert restarted.poll() is None, log_path.read_text(errors="replace")[-4000:]
+            restarted.alive()
             return wanted <= {json.loads(v)["trigger_event_id"] for v in recs_after.values}
 
         try:
@@ -313,5 +161,4 @@ async def test_events_in_fresh_recommendations_out(e2e_settings: Settings, worke
         if rec.trigger_event_id in wanted:
             consumed = {e.item_id for e in history[rec.user_id]}
             assert not consumed & {i.item_id for i in rec.items}, f"{rec.user_id}'s state was lost"
-    os.killpg(restarted.pid, signal.SIGTERM)
-    assert restarted.wait(timeout=60) == 0
+    assert restarted.terminate() == 0

@@ -24,7 +24,7 @@ import pytest
 
 from streamrec.models.core.state import UserState
 from streamrec.stream.messages import Event, Recommendation
-from tests.e2e.group_run import (
+from tests.support.group_run import (
     N_USERS,
     PARTITIONS,
     RATE,
@@ -32,10 +32,11 @@ from tests.e2e.group_run import (
     Run,
     Sender,
     lists_triggered_by_last_events,
-    read_topic,
 )
-from tests.e2e.test_end_to_end import metric_sum, scrape
-from tests.e2e.workers import Worker, wait_for
+from tests.support.metrics import metric_sum, scrape
+from tests.support.topics import read_topic
+from tests.support.waiting import wait_for
+from tests.support.workers import Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -1,6 +1,6 @@
 """Fuzzed input through a real Tansu broker and a real worker process.
 
-A few hundred inputs drawn with the hypothesis strategies of `tests/fuzz_inputs.py` (random
+A few hundred inputs drawn with the hypothesis strategies of `tests/support/fuzz_inputs.py` (random
 bytes, truncated and huge JSON, wrong types, NaN/inf, absurd timestamps, unicode edge cases,
 empty ids, unknown types, deep nesting, valid events for unknown items), plus re-sent
 duplicates, go to `events` through a plain aiokafka producer. The books must close:
@@ -12,32 +12,24 @@ a list, and the worker is still up and healthy afterwards.
 from __future__ import annotations
 
 import json
-import os
-import signal
 import time
-import urllib.request
 from collections import Counter, defaultdict
-from pathlib import Path
 
 import pytest
 from aiokafka import AIOKafkaProducer
 from hypothesis import HealthCheck, Phase, given, settings
 from hypothesis import strategies as st
 
-from streamrec.stream.broker import free_port
 from streamrec.stream.messages import DeadLetter, Event, Item
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
 from streamrec.stream.validation import REASONS, EventValidator, Rejection
-from tests.e2e.test_end_to_end import (
-    MAX_MESSAGE_BYTES,
-    TopicCollector,
-    metric_sum,
-    scrape,
-    start_worker,
-    wait_until,
-)
-from tests.fuzz_inputs import Fuzzed, ids, inputs
+from tests.support.events import MAX_MESSAGE_BYTES
+from tests.support.fuzz_inputs import Fuzzed, ids, inputs
+from tests.support.metrics import metric_sum, scrape
+from tests.support.topics import TopicCollector
+from tests.support.waiting import wait_until
+from tests.support.workers import Worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(240)]
 
@@ -81,30 +73,8 @@ def with_extras(corpus: list[Fuzzed], validator: EventValidator, now: float) -> 
     return raws + again + changed
 
 
-def healthz(port: int) -> dict:
-    with urllib.request.urlopen(f"http://127.0.0.1:{port}/healthz", timeout=5) as response:
-        assert response.status == 200
-        return json.loads(response.read())
-
-
-@pytest.fixture
-def fuzz_settings(settings: Settings) -> Settings:
-    return settings.model_copy(update={"metrics_port": free_port(), "max_message_bytes": MAX_MESSAGE_BYTES, "k": 5})
-
-
-@pytest.fixture
-def worker(fuzz_settings: Settings, tmp_path: Path):
-    log_path = tmp_path / "worker.log"
-    process = start_worker(fuzz_settings, log_path)
-    yield process, log_path
-    if process.poll() is None:
-        os.killpg(process.pid, signal.SIGKILL)
-        process.wait()
-
-
-async def test_fuzzed_input_is_accounted_for_and_the_worker_survives(fuzz_settings: Settings, worker) -> None:
-    settings = fuzz_settings
-    process, log_path = worker
+async def test_fuzzed_input_is_accounted_for_and_the_worker_survives(e2e_settings: Settings, worker: Worker) -> None:
+    settings = e2e_settings  # the `worker` fixture's (tests/e2e/conftest.py): max_message_bytes MAX_MESSAGE_BYTES
     now = time.time()
     validator = EventValidator(settings.max_message_bytes, settings.min_event_ts, settings.max_future_skew_s)
     corpus = draw_corpus(now)
@@ -142,7 +112,7 @@ async def test_fuzzed_input_is_accounted_for_and_the_worker_survives(fuzz_settin
             started = time.monotonic()
 
             def books_closed() -> bool:
-                assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+                worker.alive()
                 metrics = scrape(settings.metrics_port)
                 counted = metric_sum(metrics, "streamrec_events_total{")
                 served = {json.loads(v)["user_id"] for v in recs.values}
@@ -180,10 +150,10 @@ async def test_fuzzed_input_is_accounted_for_and_the_worker_survives(fuzz_settin
     for event_id, users in users_by_id.items():
         assert users & served, f"no list for the user of accepted event {event_id!r}"
 
-    assert process.poll() is None, "the worker is still running"
-    assert healthz(settings.metrics_port)["status"] == "ok"
+    assert worker.process.poll() is None, "the worker is still running"
+    assert worker.get("/healthz")["status"] == "ok"
     assert metric_sum(metrics, "streamrec_agent_errors_total") == 0
-    assert "Traceback" not in log_path.read_text(errors="replace")
+    assert "Traceback" not in worker.log_path.read_text(errors="replace")
     print(f"\nfuzzed {len(sent)} inputs ({len(corpus)} drawn, {len(kinds)} kinds): accepted {accepted}, "
           f"dead-lettered {rejected.total()} {dict(by_reason)}, duplicates {duplicates}; "
           f"settled {settle_s:.1f} s after the last send")

@@ -19,16 +19,11 @@ from streamrec.models.learning.store import WEIGHTS_FILE, DirectoryModelStore
 from streamrec.stream.messages import Event, Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
-from tests.e2e.test_end_to_end import (
-    OUTPUT_WAIT_S,
-    TopicCollector,
-    index_catalogue,
-    scrape,
-    start_worker,
-    streamrec_env,
-    wait_until,
-)
-from tests.e2e.test_serving_checkpoint import with_checkpoint
+from tests.support.checkpoints import with_checkpoint
+from tests.support.metrics import scrape
+from tests.support.topics import TopicCollector
+from tests.support.waiting import OUTPUT_WAIT_S, wait_until
+from tests.support.workers import index_catalogue, start_worker, worker_env
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(480)]
 
@@ -51,7 +46,7 @@ def _variant(store: DirectoryModelStore, parent: str, poison: bool = False) -> s
 def _cli(settings: Settings, *args: str) -> str:
     done = subprocess.run(
         [sys.executable, "-m", "streamrec.consumers.cli", "model", *args],
-        env=streamrec_env(settings), capture_output=True, text=True, timeout=120,
+        env=worker_env(settings), capture_output=True, text=True, timeout=120,
     )
     assert done.returncode == 0, done.stderr[-2000:]
     return done.stdout
@@ -62,13 +57,13 @@ async def test_hot_swap_refusal_and_rollback(settings: Settings, tmp_path: Path)
     world = SyntheticWorld(seed=5, n_items=60, n_users=10, n_categories=3)
     settings, store, v1 = await with_checkpoint(settings, world)
     log_path = tmp_path / "worker.log"
-    process = start_worker(settings, log_path)
+    worker = start_worker(settings, log_path)
     metric = lambda name: scrape(settings.metrics_port).get(name, 0.0)  # noqa: E731
     rounds: list[tuple[list[Event], set[str]]] = []
     try:
         async with EventProducer(settings) as producer, \
                 TopicCollector(settings, settings.topics.recommendations) as recs:
-            await index_catalogue(producer, settings, world, process, log_path)
+            await index_catalogue(producer, world, worker)
 
             async def serve_round(expected_version: str) -> None:
                 """Send a round of events; every user's list must carry `expected_version`."""
@@ -110,7 +105,7 @@ async def test_hot_swap_refusal_and_rollback(settings: Settings, tmp_path: Path)
             _cli(settings, "publish", v4)
             refused = 'streamrec_model_updates_total{action="publish",outcome="refused",reason="non_finite"}'
             await wait_until(lambda: metric(refused) >= 1, OUTPUT_WAIT_S, "the NaN update refused")
-            assert process.poll() is None
+            assert worker.alive()
             await serve_round(v2)
 
             # The operator rolls back to v1: it reaches the worker through the same topic.
@@ -123,8 +118,7 @@ async def test_hot_swap_refusal_and_rollback(settings: Settings, tmp_path: Path)
             online = {k for k in info if k.startswith("streamrec_online_events_total{")}
             assert any(v1 in k for k in online) and any(v2 in k for k in online), online
     finally:
-        process.kill()
-        process.wait()
+        worker.kill()
     log = log_path.read_text(errors="replace")
     assert "Traceback" not in log.split("refusing model")[0]  # nothing crashed before the refusals
     assert f"refusing model {v3} (checksum)" in log and f"refusing model {v4} (non_finite)" in log

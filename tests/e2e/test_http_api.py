@@ -34,8 +34,9 @@ from streamrec.stream.messages import Event, Item
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
-from tests.e2e.test_end_to_end import metric_sum, scrape
-from tests.e2e.workers import Worker, start_worker, wait_for
+from tests.support.metrics import metric_sum, scrape
+from tests.support.waiting import wait_for
+from tests.support.workers import Worker, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(300)]
 
@@ -98,8 +99,7 @@ def cluster(broker: DevBroker, tmp_path_factory: pytest.TempPathFactory) -> Iter
 
         def both_ready() -> bool:
             ready = all(w.alive() and w.readiness().get("ready") for w in (a, b))
-            indexed = all(metric_sum(scrape(w.settings.metrics_port), "streamrec_items_indexed_total") >= len(items)
-                          for w in (a, b))
+            indexed = all(w.items_indexed() >= len(items) for w in (a, b))
             shared = ready and sorted(a.owned() + b.owned()) == [0, 1, 2, 3] and a.owned() and b.owned()
             return bool(indexed and shared)
 

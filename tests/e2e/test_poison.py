@@ -17,15 +17,10 @@ import pytest
 
 from streamrec.consumers.worker.handlers import MAX_ATTEMPTS, PROCESSING_FAILED
 from streamrec.stream.messages import DeadLetter, Event, Recommendation
-from tests.e2e.group_run import (
-    SERVED_S,
-    Run,
-    Sender,
-    lists_triggered_by_last_events,
-    read_topic,
-)
-from tests.e2e.test_end_to_end import metric_sum, scrape
-from tests.e2e.workers import wait_for
+from tests.support.group_run import SERVED_S, Run, Sender, lists_triggered_by_last_events
+from tests.support.metrics import metric_sum, scrape
+from tests.support.topics import read_topic
+from tests.support.waiting import wait_for
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 

@@ -21,19 +21,15 @@ from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Recommendation
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
-from tests.e2e.test_end_to_end import (
-    OUTPUT_WAIT_S,
-    TopicCollector,
-    index_catalogue,
-    scrape,
-    start_worker,
-    streamrec_env,
-    wait_until,
-)
-from tests.e2e.test_serving_checkpoint import with_checkpoint
+from tests.support.checkpoints import with_checkpoint
+from tests.support.metrics import scrape
+from tests.support.topics import TopicCollector
+from tests.support.waiting import OUTPUT_WAIT_S, wait_until
+from tests.support.workers import index_catalogue, start_worker
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(600)]
 CHUNK = 100  # events sent at once; the worker serves lists between chunks
+TRAINER_COMMAND = (sys.executable, "-m", "streamrec.consumers.cli", "trainer")
 
 
 def _online(metrics: dict[str, float], version: str) -> tuple[float, float]:
@@ -49,32 +45,22 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
     world = SyntheticWorld(seed=5, n_items=120, n_users=20, n_categories=3)
     settings, store, v1 = await with_checkpoint(settings, world)
     trainer_port = free_port()
-    trainer_env = {
-        **streamrec_env(settings),
-        "STREAMREC_TRAINER_METRICS_PORT": str(trainer_port),
-        "STREAMREC_TRAINER_WINDOW_EVENTS": "800",
-        "STREAMREC_TRAINER_EVERY_EVENTS": "400",
-        "STREAMREC_TRAINER_EVERY_S": "5",
-        "STREAMREC_TRAINER_MIN_EVENTS": "300",
-        "STREAMREC_TRAINER_STEPS": "150",
-        "STREAMREC_TRAINER_HOLDOUT": "0.25",
-    }
+    trainer_settings = settings.model_copy(update={
+        "trainer_metrics_port": trainer_port, "trainer_window_events": 800, "trainer_every_events": 400,
+        "trainer_every_s": 5.0, "trainer_min_events": 300, "trainer_steps": 150, "trainer_holdout": 0.25,
+    })
     log_path, trainer_log = tmp_path / "worker.log", tmp_path / "trainer.log"
     worker = start_worker(settings, log_path)
-    with trainer_log.open("ab") as out:
-        trainer = subprocess.Popen(
-            [sys.executable, "-m", "streamrec.consumers.cli", "trainer"],
-            env=trainer_env, stdout=out, stderr=subprocess.STDOUT, start_new_session=True,
-        )
+    trainer = start_worker(trainer_settings, trainer_log, command=TRAINER_COMMAND)
     stream = iter(range(10, 10_000))
     try:
         async with EventProducer(settings) as producer, \
                 TopicCollector(settings, settings.topics.recommendations) as recs:
-            await index_catalogue(producer, settings, world, worker, log_path)
+            await index_catalogue(producer, world, worker)
 
             async def send_chunks(n_chunks: int) -> None:
                 for _ in range(n_chunks):
-                    assert worker.poll() is None and trainer.poll() is None, trainer_log.read_text()[-3000:]
+                    assert worker.alive() and trainer.process.poll() is None, trainer.log_tail(3000)
                     now = time.time()
                     for event in world.events(CHUNK, start_ts=now, rate_per_s=200, stream=next(stream)):
                         await producer.send_event(event)
@@ -96,9 +82,9 @@ async def test_trainer_follows_a_change_of_taste(settings: Settings, tmp_path: P
             final = scrape(settings.metrics_port)
             trainer_metrics = scrape(trainer_port)
     finally:
-        for process in (worker, trainer):
+        for process in (worker.process, trainer.process):
             process.terminate()
-        for process in (worker, trainer):
+        for process in (worker.process, trainer.process):
             try:
                 process.wait(timeout=30)
             except subprocess.TimeoutExpired:

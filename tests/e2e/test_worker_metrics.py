@@ -15,15 +15,9 @@ from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
-from tests.e2e.test_end_to_end import (  # noqa: F401 - fixtures
-    OUTPUT_WAIT_S,
-    e2e_settings,
-    index_catalogue,
-    metric_sum,
-    scrape,
-    wait_until,
-    worker,
-)
+from tests.support.metrics import metric_sum, scrape
+from tests.support.waiting import OUTPUT_WAIT_S, wait_until
+from tests.support.workers import Worker, index_catalogue
 
 pytestmark = [pytest.mark.e2e, pytest.mark.timeout(420)]
 
@@ -40,15 +34,13 @@ def lag_series(metrics: dict[str, float]) -> dict[tuple[str, str], float]:
 
 
 async def test_lag_catalogue_size_and_faust_sensor_on_the_workers_metrics(
-    e2e_settings: Settings, worker  # noqa: F811
+    e2e_settings: Settings, worker: Worker
 ) -> None:
     settings = e2e_settings
-    processes, log_path = worker
-    process = processes[0]
     world = SyntheticWorld(seed=5, n_items=60, n_users=10, n_categories=3)
     await ensure_topics(settings)
     async with EventProducer(settings) as producer:
-        items = await index_catalogue(producer, settings, world, process, log_path)
+        items = await index_catalogue(producer, world, worker)
         now = time.time()
         events = [e.model_copy(update={"ts": now + i * 0.001}) for i, e in enumerate(world.events(200, start_ts=now))]
         for event in events:
@@ -62,7 +54,7 @@ async def test_lag_catalogue_size_and_faust_sensor_on_the_workers_metrics(
     }
 
     def settled() -> bool:
-        assert process.poll() is None, log_path.read_text(errors="replace")[-4000:]
+        worker.alive()
         metrics = scrape(settings.metrics_port)
         accepted = metric_sum(metrics, "streamrec_events_total", 'outcome="accepted"')
         lags = lag_series(metrics)

@@ -18,7 +18,7 @@ from streamrec.stream.offsets import log_end_offsets
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
-from tests.helpers import confluent_read
+from tests.support.topics import confluent_read
 
 pytestmark = pytest.mark.integration
 

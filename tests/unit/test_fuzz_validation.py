@@ -14,7 +14,8 @@ from hypothesis import strategies as st
 from streamrec.consumers.worker.views import ApiError, parse_event_body
 from streamrec.stream.messages import DeadLetter, Event
 from streamrec.stream.validation import MAX_JSON_DEPTH, REASONS, EventValidator, Rejection
-from tests.fuzz_inputs import MAX_SKEW_S, MIN_TS, Fuzzed, inputs
+from tests.support.events import event_fields
+from tests.support.fuzz_inputs import MAX_SKEW_S, MIN_TS, Fuzzed, inputs
 
 NOW = 1_750_000_000.0
 MAX_BYTES = 4096  # the e2e tests' limit: small enough that oversized inputs stay cheap
@@ -73,14 +74,10 @@ def test_post_events_refuses_with_a_status_or_accepts_all(batch: list[Fuzzed]) -
     assert len(events) == len(batch) and all(isinstance(e, Event) for e in events)
 
 
-def _event(**changes: object) -> dict:
-    return {"event_id": "e1", "user_id": "u1", "item_id": "i1", "type": "view", "ts": NOW} | changes
-
-
 # --- regressions the fuzzing found -----------------------------------------------------
 def test_json_too_deep_for_the_parser_is_refused_not_raised() -> None:
     """json.loads raises RecursionError (not a ValueError) past ~1,000 levels."""
-    for raw in (b"[" * 2000 + b"]" * 2000, json.dumps(_event()).encode()[:-1] + b', "context": ' + b"[" * 1500 + b"]" * 1500 + b"}"):
+    for raw in (b"[" * 2000 + b"]" * 2000, json.dumps(event_fields(ts=NOW)).encode()[:-1] + b', "context": ' + b"[" * 1500 + b"]" * 1500 + b"}"):
         result = VALIDATOR.parse(raw, NOW)
         assert isinstance(result, Rejection) and result.reason == "invalid_json", result
 
@@ -93,16 +90,16 @@ def test_json_too_deep_to_forward_is_refused() -> None:
         deep: object = 1
         for _ in range(depth):
             deep = {"a": deep}
-        result = validator.parse(json.dumps(_event(context=deep)).encode(), NOW)
+        result = validator.parse(json.dumps(event_fields(ts=NOW, context=deep)).encode(), NOW)
         assert isinstance(result, Rejection) and result.reason == "schema" and "nested" in result.error
-    shallow = validator.parse(json.dumps(_event(context={"a": {"b": [1, [2]]}})).encode(), NOW)
+    shallow = validator.parse(json.dumps(event_fields(ts=NOW, context={"a": {"b": [1, [2]]}})).encode(), NOW)
     assert isinstance(shallow, Event) and shallow.context == {"a": {"b": [1, [2]]}}
 
 
 @pytest.mark.parametrize("number", [b"1e999", b"-1e999", b"1E400"])
 def test_a_number_beyond_float_range_is_refused_like_nan(number: bytes) -> None:
     """`1e999` parsed to inf: in `context` it was accepted (and forwarded as null)."""
-    raw = json.dumps(_event(context={"x": "N"})).encode().replace(b'"N"', number)
+    raw = json.dumps(event_fields(ts=NOW, context={"x": "N"})).encode().replace(b'"N"', number)
     result = VALIDATOR.parse(raw, NOW)
     assert isinstance(result, Rejection) and result.reason == "invalid_json", result
 
@@ -111,9 +108,9 @@ def test_an_event_that_would_outgrow_the_limit_once_forwarded_is_refused_at_the_
     """Compact JSON with an int `ts` 1 byte under the limit was accepted, then forwarded as
     `"ts":1750000000.0`, 2 bytes over it: the recommend agent dead-lettered an event already
     counted as accepted (and POST /events answered 202 for an event ingest then refused)."""
-    event = _event(ts=int(NOW), context={"p": ""})
+    event = event_fields(ts=int(NOW), context={"p": ""})
     pad = MAX_BYTES - 1 - len(json.dumps(event, separators=(",", ":")))
-    raw = json.dumps(_event(ts=int(NOW), context={"p": "x" * pad}), separators=(",", ":")).encode()
+    raw = json.dumps(event_fields(ts=int(NOW), context={"p": "x" * pad}), separators=(",", ":")).encode()
     assert len(raw) == MAX_BYTES - 1
     result = VALIDATOR.parse(raw, NOW)
     assert isinstance(result, Rejection) and result.reason == "oversized" and "serialised" in result.error

@@ -24,7 +24,7 @@ from streamrec.models.index.protocol import IndexedItem
 from streamrec.stream.messages import DeadLetter, Event
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import Rejection
-from tests.fakes import BruteForceIndex
+from tests.support.fakes import BruteForceIndex
 
 NOW = 1_750_000_000.0
 ORIGIN = Origin(topic="events", partition=1, offset=42)

@@ -19,8 +19,8 @@ from streamrec.models.core.recommender import Recommender
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import EventValidator
-from tests.e2e.test_end_to_end import MAX_MESSAGE_BYTES, bad_messages
-from tests.fakes import BruteForceIndex
+from tests.support.events import MAX_MESSAGE_BYTES, bad_messages, event_fields
+from tests.support.fakes import BruteForceIndex
 
 SPEC = Path(__file__).resolve().parents[2] / "docs" / "openapi.yaml"
 HTTP_METHODS = {"get", "post", "put", "patch", "delete"}
@@ -31,10 +31,6 @@ def _validator() -> EventValidator:
     return EventValidator(settings.max_message_bytes, settings.min_event_ts, settings.max_future_skew_s)
 
 
-def _event(n: int, **changes: object) -> dict:
-    return {"event_id": f"e{n}", "user_id": "u1", "item_id": f"i{n}", "type": "click", "ts": time.time()} | changes
-
-
 def _refusal(body: bytes, max_events: int = 10) -> ApiError:
     with pytest.raises(ApiError) as refused:
         parse_event_body(body, _validator(), time.time(), max_events)
@@ -43,9 +39,9 @@ def _refusal(body: bytes, max_events: int = 10) -> ApiError:
 
 
 def test_one_event_or_an_array_of_them() -> None:
-    one = parse_event_body(json.dumps(_event(1)).encode(), _validator(), time.time(), 10)
-    many = parse_event_body(json.dumps([_event(n) for n in range(3)]).encode(), _validator(), time.time(), 10)
-    assert [e.event_id for e in one] == ["e1"]
+    one = parse_event_body(json.dumps(event_fields(n=1)).encode(), _validator(), time.time(), 10)
+    many = parse_event_body(json.dumps([event_fields(n=n) for n in range(3)]).encode(), _validator(), time.time(), 10)
+    assert [e.event_id for e in one] == ["u1-1"]
     assert [e.item_id for e in many] == ["i0", "i1", "i2"]
 
 
@@ -53,7 +49,7 @@ def test_each_bad_event_is_refused_with_the_reason_the_dead_letter_queue_would_g
     """The very cases the e2e test sends to the topic: same validator, same reasons."""
     now = time.time()
     for raw, reason in bad_messages(now):
-        batch = b"[" + json.dumps(_event(0)).encode() + b"," + raw + b"]"
+        batch = b"[" + json.dumps(event_fields(n=0)).encode() + b"," + raw + b"]"
         refused = None
         try:
             parse_event_body(batch, _validator(), now, 10)
@@ -69,22 +65,22 @@ def test_each_bad_event_is_refused_with_the_reason_the_dead_letter_queue_would_g
 
 def test_single_event_refusals_say_why() -> None:
     assert (_refusal(b"{not json").status, _refusal(b"{not json").reason) == (400, "invalid_json")
-    huge = json.dumps(_event(1, context={"pad": "x" * MAX_MESSAGE_BYTES})).encode()
+    huge = json.dumps(event_fields(n=1, context={"pad": "x" * MAX_MESSAGE_BYTES})).encode()
     assert (_refusal(huge).status, _refusal(huge).reason) == (413, "oversized")
-    unknown = _refusal(json.dumps(_event(1, type="like")).encode())
+    unknown = _refusal(json.dumps(event_fields(n=1, type="like")).encode())
     assert unknown.status == 422 and unknown.extra["problems"][0]["reason"] == "unknown_type"
     assert _refusal(b'{"event_id": "e", "ts": NaN}').reason == "invalid_json"
 
 
 def test_batch_limits() -> None:
     assert (_refusal(b"[]").status, _refusal(b"[]").reason) == (400, "empty")
-    too_many = json.dumps([_event(n) for n in range(11)]).encode()
+    too_many = json.dumps([event_fields(n=n) for n in range(11)]).encode()
     assert (_refusal(too_many).status, _refusal(too_many).reason) == (413, "too_many_events")
     assert _refusal(b"[1, NaN]").reason == "invalid_json"
 
 
 def test_all_or_nothing() -> None:
-    body = json.dumps([_event(0), _event(1, ts=1.0), _event(2, user_id=7)]).encode()
+    body = json.dumps([event_fields(n=0), event_fields(n=1, ts=1.0), event_fields(n=2, user_id=7)]).encode()
     problems = _refusal(body).extra["problems"]
     assert [(p["index"], p["reason"]) for p in problems] == [(1, "absurd_timestamp"), (2, "schema")]
 

@@ -26,11 +26,10 @@ from streamrec.models.index.health import (
     IndexHealth,
 )
 from streamrec.models.index.protocol import IndexedItem, IndexUnavailableError
-from streamrec.stream.messages import Event
-from tests.fakes import BruteForceIndex
+from tests.support.events import event
+from tests.support.fakes import BruteForceIndex
 
 DIM = 4
-T0 = 1_750_000_000.0
 
 
 class FlakyIndex(BruteForceIndex):
@@ -76,10 +75,6 @@ def _catalogue() -> FlakyIndex:
     return index
 
 
-def _event(user: str, item: str, n: int) -> Event:
-    return Event(event_id=f"{user}-{n}", user_id=user, item_id=item, type="click", ts=T0 + n)
-
-
 def _setup(k: int = 3) -> tuple[FlakyIndex, Recommender, Clock]:
     index, clock = _catalogue(), Clock()
     recommender = Recommender(
@@ -97,14 +92,14 @@ def test_an_unavailable_index_gives_trending_lists_minus_consumed_with_the_reaso
     metrics = WorkerMetrics()
     metrics.watch_index(recommender)
     # Popularity from earlier events: i5 > i6 > i7.
-    warmup = [UserBatch(UserState(f"w{n}"), [_event(f"w{n}", item, n)]) for n, item in
+    warmup = [UserBatch(UserState(f"w{n}"), [event(f"w{n}", item, n, kind="click")]) for n, item in
               enumerate(["i5", "i5", "i5", "i6", "i6", "i7"])]
     recommender.process_batch(warmup)
     assert metrics.index_available._value.get() == 1.0  # set_function: read as scraped
 
     index.down = True
     alice = UserState("alice")
-    users = [UserBatch(alice, [_event("alice", "i5", 10)]), UserBatch(UserState("bob"), [])]
+    users = [UserBatch(alice, [event("alice", "i5", 10, kind="click")]), UserBatch(UserState("bob"), [])]
     ranked = recommender.process_batch(users)
 
     assert [[item.item_id for item in r.items] for r in ranked] == [["i6", "i7"], ["i5", "i6", "i7"]]
@@ -119,7 +114,7 @@ def test_an_unavailable_index_gives_trending_lists_minus_consumed_with_the_reaso
 
 def test_the_index_is_left_alone_until_the_retry_time_then_probed_and_back_to_normal() -> None:
     index, recommender, clock = _setup()
-    recommender.process_batch([UserBatch(UserState("w"), [_event("w", "i1", 0)])])
+    recommender.process_batch([UserBatch(UserState("w"), [event("w", "i1", 0, kind="click")])])
     index.down = True
     recommender.recommend([UserState("alice")])
     calls = index.calls
@@ -142,7 +137,7 @@ def test_the_index_is_left_alone_until_the_retry_time_then_probed_and_back_to_no
 
 def test_a_failure_half_way_through_a_batch_falls_back_for_the_whole_batch() -> None:
     index, recommender, _ = _setup()
-    users = [UserBatch(UserState(f"u{n}"), [_event(f"u{n}", f"i{n}", n)]) for n in range(3)]
+    users = [UserBatch(UserState(f"u{n}"), [event(f"u{n}", f"i{n}", n, kind="click")]) for n in range(3)]
     calls = {"n": 0}
     similar = index.similar
 
@@ -165,5 +160,5 @@ def test_other_index_errors_are_not_swallowed() -> None:
 
     index.get = broken  # type: ignore[method-assign]
     with pytest.raises(ValueError, match="index expects"):  # a bug is not served around
-        recommender.process_batch([UserBatch(UserState("u"), [_event("u", "i1", 0)])])
+        recommender.process_batch([UserBatch(UserState("u"), [event("u", "i1", 0, kind="click")])])
     assert recommender.index_health.available is True

@@ -16,7 +16,7 @@ from streamrec.models.core.recommender import Recommender, RecommenderConfig
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.models.index.protocol import IndexedItem
 from streamrec.stream.settings import Settings
-from tests.fakes import BruteForceIndex
+from tests.support.fakes import BruteForceIndex
 
 
 class FakeConsumer:

@@ -29,7 +29,7 @@ from streamrec.models.core.scoring import ContentScorer
 from streamrec.stream import topics
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
-from tests.fakes import BruteForceIndex
+from tests.support.fakes import BruteForceIndex
 
 ROOT = Path(__file__).resolve().parents[2]
 SOURCE_DIRS = ("stream", "models", "consumers")

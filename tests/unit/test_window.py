@@ -15,10 +15,7 @@ import pytest
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.models.learning.window import EventWindow, split_newest
 from streamrec.stream.messages import Event
-
-
-def _event(n: int, ts: float, user: str = "u") -> Event:
-    return Event(event_id=f"e{n}", user_id=user, item_id=f"i{n % 7}", type="view", ts=ts)
+from tests.support.events import event
 
 
 def _reference(seen: list[Event], max_events: int, max_age_s: float) -> list[str]:
@@ -40,30 +37,25 @@ def test_count_bound_keeps_the_newest_events() -> None:
 
 def test_age_bound_is_event_time_behind_the_newest() -> None:
     window = EventWindow(max_events=100, max_age_s=60.0)
-    window.extend(_event(n, ts) for n, ts in enumerate([0.0, 30.0, 59.0, 60.0]))
+    window.extend(event(n=n, ts=ts) for n, ts in enumerate([0.0, 30.0, 59.0, 60.0]))
     assert len(window) == 4  # 0 is exactly 60 s behind 60: still in
-    window.add(_event(4, 100.0))  # horizon 40: 0 and 30 go, 59 and 60 stay
+    window.add(event(n=4, ts=100.0))  # horizon 40: 0 and 30 go, 59 and 60 stay
     assert [e.ts for e in window.events()] == [59.0, 60.0, 100.0]
     assert window.evicted_by_age == 2
-    window.add(_event(5, 10.0))  # a straggler already too old: in and out again at once
+    window.add(event(n=5, ts=10.0))  # a straggler already too old: in and out again at once
     assert [e.ts for e in window.events()] == [59.0, 60.0, 100.0]
-    window.add(_event(6, 1_000.0))
+    window.add(event(n=6, ts=1_000.0))
     assert [e.ts for e in window.events()] == [1_000.0] and window.oldest_ts == 1_000.0
 
 
 def test_late_events_take_their_place_in_time_stably() -> None:
     window = EventWindow(max_events=4, max_age_s=100.0)
     for n, ts in enumerate([10.0, 20.0, 20.0, 30.0]):
-        window.add(_event(n, ts))
-    window.add(_event(4, 20.0))  # late, and equal to two others: after them (arrival order)
-    assert [e.event_id for e in window.events()] == [
-        "e1",
-        "e2",
-        "e4",
-        "e3",
-    ]  # e0 is the oldest: out
-    window.add(_event(5, 5.0))  # older than everything in a full window: dropped at once
-    assert [e.event_id for e in window.events()] == ["e1", "e2", "e4", "e3"]
+        window.add(event(n=n, ts=ts))
+    window.add(event(n=4, ts=20.0))  # late, and equal to two others: after them (arrival order)
+    assert [e.event_id for e in window.events()] == ["u1-1", "u1-2", "u1-4", "u1-3"]  # u1-0 is the oldest: out
+    window.add(event(n=5, ts=5.0))  # older than everything in a full window: dropped at once
+    assert [e.event_id for e in window.events()] == ["u1-1", "u1-2", "u1-4", "u1-3"]
     assert window.newest_ts == 30.0 and window.evicted_by_count == 2
 
 
@@ -77,9 +69,9 @@ def test_matches_the_reference_after_every_add(max_events: int, max_age_s: float
         ts += rng.expovariate(1.0)
         late = rng.random() < 0.2  # one in five arrives late, up to 20 s, sometimes a tie
         event_ts = round(ts - rng.uniform(0, 20) if late else ts, 0 if rng.random() < 0.3 else 3)
-        event = _event(n, event_ts)
-        window.add(event)
-        seen.append(event)
+        arrived = event(n=n, ts=event_ts)
+        window.add(arrived)
+        seen.append(arrived)
         kept = window.events()
         assert [e.event_id for e in kept] == _reference(seen, max_events, max_age_s)
         assert len(window) == len(kept)
@@ -96,7 +88,7 @@ def test_empty_window() -> None:
 @pytest.mark.parametrize("fraction", [0.01, 0.2, 0.3, 0.55, 0.99])
 def test_split_holds_out_the_newest_share(n: int, fraction: float) -> None:
     window = EventWindow(max_events=1_000, max_age_s=1e9)
-    window.extend(_event(k, float(k % 13) + k / 1_000) for k in range(n))  # not in time order
+    window.extend(event(n=k, ts=float(k % 13) + k / 1_000) for k in range(n))  # not in time order
     events = window.events()
     train, holdout = window.split(fraction)
     assert train + holdout == events
@@ -120,4 +112,4 @@ def test_bad_bounds_and_fractions_are_refused() -> None:
         EventWindow(max_events=1, max_age_s=0.0)
     for fraction in (0.0, 1.0, -0.1):
         with pytest.raises(ValueError, match="holdout_fraction"):
-            split_newest([_event(0, 0.0)], fraction)
+            split_newest([event(n=0, ts=0.0)], fraction)

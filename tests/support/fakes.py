@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from collections.abc import Collection, Sequence
 
-from streamrec.models.index.base import IndexedItem, Neighbour, similar_by_search
+from streamrec.models.index.protocol import IndexedItem, Neighbour, similar_by_search
 
 
 class BruteForceIndex:

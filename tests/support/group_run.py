@@ -1,8 +1,8 @@
 """A worker group under test: a topic set of its own, a catalogue, workers, a stream of events.
 
 Shared by the tests that stream a synthetic world's events through real worker processes
-and then check every user against what was sent (`test_failover.py`, `test_poison.py`);
-the `run` fixture (tests/e2e/conftest.py) sets one up per test.
+and then check every user against what was sent (`tests/e2e/test_failover.py`,
+`test_poison.py`); the `run` fixture (tests/e2e/conftest.py) sets one up per test.
 """
 
 from __future__ import annotations
@@ -14,15 +14,15 @@ from collections import defaultdict
 from dataclasses import dataclass, field
 from pathlib import Path
 
-from streamrec.consumers.tools.feed import open_reader
+from streamrec.consumers.tools.processes import WORKER_COMMAND
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.broker import free_port
 from streamrec.stream.messages import Event
-from streamrec.stream.offsets import log_end_offsets
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
-from tests.e2e.test_end_to_end import metric_sum, scrape
-from tests.e2e.workers import Worker, start_worker, wait_for
+from tests.support.topics import fully_committed
+from tests.support.waiting import wait_for
+from tests.support.workers import Worker, start_worker
 
 PARTITIONS = 4
 READY_S = 240.0  # a worker start on a loaded 2-core machine: model load, group join, catalogue
@@ -107,9 +107,7 @@ class Run:
 
     def start(self, name: str, env: dict[str, str] | None = None, command: list[str] | None = None) -> Worker:
         settings = self.settings.model_copy(update={"data_dir": self.tmp / name, "metrics_port": free_port()})
-        # Histories long enough to hold every event a user gets here, so all can be checked.
-        env = {"STREAMREC_HISTORY_LENGTH": str(settings.history_length)} | (env or {})
-        worker = start_worker(settings, self.tmp / f"{name}.log", env, command=command)
+        worker = start_worker(settings, self.tmp / f"{name}.log", env, command=command or WORKER_COMMAND)
         self.workers.append(worker)
         return worker
 
@@ -127,54 +125,9 @@ class Run:
 
     def wait_ready(self, worker: Worker) -> None:
         def ready() -> bool:
-            indexed = metric_sum(scrape(worker.settings.metrics_port), "streamrec_items_indexed_total")
-            return worker.alive() and bool(worker.readiness().get("ready")) and indexed >= self.n_items
+            return worker.alive() and bool(worker.readiness().get("ready")) and worker.items_indexed() >= self.n_items
 
         wait_for(ready, READY_S, f"{worker.log_path.stem} ready with the catalogue indexed")
-
-
-def read_topic(settings: Settings, topic: str) -> list[bytes]:
-    """Every value on `topic`, up to its end as it is now (per partition, in offset order)."""
-
-    async def read() -> list[bytes]:
-        consumer = await open_reader(settings, topic, from_beginning=True)
-        try:
-            tps = sorted(consumer.assignment())
-            ends = await log_end_offsets(settings, await consumer.end_offsets(tps))
-            values: dict[int, list[bytes]] = {tp.partition: [] for tp in tps}
-            deadline = time.monotonic() + 60
-            idle_since = time.monotonic()
-            while [tp for tp in tps if await consumer.position(tp) < (ends[tp] or 0)] or time.monotonic() - idle_since < 2:
-                assert time.monotonic() < deadline, f"could not read {topic} to its end"
-                for tp, records in (await consumer.getmany(timeout_ms=200)).items():
-                    if records:
-                        idle_since = time.monotonic()
-                    values[tp.partition].extend(r.value for r in records)
-            return [value for tp in tps for value in values[tp.partition]]
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(read())
-
-
-def fully_committed(settings: Settings) -> bool:
-    """Whether the worker group has committed every input message (all read, all processed)."""
-    from aiokafka import AIOKafkaConsumer, TopicPartition
-
-    async def check() -> bool:
-        consumer = AIOKafkaConsumer(bootstrap_servers=settings.bootstrap_servers, group_id=settings.app_id,
-                                    enable_auto_commit=False)
-        await consumer.start()
-        try:
-            tps = [TopicPartition(topic, p) for topic in (settings.topics.events, settings.topics.events_by_user)
-                   for p in range(settings.partitions)]
-            ends = await log_end_offsets(settings, await consumer.end_offsets(tps))
-            committed = {tp: await consumer.committed(tp) or 0 for tp in tps}
-            return all(committed[tp] >= (ends[tp] or 0) for tp in tps)
-        finally:
-            await consumer.stop()
-
-    return asyncio.run(check())
 
 
 def lists_triggered_by_last_events(worker: Worker, history: dict[str, list[Event]]) -> bool:
