@@ -26,7 +26,7 @@ from dataclasses import dataclass
 
 import numpy as np
 
-LEARNING_RATE = 0.2
+LEARNING_RATE = 0.05
 L2 = 1e-4  # pulls unused weights slowly back towards the prior
 
 

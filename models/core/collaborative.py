@@ -195,8 +195,8 @@ class CollaborativeSignals:
 
     # --- features -----------------------------------------------------------------------
     def features(self, user_items: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
-        """(C, len(FEATURES)) signal values of each candidate for this user, each column
-        scaled to 0..1 by its largest value among the candidates (0 where nothing is known)."""
+        """(C, len(FEATURES)) signal values of each candidate for this user (0 where nothing
+        is known): co-visitation and transition shares, popularity scaled to 0..1."""
         covisit = self._full_covisit(user_items)
         next1 = self.next1.normalised(user_items[-1]) if user_items else {}
         next2 = (
@@ -216,8 +216,12 @@ class CollaborativeSignals:
             ],
             dtype=np.float32,
         ).reshape(len(candidates), len(FEATURES))
-        peak = table.max(axis=0, initial=0.0)  # (F,)
-        return table / np.where(peak > 0, peak, 1.0)
+        # Co-visitation and transitions are shares (how much of what went with / came after
+        # the user's items is this candidate), comparable across users: kept as they are, so a
+        # strong pattern outweighs a weak one. Popularity is scaled to 0..1 among the candidates.
+        peak = table[:, 3:].max(axis=0, initial=0.0)  # (2,)
+        table[:, 3:] /= np.where(peak > 0, peak, 1.0)
+        return table
 
     def _full_covisit(self, user_items: Sequence[str]) -> dict[str, float]:
         """Like `_covisit_scores` over whole rows (a candidate from another source still gets

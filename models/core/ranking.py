@@ -2,7 +2,7 @@
 
 Features per (user, candidate), each scaled per user to 0..1 (`FEATURES`):
 - `text`: cosine between the candidate's text vector and the user's weighted recent items;
-- `model`: the serving scorer's score (the ranker's; the text score again without one);
+- `model`: the serving scorer's score (the ranker's; 0 while the content scorer serves);
 - `covisit`, `next`, `next2`, `popular`, `popular_now`: the collaborative signals;
 - `trending`: decayed popularity on event time (the worker's trending counts).
 
@@ -124,11 +124,12 @@ class ListRanker:
     ) -> list[RankedCandidates]:
         batch, ids = pad(profiles, candidates, users)
         text = self._text.score(batch)  # (B, C)
-        model = text if isinstance(scorer, ContentScorer) else scorer.score(batch)  # (B, C)
         mask = batch.candidate_mask.numpy()  # (B, C)
         features = np.zeros((*mask.shape, len(FEATURES)), dtype=np.float32)  # (B, C, F)
         features[..., FEATURES.index("text")] = _scale_per_user(text.numpy(), mask)
-        features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
+        if not isinstance(scorer, ContentScorer):  # the content scorer's score is `text` already
+            model = scorer.score(batch)  # (B, C)
+            features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
         for b, profile in enumerate(profiles):
             self._fill_counts(features[b, : len(ids[b])], profile, ids[b])
         weights = self.blend.weights.astype(np.float32)

@@ -16,6 +16,7 @@ from pathlib import Path
 import jsonschema
 import pytest
 
+from streamrec.models.core.catalog import title_of
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import DeadLetter, Event, Recommendation
 from streamrec.stream.producer import EventProducer
@@ -47,6 +48,16 @@ async def test_events_in_fresh_recommendations_out(
         # A live stream of valid events, interleaved with bad messages.
         now = time.time()
         events = [e.model_copy(update={"ts": now + i * 0.001}) for i, e in enumerate(world.events(150, start_ts=now))]
+        # A planted co-visitation pattern: a crowd takes A, then B of another category (so no
+        # text links them); later a newcomer who takes A must be offered B for that reason.
+        planted_a = items[0]
+        planted_b = next(i for i in items if world.category_of(i.item_id) != world.category_of(planted_a.item_id))
+        crowd = [
+            Event(event_id=f"crowd-{n}-{step}", user_id=f"crowd-{n}", item_id=item.item_id, type="click",
+                  ts=now + 0.2 + n * 0.01 + step * 0.001)
+            for n in range(8) for step, item in enumerate((planted_a, planted_b))
+        ]
+        events += crowd
         bad = bad_messages(now)
         for i, event in enumerate(events):
             await producer.send_event(event)
@@ -66,6 +77,18 @@ async def test_events_in_fresh_recommendations_out(
             return set(last_event.values()) <= triggers and len(dlq.values) >= len(bad)
 
         await wait_until(all_users_served, OUTPUT_WAIT_S, "a list per user and every bad message in the DLQ")
+
+        probe = Event(event_id=f"probe-{uuid.uuid4().hex}", user_id="newcomer", item_id=planted_a.item_id,
+                      type="view", ts=time.time())
+        await producer.send_event(probe)
+        await producer.flush()
+        await wait_until(lambda: any(probe.event_id.encode() in v for v in recs.values), OUTPUT_WAIT_S, "the probe")
+        [probe_list] = [Recommendation.model_validate_json(v) for v in recs.values if probe.event_id.encode() in v]
+        offered = {item.item_id: item.reason for item in probe_list.items}
+        assert planted_b.item_id in offered, f"the planted co-visitation was not recommended: {offered}"
+        title_a = title_of(planted_a)
+        assert offered[planted_b.item_id] in {f"often viewed with {title_a}", f"often next after {title_a}"}
+        events.append(probe)
 
         # Duplicates: re-send a third of the valid events with their original ids.
         duplicates = events[::3]
