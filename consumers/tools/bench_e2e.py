@@ -23,34 +23,36 @@ Per rate:
 
 A rate that leaves a backlog past `drain_max_s` ends the run (the higher rates would only
 measure that backlog). Everything is stopped and the temp dir removed at the end, on an error
-and on Ctrl-C. `python -m streamrec.consumers.tools.bench_e2e --help`.
+and on Ctrl-C. `python -m streamrec.consumers.tools.bench_e2e --help`. What was sent and what came
+back, and the figures from them, are `bench_e2e_phases.py`; the broker and worker, `load_rig.py`.
 """
 
 from __future__ import annotations
 
 import argparse
 import asyncio
-import json
 import os
 import sys
 import time
 from collections.abc import Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
 
+from streamrec.consumers.tools.bench_e2e_phases import Arrivals, Phase, phase_figures
 from streamrec.consumers.tools.bench_report import write_figures
 from streamrec.consumers.tools.load_rig import (
     FETCH_MAX_WAIT_MS,
     TICK_S,
     Rig,
+    cores_used,
     index_catalogue,
-    percentiles,
+    machine,
     reading_lists,
-    running_rig,
+    run_on_rig,
     send_at_rate,
 )
-from streamrec.consumers.tools.processes import cpu_seconds, log_tail, own_cpu_seconds
+from streamrec.consumers.tools.processes import log_tail
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event
 from streamrec.stream.producer import LINGER_MS, EventProducer
@@ -64,7 +66,6 @@ WARMUP_EVENTS = 300  # sent before the first rate, not measured
 WARMUP_RATE = 100.0
 HELD_DRAIN_S = 2.0  # a rate is held when its lists have all arrived this soon after the last send
 LATENCY_SLO_MS = 100.0  # "highest rate held with p99 under this"
-STEADY_SKIP_S = 2.0  # start of a send window left out of the sustained figures (at most 20 %)
 DRAIN_MAX_S = 30.0  # wait at most this long for a rate's lists after its last send
 PRODUCER_SHORTFALL = 0.95  # below this share of the asked rate, the producer could not keep up
 WARMUP_TIMEOUT_S = 120.0
@@ -74,50 +75,6 @@ POLL_S = 0.05
 def _say(text: str, quiet: bool = False) -> None:
     if not quiet:
         print(f"[e2e] {text}", flush=True)
-
-
-# --- what was sent and what came back -----------------------------------------------------
-@dataclass
-class Phase:
-    """The events of one rate (or of the warm-up), as sent."""
-
-    name: str
-    sent_at: dict[str, float] = field(default_factory=dict)  # event id -> perf_counter at send
-    user_events: dict[str, list[str]] = field(default_factory=dict)  # user -> event ids, in order
-    position: dict[str, tuple[str, int]] = field(default_factory=dict)  # event id -> (user, index)
-    send_started: float = 0.0
-    last_send: float = 0.0
-
-    def record(self, event: Event, at: float) -> None:
-        self.sent_at[event.event_id] = at
-        sequence = self.user_events.setdefault(event.user_id, [])
-        self.position[event.event_id] = (event.user_id, len(sequence))
-        sequence.append(event.event_id)
-        self.last_send = at
-
-    def last_events(self) -> set[str]:
-        """Each user's last event: once all of them have a list, every event is answered."""
-        return {sequence[-1] for sequence in self.user_events.values()}
-
-
-@dataclass
-class Arrivals:
-    """Every list read from `recommendations`, in arrival order."""
-
-    at: list[float] = field(default_factory=list)  # perf_counter when the fetch returned it
-    trigger: list[str] = field(default_factory=list)
-    worker_latency_ms: list[float] = field(default_factory=list)
-    first_seen: dict[str, int] = field(default_factory=dict)  # trigger id -> first arrival's index
-    model_versions: set[str] = field(default_factory=set)
-
-    def add(self, at: float, value: bytes) -> None:
-        data = json.loads(value)
-        trigger = str(data["trigger_event_id"])
-        self.first_seen.setdefault(trigger, len(self.at))
-        self.at.append(at)
-        self.trigger.append(trigger)
-        self.worker_latency_ms.append(float(data.get("latency_ms", 0.0)))
-        self.model_versions.add(str(data.get("model_version")))
 
 
 @dataclass
@@ -159,66 +116,6 @@ async def _drain(run: Run, phase: Phase, drain_max_s: float) -> bool:
     return all(event_id in run.arrivals.first_seen for event_id in wanted)
 
 
-def _phase_figures(phase: Phase, arrivals: Arrivals, duration_s: float) -> dict[str, Any]:
-    """Lists, coverage, sustained throughput and latency of one phase, from the arrivals."""
-    indices = [n for n, trigger in enumerate(arrivals.trigger) if trigger in phase.position]
-    answered: dict[str, int] = {}  # user -> index of their last answered event
-    latencies, all_latencies, worker_ms = [], [], []
-    covered_at: list[tuple[float, int]] = []  # (arrival, events this list answered)
-    duplicates = 0
-    for n in indices:
-        trigger, at = arrivals.trigger[n], arrivals.at[n]
-        if arrivals.first_seen[trigger] != n:
-            duplicates += 1
-            continue
-        user, k = phase.position[trigger]
-        latencies.append((at - phase.sent_at[trigger]) * 1000)
-        worker_ms.append(arrivals.worker_latency_ms[n])
-        first = answered.get(user, -1) + 1
-        for event_id in phase.user_events[user][first : k + 1]:
-            all_latencies.append((at - phase.sent_at[event_id]) * 1000)
-        covered_at.append((at, max(0, k + 1 - first)))
-        answered[user] = max(answered.get(user, -1), k)
-    steady_from = phase.send_started + min(STEADY_SKIP_S, 0.2 * duration_s)
-    steady_s = max(phase.last_send - steady_from, 1e-9)
-    in_window = [(at, n) for at, n in covered_at if steady_from <= at <= phase.last_send]
-    last_arrival = max((at for at, _ in covered_at), default=None)
-    thirds = _latency_by_third(phase, arrivals, indices)
-    return {
-        "lists_received": len(latencies),
-        "duplicate_lists": duplicates,
-        "events_covered": sum(n for _, n in covered_at),
-        "coalesced_events": sum(n for _, n in covered_at) - len(latencies),
-        "lists_per_s": round(len(in_window) / steady_s, 1),  # steady part
-        "events_covered_per_s": round(sum(n for _, n in in_window) / steady_s, 1),
-        "last_list_after_s": None if last_arrival is None else round(last_arrival - phase.last_send, 3),
-        **{f"{name}_ms": value for name, value in percentiles(latencies).items()},
-        "all_events_p99_ms": percentiles(all_latencies)["p99"],  # coalesced events included
-        **{f"worker_{name}_ms": value for name, value in percentiles(worker_ms).items()},
-        "p50_first_third_ms": thirds[0],
-        "p50_last_third_ms": thirds[1],
-    }
-
-
-def _latency_by_third(phase: Phase, arrivals: Arrivals, indices: list[int]) -> tuple[float | None, float | None]:
-    """p50 latency of the triggers sent in the first and in the last third of the window
-    (a latency that climbs through the window is lag building up)."""
-    span = max(phase.last_send - phase.send_started, 1e-9)
-    first, last = [], []
-    for n in indices:
-        trigger = arrivals.trigger[n]
-        if arrivals.first_seen[trigger] != n:
-            continue
-        sent = phase.sent_at[trigger]
-        latency = (arrivals.at[n] - sent) * 1000
-        share = (sent - phase.send_started) / span
-        if share < 1 / 3:
-            first.append(latency)
-        elif share >= 2 / 3:
-            last.append(latency)
-    return (percentiles(first)["p50"], percentiles(last)["p50"])
-
-
 async def _measure_rate(
     run: Run, producer: EventProducer, world: SyntheticWorld, rate: int, duration_s: float,
     stream: int, drain_max_s: float,
@@ -226,13 +123,12 @@ async def _measure_rate(
     n_events = max(1, int(round(rate * duration_s)))
     events = world.events(n_events, start_ts=time.time(), rate_per_s=rate, stream=stream)
     phase = Phase(name=f"{rate} ev/s")
-    cpu_before = (cpu_seconds(run.rig.worker.pid), own_cpu_seconds(), cpu_seconds(run.rig.broker_pid),
-                  time.perf_counter())
+    cpu_before, started = run.rig.cpu_seconds(), time.perf_counter()
     _say(f"{phase.name}: sending {n_events} events over {duration_s:.0f}s ...", run.quiet)
     sent = await _send_paced(run, producer, events, rate, phase)
     caught_up = await _drain(run, phase, drain_max_s)
-    wall = time.perf_counter() - cpu_before[3]
-    figures = _phase_figures(phase, run.arrivals, duration_s)
+    cores = cores_used(cpu_before, run.rig.cpu_seconds(), time.perf_counter() - started)
+    figures = phase_figures(phase, run.arrivals, duration_s)
     drain_s = figures["last_list_after_s"] if caught_up else None
     held = caught_up and drain_s is not None and drain_s < HELD_DRAIN_S
     missing = sum(1 for e in phase.last_events() if e not in run.arrivals.first_seen)
@@ -247,11 +143,7 @@ async def _measure_rate(
         "users_waiting_at_deadline": missing,
         "held": held,
         "lag_grew": not held,
-        "cpu_cores_used": {
-            "worker": round((cpu_seconds(run.rig.worker.pid) - cpu_before[0]) / wall, 2),
-            "bench": round((own_cpu_seconds() - cpu_before[1]) / wall, 2),
-            "broker": round((cpu_seconds(run.rig.broker_pid) - cpu_before[2]) / wall, 2),
-        },
+        "cpu_cores_used": {"worker": cores["worker"], "bench": cores["driver"], "broker": cores["broker"]},
     }
     drained = f"{drain_s:.2f}s" if drain_s is not None else f"> {drain_max_s:.0f}s ({missing} users waiting)"
     _say(f"{phase.name}: sent at {sent['sent_per_s']:.0f}/s, {figures['lists_received']} lists, drain {drained}, "
@@ -279,7 +171,7 @@ async def _bench(
                 raise RuntimeError(f"no lists for the warm-up events within {WARMUP_TIMEOUT_S:.0f}s; "
                                    f"see the worker log:\n{log_tail(rig.worker_log)}")
             results["warmup"] = {"events": warmup_events,
-                                 "p50_ms": _phase_figures(warm, arrivals, 0.0)["p50_ms"]}
+                                 "p50_ms": phase_figures(warm, arrivals, 0.0)["p50_ms"]}
         ordered = sorted(set(rates))
         for number, rate in enumerate(ordered, start=1):
             result = await _measure_rate(run, producer, world, rate, duration_s, number, drain_max_s)
@@ -371,32 +263,24 @@ def run_e2e_bench(
             "partitions": base.partitions, "batch_size": base.batch_size, "batch_wait_s": base.batch_wait_s,
             "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "producer_linger_ms": LINGER_MS,
             "producer_tick_ms": TICK_S * 1000, "held_drain_s": HELD_DRAIN_S, "drain_max_s": drain_max_s,
-            "latency_slo_ms": LATENCY_SLO_MS, "cpu_count": os.cpu_count(),
-            "load_average": [round(x, 2) for x in os.getloadavg()],
+            "latency_slo_ms": LATENCY_SLO_MS, **machine(),
         },
         "worker": {},
         "rates": [],
         "notes": [],
         "_started": time.monotonic(),
     }
-    interrupted = False
-    rig: Rig | None = None
+
+    async def drive(rig: Rig) -> None:
+        results["temp_dir"] = str(rig.work_dir)  # removed at the end
+        world = SyntheticWorld(seed=seed, n_items=items, n_users=users)
+        await _bench(rig, world, rates, duration_s, warmup_events, drain_max_s, continue_after_backlog,
+                     results, quiet)
+
     try:
-        with running_rig(base, "bench-e2e", lambda text: _say(text, quiet)) as rig:
-            results["temp_dir"] = str(rig.work_dir)  # removed at the end
-            world = SyntheticWorld(seed=seed, n_items=items, n_users=users)
-            asyncio.run(_bench(rig, world, rates, duration_s, warmup_events, drain_max_s,
-                               continue_after_backlog, results, quiet))
-    except KeyboardInterrupt:
-        interrupted = True
-        results["interrupted"] = True
-        _say("interrupted; stopping ...", quiet)
-        raise
+        run_on_rig(base, "bench-e2e", results, lambda text: _say(text, quiet), drive)
     finally:
-        if rig is not None:
-            results["worker"]["exit_code"] = rig.exit_code
-        results.pop("_started", None)
-        if interrupted or results["rates"]:
+        if results.get("interrupted") or results["rates"]:
             _summarise(results)
             if not quiet:
                 print_table(results)

@@ -12,13 +12,14 @@ from __future__ import annotations
 
 import asyncio
 import contextlib
+import os
 import shutil
 import signal
 import subprocess
 import tempfile
 import time
 import uuid
-from collections.abc import AsyncIterator, Callable, Iterable, Iterator, Sequence
+from collections.abc import AsyncIterator, Awaitable, Callable, Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 from typing import Any
@@ -27,7 +28,7 @@ import numpy as np
 from aiokafka import AIOKafkaConsumer
 
 from streamrec.consumers.tools.feed import open_reader, send_items
-from streamrec.consumers.tools.processes import log_tail, start_worker
+from streamrec.consumers.tools.processes import cpu_seconds, log_tail, own_cpu_seconds, start_worker
 from streamrec.consumers.tools.scrape import scrape_metric
 from streamrec.stream.broker import DevBroker, free_port, stop_process_group
 from streamrec.stream.messages import Event, Item
@@ -59,6 +60,22 @@ def percentiles(values: Sequence[float] | np.ndarray) -> dict[str, float | None]
             "max": round(float(np.max(values)), 1)}
 
 
+def machine() -> dict[str, Any]:
+    """What a run's figures depend on besides the worker: the CPUs the driver, the worker and
+    the broker share, and the load average at the start."""
+    return {"cpu_count": os.cpu_count(), "load_average": [round(x, 2) for x in os.getloadavg()]}
+
+
+def cores_used(before: dict[str, float], after: dict[str, float], wall_s: float) -> dict[str, float]:
+    """CPU cores each process used between two `Rig.cpu_seconds()` readings `wall_s` apart.
+
+    >>> cores_used({"worker": 1.0, "broker": 0.0}, {"worker": 3.0, "broker": 0.5}, 2.0)
+    {'worker': 1.0, 'broker': 0.25}
+    """
+    wall_s = max(wall_s, 1e-9)
+    return {name: round((after[name] - before[name]) / wall_s, 2) for name in after}
+
+
 @dataclass
 class Rig:
     """The running broker and worker, and (once started) the reader of recommendations."""
@@ -70,6 +87,11 @@ class Rig:
     work_dir: Path  # the temp dir (logs, the worker's data), removed at the end
     reading: asyncio.Task | None = None
     exit_code: int | None = None  # the worker's, once stopped
+
+    def cpu_seconds(self) -> dict[str, float]:
+        """CPU seconds so far of the worker, the broker and this driver (see `cores_used`)."""
+        return {"worker": cpu_seconds(self.worker.pid), "broker": cpu_seconds(self.broker_pid),
+                "driver": own_cpu_seconds()}
 
     def check(self) -> None:
         """Raise if the worker or the reader died."""
@@ -146,6 +168,28 @@ def _ignore_sigint() -> Any:
 def _restore_sigint(previous: Any) -> None:
     if previous is not None:
         signal.signal(signal.SIGINT, previous)
+
+
+def run_on_rig(
+    base: Settings, name: str, results: dict[str, Any], say: Say, drive: Callable[[Rig], Awaitable[None]],
+    logs_to: Path | None = None, broker_url: str | None = None,
+) -> None:
+    """`asyncio.run(drive(rig))` on a `running_rig`, the run's bookkeeping kept in `results`
+    whatever happens: `interrupted` on Ctrl-C (re-raised, after the rig is stopped), the
+    worker's exit code in `results["worker"]`, the start time `results["_started"]` removed."""
+    results.setdefault("_started", time.monotonic())
+    rig: Rig | None = None
+    try:
+        with running_rig(base, name, say, logs_to=logs_to, broker_url=broker_url) as rig:
+            asyncio.run(drive(rig))
+    except KeyboardInterrupt:
+        results["interrupted"] = True
+        say("interrupted; stopping ...")
+        raise
+    finally:
+        if rig is not None:
+            results.setdefault("worker", {})["exit_code"] = rig.exit_code
+        results.pop("_started", None)
 
 
 async def wait_for_catalogue(rig: Rig, n_items: int, started: float, say: Say) -> int:

@@ -6,22 +6,11 @@ import json
 
 import pytest
 
-from streamrec.consumers.tools.soak import (
-    Ledger,
-    _notes,
-    judge,
-    render_markdown,
-    rss_figures,
-    soak_events,
-)
+from streamrec.consumers.tools.soak_ledger import EVENT_ID_PREFIX, Ledger, soak_events
+from streamrec.consumers.tools.soak_report import notes_on, render_markdown
+from streamrec.consumers.tools.soak_verdicts import judge, rss_figures
 from streamrec.models.data.synthetic import SyntheticWorld
-from streamrec.stream.messages import Event
-
-NOW = 1_750_000_000.0
-
-
-def _event(n: int, user: str) -> Event:
-    return Event(event_id=f"soak-{n}", user_id=user, item_id="i1", type="view", ts=NOW)
+from tests.support.events import event
 
 
 def _list(trigger: str, latency_ms: float = 5.0) -> bytes:
@@ -31,7 +20,7 @@ def _list(trigger: str, latency_ms: float = 5.0) -> bytes:
 def test_the_ledger_counts_what_each_list_answers() -> None:
     ledger = Ledger(total=5, user_index={"a": 0, "b": 1}, history_length=2)
     for n, user in enumerate("aabab"):
-        ledger.on_sent(_event(n, user), at=float(n))
+        ledger.on_sent(event(user, n=n, event_id=f"{EVENT_ID_PREFIX}{n}"), at=float(n))
     assert ledger.sent == 5 and ledger.backlog == 5 and ledger.users_seen() == 2
 
     ledger.on_list(10.0, _list("soak-4"))  # b's 2nd event: answers both of b's
@@ -128,7 +117,7 @@ def test_a_worker_that_stops_is_a_stall_and_a_busy_dev_broker_is_named() -> None
     results["verdicts"] = verdicts = judge(results)
     assert verdicts["progress"] == {"ok": False, "stalled_from_t_s": 30.0, "events_counted": 300.0,
                                     "answered": 300, "broker_cores": 1.0}
-    notes = _notes(results)
+    notes = notes_on(results)
     assert any("stalled at t = 30 s" in note and "Tansu" in note for note in notes)
 
     for sample in samples:  # slow but moving: no stall

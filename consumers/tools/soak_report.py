@@ -1,0 +1,197 @@
+"""The soak's report: a markdown page of the verdicts, the figures, a timeline of the samples and
+what bounds the worker's memory (`make soak` writes docs/soak.md with it)."""
+
+from __future__ import annotations
+
+from typing import Any
+
+import numpy as np
+
+from streamrec.consumers.tools.soak_verdicts import HELD_SHARE, STALL_S, rss_figures
+from streamrec.consumers.worker.metrics import SAMPLE_S
+from streamrec.stream.settings import Settings
+
+BUSY_BROKER_CORES = 0.8  # a stalled worker beside a broker this busy: the broker is the bottleneck
+TIMELINE_ROWS = 24  # samples shown in the markdown timeline (all are in the JSON)
+
+
+def memory_bounds(settings: Settings) -> list[tuple[str, str]]:
+    """What bounds each per-worker structure that grows with traffic, with the limits in force."""
+    from streamrec.consumers.worker.agents import RECENT_EVENTS
+    from streamrec.models.core.popularity import TrendingItems
+    from streamrec.models.core.state import UserState
+
+    state = UserState("-", max_history=settings.history_length)
+    return [
+        ("ingest de-duplication (`RecentIds`)",
+         f"{settings.dedup_capacity:,} event ids, least recently seen evicted (`STREAMREC_DEDUP_CAPACITY`)"),
+        ("user state: recent interactions",
+         f"{settings.history_length} per user (`STREAMREC_HISTORY_LENGTH`)"),
+        ("user state: consumed items", f"{state.max_consumed:,} per user, oldest evicted"),
+        ("user-state and latest-recommendations tables",
+         "one entry per user this worker's partitions have seen: bounded by the user count, not by "
+         f"traffic; no expiry of idle users (`STREAMREC_TABLE_STORE={settings.table_store}`; "
+         "`rocksdb://` keeps them on disk)"),
+        ("trending counts (`TrendingItems`)",
+         f"{TrendingItems().capacity:,} items; over it, pruned to the top 90 %"),
+        ("recent events (HTTP API, live page)", f"{RECENT_EVENTS}"),
+        ("item vectors / neighbour lists (`CachedItemIndex`)",
+         f"{settings.item_cache_size:,} / {settings.neighbour_cache_size:,}, least recently used out "
+         "(`STREAMREC_ITEM_CACHE_SIZE`, `STREAMREC_NEIGHBOUR_CACHE_SIZE`)"),
+        ("metric labels", "event type x outcome, topic x reason, stage, agent, partition: no per-user or "
+         "per-item label; `model_version` grows with the versions served (not with traffic)"),
+    ]
+
+
+def render_markdown(results: dict[str, Any]) -> str:
+    plan, verdicts = results["settings"], results.get("verdicts", {})
+    samples = results.get("samples", [])
+    rss, broker = rss_figures(samples), rss_figures(samples, "broker_rss_mib")
+    latency = results.get("latency", {})
+    drain = results.get("drain", {})
+    events = results.get("events", {})
+    lines = [
+        "# Soak",
+        "",
+        f"Written by `{command_line(plan)}` (`make soak` runs the defaults and writes docs/soak.md; "
+        "`make soak RATE=... USERS=... DURATION=...`); every sample is in the JSON. The broker, one "
+        "`streamrec worker` subprocess and this driver (producer and a plain consumer) on one machine.",
+        "",
+        f"Machine: {plan['cpu_count']} CPUs, load average at the start {plan['load_average']}; broker: "
+        f"{'the embedded Tansu dev broker (memory storage)' if plan.get('broker', 'embedded') == 'embedded' else plan['broker']}. "
+        f"Offered {plan['rate']:.0f} events/s of {plan['users']:,} users for {plan['duration_s']:.0f} s, "
+        f"{plan['items']:,} items, a sample every {plan['sample_s']:.0f} s; partitions {plan['partitions']}, "
+        f"batch {plan['batch_size']}, de-duplication capacity {plan['dedup_capacity']:,}, "
+        f"history length {plan['history_length']}.",
+        "",
+    ]
+    if results.get("error") or results.get("interrupted"):
+        lines += [f"**The run did not complete**: {results.get('error') or 'interrupted'}", ""]
+    lines += ["## Verdicts (last half of the load)", "", "| check | measured | limit | verdict |", "|---|---|---|---|"]
+    if "rss" in verdicts:
+        r = verdicts["rss"]
+        lines.append(f"| worker RSS bounded | {_num(r['slope_mib_per_min'], 2)} MiB/min "
+                     f"(start {_num(rss['start'])}, peak {_num(rss['peak'])}, end {_num(rss['end'])} MiB) | "
+                     f"<= {r['limit_mib_per_min']} MiB/min | {r['verdict']} |")
+        g = verdicts["lag"]
+        lines.append(f"| lag not growing | backlog {_num(g['backlog_slope_per_s'], 1)} /s (worker lag gauge "
+                     f"{_num(g['slope_per_s'], 1)} /s) | <= {g['limit_per_s']:.0f} /s | "
+                     f"{_ok(g['ok'], 'flat', 'growing')} |")
+        p = verdicts["progress"]
+        stalled = (f"stalled from t = {p['stalled_from_t_s']:.0f} s: events counted flat at "
+                   f"{p['events_counted']:,.0f}, {p['answered']:,} answered; broker {_num(p['broker_cores'], 2)} "
+                   "cores" if not p["ok"] else "kept counting and answering")
+        lines.append(f"| worker progress | {stalled} | no {STALL_S:.0f}-s stretch without progress while "
+                     f"events wait | {_ok(p['ok'], 'ok', 'stalled')} |")
+        a = verdicts["rate"]
+        lines.append(f"| rate held | answered {_num(a['answered_per_s_last_half'])}/s; sent "
+                     f"{_num(a['sent_per_s'])}/s of {a['offered_per_s']:.0f}/s offered | "
+                     f">= {a['held_share']:.0%} of offered | {_ok(a['ok'], 'held', 'not held')} |")
+    lines += ["", "## Figures", ""]
+    lines.append(f"- worker RSS: start {_num(rss['start'])} MiB, peak {_num(rss['peak'])} MiB, end "
+                 f"{_num(rss['end'])} MiB; broker RSS {_num(broker['start'])} -> {_num(broker['end'])} MiB "
+                 "(Tansu's memory storage keeps every message)")
+    if events:
+        lines.append(f"- events: {events['sent']:,} sent, {events['answered']:,} answered by "
+                     f"{events['lists']:,} lists ({events['duplicate_lists']} duplicate lists), "
+                     f"{events['users_seen']:,} users seen")
+    last = samples[-1] if samples else {}
+    if last:
+        lines.append(f"- worker counted {_num(last.get('events_counted'))} events, "
+                     f"{_num(last.get('dead_letters'))} dead letters; de-duplication ids "
+                     f"{_num(last.get('dedup_ids'))} of {plan['dedup_capacity']:,}")
+    if drain:
+        drained = (f"drained {drain['drained_after_s']} s after the last event" if drain["drained_after_s"]
+                   is not None else f"{drain['backlog_left']:,} events still unanswered "
+                   f"{plan['drain_max_s']:.0f} s after the last event")
+        lines.append(f"- {drained}; worker lag gauge at the end {_num(drain['final_lag'])}")
+    for name, label in (("all", "whole run"), ("last_half", "events sent in the last half")):
+        figures = latency.get(name)
+        if figures and figures["p50"] is None:
+            lines.append(f"- latency, {label}: no list arrived for them")
+        elif figures:
+            lines.append(f"- latency (event sent -> list received), {label}: p50 {_num(figures['p50'])} ms, "
+                         f"p99 {_num(figures['p99'])} ms, max {_num(figures['max'])} ms")
+    if results.get("verdicts", {}).get("rss", {}).get("still_filling"):
+        lines.append("- still filling in the last half: " + "; ".join(verdicts["rss"]["still_filling"]))
+    for note in results.get("notes", []):
+        lines.append(f"- note: {note}")
+    lines += ["", "## Timeline", "",
+              "backlog: events sent that no list has answered yet (the driver's count); lag: the worker's "
+              "`streamrec_consumer_lag` over the ingest and recommend topics (messages not committed, sampled "
+              f"every {SAMPLE_S:.0f} s); latency: event sent -> list received, of the lists that arrived in the sample's interval.",
+              "",
+              "| t s | phase | sent | answered/s | backlog | lag | worker MiB | broker MiB | dedup ids | "
+              "users seen | p50 ms | p99 ms | cores: worker / broker / driver |",
+              "|---|---|---|---|---|---|---|---|---|---|---|---|---|"]
+    step = max(1, -(-len(samples) // TIMELINE_ROWS))
+    shown = samples[::step] + ([samples[-1]] if samples and (len(samples) - 1) % step else [])
+    for s in shown:
+        lines.append(f"| {s['t_s']:.0f} | {s['phase']} | {s['sent']:,} | {s['answered_per_s']:.0f} | "
+                     f"{s['backlog']:,} | {_num(s['lag'])} | {_num(s['worker_rss_mib'])} | "
+                     f"{_num(s['broker_rss_mib'])} | {_num(s['dedup_ids'])} | {s['users_seen']:,} | "
+                     f"{_num(s['p50_ms'])} | {_num(s['p99_ms'])} | "
+                     f"{s['worker_cores']} / {s.get('broker_cores', '–')} / {s.get('driver_cores', '–')} |")
+    lines += ["", "## What bounds the worker's memory", "", "| structure | bound |", "|---|---|"]
+    lines += [f"| {name} | {bound} |" for name, bound in results.get("memory_bounds", [])]
+    return "\n".join(lines) + "\n"
+
+
+def command_line(plan: dict[str, Any]) -> str:
+    """The `streamrec soak` command of a run (its worker limits come from STREAMREC_* env vars).
+
+    >>> command_line({"rate": 1000.0, "users": 100000, "duration_s": 600.0, "sample_s": 5.0, "items": 2000,
+    ...               "drain_max_s": 60.0, "seed": 7})
+    'streamrec soak --rate 1000 --users 100000 --duration 600 --sample-every 5 --items 2000 --drain-max 60 --seed 7'
+    """
+    return (f"streamrec soak --rate {plan['rate']:g} --users {plan['users']} --duration {plan['duration_s']:g} "
+            f"--sample-every {plan['sample_s']:g} --items {plan['items']} --drain-max {plan['drain_max_s']:g} "
+            f"--seed {plan['seed']}" + (f" --broker {plan['broker']}" if plan.get("broker", "embedded") != "embedded"
+                                        else ""))
+
+
+def _num(value: float | None, digits: int = 0) -> str:
+    if value is None:
+        return "–"
+    return f"{value:,.{digits}f}"
+
+
+def _ok(value: bool | None, yes: str, no: str) -> str:
+    return "unknown" if value is None else (yes if value else no)
+
+
+def notes_on(results: dict[str, Any]) -> list[str]:
+    """What a reader needs to know to read the figures (a stall, a short driver, the shared cores)."""
+    plan, verdicts = results["settings"], results.get("verdicts", {})
+    notes = []
+    rate, stall = verdicts.get("rate", {}), verdicts.get("progress", {})
+    if stall.get("ok") is False:
+        before = [s["answered_per_s"] for s in results.get("samples", []) if s["phase"] == "load"
+                  and s["t_s"] <= stall["stalled_from_t_s"] and s.get("answered_per_s") is not None]
+        if before:
+            notes.append(f"before the stall the worker answered {np.mean(before):.0f} events/s on average of the "
+                         f"{plan['rate']:.0f}/s offered (the backlog grew from the start)"
+                         if np.mean(before) < HELD_SHARE * plan["rate"] else
+                         f"before the stall the worker kept up ({np.mean(before):.0f} events/s answered)")
+    elif rate.get("ok") is False and rate.get("answered_per_s_last_half") is not None:
+        notes.append(f"the worker answered {rate['answered_per_s_last_half']:.0f} events/s of the "
+                     f"{plan['rate']:.0f}/s offered: at this rate it falls behind on this machine and the "
+                     "lag grows for as long as the load lasts")
+    if stall.get("ok") is False:
+        if plan.get("broker") == "embedded" and (stall.get("broker_cores") or 0) >= BUSY_BROKER_CORES:
+            notes.append(
+                f"the worker stalled at t = {stall['stalled_from_t_s']:.0f} s, idle, while the embedded Tansu "
+                f"broker used {stall['broker_cores']:.2f} cores: Tansu 0.6's memory storage slows down with "
+                "the number of record batches in a partition (one-record batches: a fetch takes ~40 ms at "
+                "10k batches and more than 10 s at 20k), and the producers here send small batches (5 ms "
+                "linger: a few events per batch and partition). The soak then measures the dev broker, not "
+                "the worker: "
+                "soak a real Kafka with --broker, or spread the batches over more partitions "
+                "(STREAMREC_PARTITIONS)")
+        else:
+            notes.append(f"the worker stalled at t = {stall['stalled_from_t_s']:.0f} s: see its log (--logs)")
+    sent = results.get("send", {}).get("sent_per_s")
+    if sent is not None and sent < HELD_SHARE * plan["rate"]:
+        notes.append(f"the driver itself sent only {sent:.0f} events/s: the load generator is short of the rate")
+    notes.append(f"the driver, the worker and the broker share {plan['cpu_count']} cores")
+    return notes
