@@ -122,7 +122,7 @@ def _load(args: argparse.Namespace) -> Any:
 
 
 def _baselines(wanted: list[str], half_life: float, seed: int) -> list[Any]:
-    from streamrec.models.evaluation import stream_baselines as b
+    from streamrec.models.evaluation import baselines as b
 
     make = {
         "popularity": b.PopularityBaseline,

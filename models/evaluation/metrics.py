@@ -2,9 +2,14 @@
 
 Each user's last event is the test target and the one before it the validation target; models
 learn from everything before those. A target is ranked against **all** items minus the user's
-history (the target itself stays in), so figures are comparable with full-ranking papers and
-not flattered by sampled negatives. Ties count against the target (pessimistic): a model that
-scores everything alike gets rank N, not rank 1.
+history, so figures are comparable with full-ranking papers and not flattered by sampled
+negatives. Two drivers:
+- `evaluate`, for a model that scores every item for a history (`SequenceModel`: the ranker).
+  The target itself stays in; ties count against it (pessimistic): a model that scores
+  everything alike gets rank N, not rank 1.
+- `evaluate_learner`, for a learn/recommend system (the baselines of `baselines.py`, the same
+  objects the prequential replay runs): it learns every user's history in stream order, then
+  the target's place in the user's full recommended list is its rank.
 
 >>> class Constant:
 ...     name = "constant"
@@ -25,6 +30,7 @@ from typing import Protocol
 import numpy as np
 
 from streamrec.models.data.sequences import SequenceDataset
+from streamrec.models.evaluation.prequential import StreamSystem, micro_batches, replay_order
 from streamrec.models.learning.ranker import Step
 
 Case = tuple[str, list[Step], Step]  # (user, input history, target)
@@ -125,6 +131,63 @@ def evaluate(
     if n == 0:
         return RankingMetrics(0.0, 0.0, 0.0, 0.0, 0, k)
     return RankingMetrics(hits / n, ndcg / n, reciprocal / n, float(shown.mean()), n, k)
+
+
+def evaluate_learner(
+    learner: StreamSystem,
+    split: LeaveOneOutSplit,
+    cases: Sequence[Case] | None = None,
+    k: int = 10,
+    batch_size: int = 256,
+    progress: bool = False,
+) -> RankingMetrics:
+    """Leave-one-out over a learn/recommend system: learn every user's history, then rank each
+    held-out item (`cases`: the split's test cases unless given).
+
+    The learner takes in, in stream order, each user's steps before their held-out item (the
+    case's history; a user without a case: their training steps), then recommends a full list
+    to each case's user; the target's place in it is its rank. The ranking is the learner's own:
+    over the items it has learned, minus those the user consumed, ties in its own order; an item
+    it cannot list is a miss (reciprocal rank 0).
+
+    >>> from streamrec.models.evaluation.baselines import MarkovBaseline
+    >>> steps = lambda items: [Step(item, "view", float(t)) for t, item in enumerate(items)]
+    >>> data = SequenceDataset("t", {"u1": steps("abcd"), "u2": steps("xbcd"), "u3": steps("yabc")},
+    ...                        {i: i for i in "abcdxy"})
+    >>> metrics = evaluate_learner(MarkovBaseline(), leave_one_out(data))  # learns a-b-c, x-b-c, y-a-b
+    >>> metrics.n_users, metrics.hr_at_10  # u3's c follows b; nobody learned d, u1's and u2's target
+    (3, 0.3333333333333333)
+    """
+    from tqdm import tqdm
+
+    cases = split.test if cases is None else cases
+    histories = {user: list(steps) for user, steps in split.train.items()}
+    for user, history, _ in cases:
+        histories[user] = list(history)
+    for batch in micro_batches(replay_order(SequenceDataset("leave-one-out", histories, {})), 4096):
+        learner.learn(batch)
+    column = {item: n for n, item in enumerate(split.items)}
+    hits = ndcg = reciprocal = 0.0
+    shown: set[str] = set()
+    n = 0
+    bar = tqdm(total=len(cases), desc=f"ranking ({learner.name})", unit="user", disable=not progress, leave=False)
+    for start in range(0, len(cases), batch_size):
+        part = [case for case in cases[start : start + batch_size] if case[2].item_id in column]
+        lists = learner.recommend([user for user, _, _ in part], len(column)) if part else []
+        for (_, _, target), ranked in zip(part, lists):
+            place = ranked.index(target.item_id) + 1 if target.item_id in ranked else None
+            if place is not None:
+                hits += place <= k
+                ndcg += 1.0 / np.log2(place + 1.0) if place <= k else 0.0
+                reciprocal += 1.0 / place
+            shown.update(ranked[:k])
+        n += len(part)
+        bar.update(len(part))
+    bar.close()
+    if n == 0:
+        return RankingMetrics(0.0, 0.0, 0.0, 0.0, 0, k)
+    coverage = len(shown & column.keys()) / len(column)
+    return RankingMetrics(hits / n, float(ndcg) / n, reciprocal / n, coverage, n, k)
 
 
 def results_table(rows: Mapping[str, RankingMetrics]) -> str:

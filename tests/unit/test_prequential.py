@@ -8,18 +8,18 @@ import pytest
 
 from streamrec.models.data.log import EventLog, stream_order
 from streamrec.models.data.sequences import SequenceDataset
-from streamrec.models.evaluation.prequential import (
-    PrequentialConfig,
-    micro_batches,
-    prequential,
-    replay_order,
-)
-from streamrec.models.evaluation.stream_baselines import (
+from streamrec.models.evaluation.baselines import (
     CooccurrenceBaseline,
     DecayedPopularityBaseline,
     MarkovBaseline,
     PopularityBaseline,
     RiverMFBaseline,
+)
+from streamrec.models.evaluation.prequential import (
+    PrequentialConfig,
+    micro_batches,
+    prequential,
+    replay_order,
 )
 from streamrec.models.learning.ranker import Step
 from streamrec.stream.messages import Event

@@ -11,9 +11,13 @@ import pytest
 
 from streamrec.models.data.log import tie_key
 from streamrec.models.data.movielens import iter_movielens_events
-from streamrec.models.data.sequences import load_sequences
-from streamrec.models.evaluation.baselines import ItemCooccurrenceModel, MarkovModel
-from streamrec.models.evaluation.metrics import evaluate, leave_one_out
+from streamrec.models.data.sequences import SequenceDataset, load_sequences
+from streamrec.models.evaluation.baselines import (
+    CooccurrenceBaseline,
+    MarkovBaseline,
+    PopularityBaseline,
+)
+from streamrec.models.evaluation.metrics import evaluate, evaluate_learner, leave_one_out
 from streamrec.models.evaluation.prequential import replay_order
 from streamrec.models.learning.ranker import Step
 
@@ -129,13 +133,65 @@ def test_split_and_baselines_on_a_toy_dataset(tmp_path: Path) -> None:
     split = leave_one_out(data)
     assert len(split.test) == 9 and split.train["short"] == data.sequences["short"]
     assert [s.item_id for s in split.train["u0"]] == ["a", "b"] and dict((u, t) for u, _, t in split.valid)["u0"].item_id == "c"
-    for model in (MarkovModel(), ItemCooccurrenceModel(window=1)):
-        model.fit(split.train, split.items)
-        short_users = [case for case in split.valid if case[0].startswith("u")]
-        assert evaluate(model, short_users, split.items).mrr == 1.0  # after b comes c
+    short_users = [case for case in split.valid if case[0].startswith("u")]
+    for model in (MarkovBaseline(), CooccurrenceBaseline(window=1)):
+        assert evaluate_learner(model, split, short_users).mrr == 1.0  # after b comes c
 
 
 @pytest.mark.skipif(not (SHARED / "ml-latest-small").is_dir(), reason="shared MovieLens copy not present")
 def test_real_movielens_counts() -> None:
     data = load_sequences("movielens", SHARED / "ml-latest-small")
     assert data.description["n_users"] == 610 and data.description["n_events"] == 100_836
+
+
+class _Planted:
+    """A learn/recommend system that records what it learns and lists each target at a planted
+    place (None: not at all) in a full list of the split's items."""
+
+    name = "planted"
+
+    def __init__(self, places: dict[str, int | None], targets: dict[str, str], items: list[str]) -> None:
+        self.places, self.targets, self.items = places, targets, items
+        self.learned: list[tuple[str, str]] = []
+
+    def learn(self, events) -> None:
+        assert len({e.user_id for e in events}) == len(events)  # a micro-batch: users never repeat
+        self.learned += [(e.user_id, e.item_id) for e in events]
+
+    def recommend(self, user_ids, k):
+        lists = []
+        for user in user_ids:
+            others = [i for i in self.items if i != self.targets[user]]
+            place = self.places[user]
+            lists.append((others[: place - 1] + [self.targets[user]] + others[place - 1 :] if place else others)[:k])
+        return lists
+
+
+def test_leave_one_out_over_a_learner_learns_each_prefix_once_and_ranks_the_held_out_item() -> None:
+    steps = lambda items: [Step(item, "view", float(t)) for t, item in enumerate(items)]  # noqa: E731
+    items = [f"i{n}" for n in range(30)]
+    sequences = {"u1": steps(["i1", "i2", "i3", "i4"]), "u2": steps(["i5", "i6", "i7"]), "u3": steps(["i8"]),
+                 "u4": steps(["i9", "i10", "i11"])}
+    split = leave_one_out(SequenceDataset("t", sequences, {i: i for i in items}))
+    targets = {user: target.item_id for user, _, target in split.test}
+    learner = _Planted({"u1": 1, "u2": 4, "u4": None}, targets, items)
+    metrics = evaluate_learner(learner, split)
+    assert sorted(learner.learned) == sorted((u, s.item_id) for u, seq in sequences.items() for s in seq[:-1] or seq)
+    assert not {(u, t) for u, t in targets.items()} & set(learner.learned)  # no target is learned
+    for user, seq in sequences.items():  # each user's prefix in order
+        assert [i for u, i in learner.learned if u == user] == [s.item_id for s in (seq[:-1] if len(seq) >= 3 else seq)]
+    assert metrics.n_users == 3 and metrics.hr_at_10 == pytest.approx(2 / 3)
+    assert metrics.ndcg_at_10 == pytest.approx((1.0 + 1 / math.log2(5)) / 3)
+    assert metrics.mrr == pytest.approx((1 + 1 / 4 + 0) / 3)  # a target it cannot list: 0
+    assert metrics.coverage_at_10 == pytest.approx(10 / 30)  # every top 10 is drawn from i0..i9
+
+
+def test_the_one_baseline_family_ranks_unseen_and_consumed_items_nowhere() -> None:
+    steps = lambda items: [Step(item, "view", float(t)) for t, item in enumerate(items)]  # noqa: E731
+    sequences = {"a": steps("xyzw"), "b": steps("xyz"), "c": steps("yxq")}
+    split = leave_one_out(SequenceDataset("t", sequences, {i: i for i in "qwxyz"}))
+    popularity = PopularityBaseline()
+    metrics = evaluate_learner(popularity, split)
+    # a: w never learned (a miss); b: z learned from a, listed first after consumed x, y; c: q never learned
+    assert metrics.n_users == 3 and metrics.hr_at_10 == pytest.approx(1 / 3) and metrics.mrr == pytest.approx(1 / 3)
+    assert popularity.recommend(["b"], k=10) == [["z"]]

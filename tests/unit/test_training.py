@@ -13,8 +13,8 @@ import numpy as np
 import torch
 
 from streamrec.models.data.sequences import SequenceDataset
-from streamrec.models.evaluation.baselines import PopularityModel
-from streamrec.models.evaluation.metrics import evaluate, leave_one_out
+from streamrec.models.evaluation.baselines import PopularityBaseline
+from streamrec.models.evaluation.metrics import evaluate, evaluate_learner, leave_one_out
 from streamrec.models.learning.item_table import ItemTable
 from streamrec.models.learning.pretrain import RankerSequenceModel
 from streamrec.models.learning.ranker import Ranker, RankerConfig, Step
@@ -59,9 +59,7 @@ def test_training_learns_the_planted_next_item() -> None:
     )
     adapter.fit(split.train, split.items)
     after = evaluate(adapter, split.test, split.items)
-    popularity = PopularityModel()
-    popularity.fit(split.train, split.items)
-    baseline = evaluate(popularity, split.test, split.items)
+    baseline = evaluate_learner(PopularityBaseline(), split)
     chance = 10 / (len(split.items) - 10)  # ~10 of the ~50 items a user has not seen
     assert result.best_epoch is not None and result.epochs[0]["loss"] > result.epochs[-1]["loss"]
     assert after.hr_at_10 > 0.6, (before, after)
