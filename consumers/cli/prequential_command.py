@@ -72,6 +72,10 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
     half_life = args.half_life or settings.trending_half_life_s
     with tempfile.TemporaryDirectory(prefix="streamrec-prequential-") as work:
         systems = _baselines(wanted, half_life, args.seed)
+        if args.dataset == "synthetic":  # the ceiling the generator allows, beside the systems
+            from streamrec.models.evaluation.oracle import synthetic_oracle
+
+            systems.insert(0, synthetic_oracle(args.seed))
         variants = [name for name in VARIANTS if name in wanted]
         if variants:
             systems += _core_systems(args, k_settings, dataset, stream, variants, device, cache, Path(work))

@@ -48,3 +48,12 @@ class TasteOracle:
         # Each slot's chance to be hit: P(category) / unconsumed items in it; fill the best first.
         ranked = sorted(open_items, key=lambda c: (len(open_items[c]) or float("inf"), c))
         return [item for category in ranked for item in open_items[category]][:k]
+
+
+def synthetic_oracle(seed: int, n_items: int = 400, n_users: int = 200) -> TasteOracle:
+    """The oracle of the world `read_synthetic(seed, ...)` generates (same defaults)."""
+    from streamrec.models.data.synthetic import SyntheticWorld
+
+    world = SyntheticWorld(seed=seed, n_items=n_items, n_users=n_users)
+    tastes = {user: world.favourite_categories(user) for user in world.user_ids()}
+    return TasteOracle(tastes, {item.item_id: world.category_of(item.item_id) for item in world.items(ts=0.0)})
