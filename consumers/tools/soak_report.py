@@ -17,6 +17,8 @@ TIMELINE_ROWS = 24  # samples shown in the markdown timeline (all are in the JSO
 
 def memory_bounds(settings: Settings) -> list[tuple[str, str]]:
     """What bounds each per-worker structure that grows with traffic, with the limits in force."""
+    # The worker's own bound, not a copy of the number (tools may import the worker, not the
+    # reverse); imported here so that the rest of the report needs no Faust.
     from streamrec.consumers.worker.agents import RECENT_EVENTS
     from streamrec.models.core.popularity import TrendingItems
     from streamrec.models.core.state import UserState
