@@ -37,8 +37,9 @@ def test_prequential_command_replays_every_system_and_writes_json_and_png(tmp_pa
     assert done.returncode == 0, done.stdout[-3000:] + done.stderr[-3000:]
     totals = json.loads(out.read_text())
     systems = totals["systems"]
-    assert list(systems) == ["popularity", "last-item Markov", "streamrec content scorer",
-                             "streamrec (ranker + trainer)"]
+    # The synthetic shop also shows the ceiling its generator allows (the taste oracle).
+    assert list(systems) == ["oracle (knows the hidden tastes)", "popularity", "last-item Markov",
+                             "streamrec content scorer", "streamrec (ranker + trainer)"]
     measured = EVENTS - totals["measured_from"]
     assert totals["measured_from"] == int(EVENTS * WARMUP)
     for name, row in systems.items():
