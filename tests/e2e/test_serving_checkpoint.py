@@ -39,19 +39,24 @@ async def test_worker_serves_the_newest_checkpoint(settings: Settings, tmp_path:
             for event in events:
                 await producer.send_event(event)
             await producer.flush()
-            users = {event.user_id for event in events}
+            last_event = {event.user_id: event.event_id for event in events}
             lists = lambda: [Recommendation.model_validate_json(v) for v in recs.values]  # noqa: E731
-            await wait_until(lambda: {r.user_id for r in lists()} >= users, OUTPUT_WAIT_S, "a list per user")
+            await wait_until(
+                lambda: {r.trigger_event_id for r in lists()} >= set(last_event.values()),
+                OUTPUT_WAIT_S, "a list triggered by each user's last event",
+            )
     finally:
         worker.kill()
     received = lists()
     assert {r.model_version for r in received} == {version}
+    # A list excludes every item its user consumed up to (and with) the event that triggered it.
+    consumed_by_trigger: dict[str, set[str]] = {}
     consumed: dict[str, set[str]] = defaultdict(set)
     for event in events:
         consumed[event.user_id].add(event.item_id)
-    final = {r.user_id: r for r in received}  # the newest list per user
-    for user_id, rec in final.items():
-        assert rec.items and not {i.item_id for i in rec.items} & consumed[user_id]
+        consumed_by_trigger[event.event_id] = set(consumed[event.user_id])
+    for rec in received:
+        assert rec.items and not {i.item_id for i in rec.items} & consumed_by_trigger[rec.trigger_event_id]
     reasons = {item.reason.split(" ")[0] for rec in received for item in rec.items}
     assert "picked" in reasons  # the ranker's own retrieval index served candidates
     log = log_path.read_text(errors="replace")
