@@ -27,6 +27,7 @@ import os
 import signal
 import socket
 import subprocess
+import sys
 import time
 from collections.abc import Mapping
 from pathlib import Path
@@ -190,20 +191,37 @@ class DevBroker:
         self.stop()
 
 
+class Stopped(Exception):
+    """SIGTERM or SIGHUP reached the foreground broker: stop Tansu and leave."""
+
+
+def _raise_stopped(signum: int, frame: object) -> None:
+    raise Stopped(signal.Signals(signum).name)
+
+
 def run_foreground(port: int, host: str = "127.0.0.1", storage: str = MEMORY_STORAGE) -> int:
-    """Run a broker until Ctrl-C (or until it exits); a clean stop, no traceback.
+    """Run a broker until Ctrl-C, SIGTERM or SIGHUP (or until it exits); a clean stop, no
+    traceback. Tansu runs in a process group of its own (Ctrl-C in the terminal is ours to
+    handle), so a signal to this process alone would leave it running, holding the port:
+    every way out stops it.
 
     `storage`: Tansu's storage engine (S3 settings come from this process's environment)."""
     broker = DevBroker(port=port, host=host, storage=storage)
+    previous = {sig: signal.signal(sig, _raise_stopped) for sig in (signal.SIGTERM, signal.SIGHUP)}
     try:
         broker.start()
         print(f"Tansu dev broker listening on {broker.url} (Ctrl-C to stop)", flush=True)
         broker.wait()
-    except KeyboardInterrupt:
+    except (KeyboardInterrupt, Stopped):
         pass
+    except BrokerError as exc:
+        print(f"streamrec broker: {exc}", file=sys.stderr)
+        return 1
     finally:
         broker.stop()
-    print("broker stopped")
+        for sig, handler in previous.items():
+            signal.signal(sig, handler)
+    print("broker stopped", flush=True)
     return 0
 
 
@@ -214,10 +232,6 @@ def main(argv: list[str] | None = None) -> int:
     parser.add_argument("--storage", default=MEMORY_STORAGE, help=STORAGE_HELP)
     args = parser.parse_args(argv)
     return run_foreground(args.port, args.host, args.storage)
-
-
-if __name__ == "__main__":
-    raise SystemExit(main())
 
 
 def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S) -> int | None:
@@ -234,3 +248,7 @@ def stop_process_group(process: subprocess.Popen, grace_s: float = STOP_GRACE_S)
     except ProcessLookupError:
         process.wait()
     return process.returncode
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())

@@ -68,6 +68,7 @@ class Settings(BaseSettings):
     replication: int = Field(1, ge=1, le=16)  # replication factor of created topics
     session_timeout_s: float = Field(10.0, ge=1, le=300)  # a silent worker leaves the group after this
     fetch_max_wait_ms: int = Field(10, ge=0, le=10_000)  # consumer fetch wait (ms); low for Tansu
+    broker_wait_s: float = Field(30.0, ge=0, le=3_600)  # CLI and worker start: how long to wait for the broker (s)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None  # SASL user (passed through to every client)

@@ -1,4 +1,4 @@
-"""The `streamrec` command line: broker, worker, produce, tail, demo, bench, soak, model,
+"""The `streamrec` command line: broker, worker, produce, tail, demo, bench, soak, dlq, model,
 pretrain, evaluate, schema.
 
 Every command reads the same settings (`STREAMREC_*` env vars); flags only pick what to do.
@@ -12,9 +12,16 @@ import json
 import logging
 import os
 import sys
+from collections.abc import Callable
 from pathlib import Path
 
-from streamrec.consumers.cli.common import configure_logging, load_settings
+from streamrec.consumers.cli.common import (
+    broker_problem,
+    configure_logging,
+    load_settings,
+    quiet_kafka_logs,
+)
+from streamrec.consumers.cli.dlq import add_dlq_parser
 from streamrec.consumers.cli.model_commands import add_model_parser
 from streamrec.consumers.cli.offline_commands import add_offline_parsers
 
@@ -43,6 +50,10 @@ def cmd_worker(args: argparse.Namespace) -> int:
 
     settings = load_settings()
     configure_logging(settings.log_level)
+    problem = broker_problem(settings)
+    if problem:
+        print(f"streamrec worker: {problem}", file=sys.stderr)
+        return 1
     created = asyncio.run(ensure_topics(settings))
     if created:
         log.info("created topics: %s", ", ".join(created))
@@ -72,8 +83,10 @@ def cmd_produce(args: argparse.Namespace) -> int:
             settings, n_events=args.events, rate=args.rate, seed=args.seed, with_items=not args.no_items
         )
     else:
-        if args.path is None:
-            raise SystemExit("--path DIR is required with --dataset movielens")
+        if not args.path.is_dir():
+            print(f"streamrec produce: {args.path} is not a directory (--path: the folder holding "
+                  "ratings.csv and movies.csv)", file=sys.stderr)
+            return 1
         coroutine = produce_dataset(
             settings,
             args.path,
@@ -82,12 +95,36 @@ def cmd_produce(args: argparse.Namespace) -> int:
             keep_timestamps=args.keep_timestamps,
             with_items=not args.no_items,
         )
+    problem = broker_problem(settings)
+    if problem:
+        coroutine.close()
+        print(f"streamrec produce: {problem}", file=sys.stderr)
+        return 1
     try:
-        stats = asyncio.run(coroutine)
+        with quiet_kafka_logs():
+            stats = asyncio.run(coroutine)
     except KeyboardInterrupt:
         return 130
+    except (OSError, ValueError) as exc:  # a missing or malformed dataset file
+        print(f"streamrec produce: {exc}", file=sys.stderr)
+        return 1
     print(json.dumps(stats))
     return 0
+
+
+def check_produce_usage(parser: argparse.ArgumentParser) -> Callable[[argparse.Namespace], None]:
+    """`--path` belongs to a dataset read from files, and such a dataset needs one (exit 2)."""
+
+    def check(args: argparse.Namespace) -> None:
+        if args.dataset is None and args.path is not None:
+            parser.error("--path needs --dataset movielens (synthetic data is generated, not read)")
+        if args.dataset == "synthetic" and args.path is not None:
+            parser.error("--path reads a dataset's files: synthetic data needs none")
+        if args.dataset == "movielens" and args.path is None:
+            parser.error("--dataset movielens needs --path DIR (the folder holding ratings.csv and movies.csv)")
+        args.dataset = args.dataset or "synthetic"
+
+    return check
 
 
 # --- tail ------------------------------------------------------------------------------
@@ -211,7 +248,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.set_defaults(func=cmd_trainer)
 
     p = sub.add_parser("produce", help="produce a catalogue and events (synthetic or a dataset)")
-    p.add_argument("--dataset", choices=["synthetic", "movielens"], default="synthetic")
+    p.add_argument("--dataset", choices=["synthetic", "movielens"], default=None,
+                   help="synthetic (default) or movielens (needs --path)")
     p.add_argument("--path", type=Path, help="dataset directory (movielens: movies.csv, ratings.csv)")
     p.add_argument("--events", type=int, default=2000, help="synthetic: number of events")
     p.add_argument("--limit", type=int, default=None, help="dataset: at most this many events")
@@ -219,7 +257,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--seed", type=int, default=7)
     p.add_argument("--keep-timestamps", action="store_true", help="dataset: keep original ts")
     p.add_argument("--no-items", action="store_true", help="do not produce the catalogue first")
-    p.set_defaults(func=cmd_produce)
+    p.set_defaults(func=cmd_produce, check_usage=check_produce_usage(p))
 
     p = sub.add_parser("tail", help="print recommendations (or dead letters) as they arrive")
     p.add_argument("--topic", choices=["recommendations", "dlq"], default="recommendations")
@@ -269,6 +307,7 @@ def build_parser() -> argparse.ArgumentParser:
                    help="a running broker (kafka://host:port) instead of the embedded Tansu; topics get a fresh prefix")
     p.set_defaults(func=cmd_soak)
 
+    add_dlq_parser(sub)
     add_model_parser(sub)
     add_offline_parsers(sub)
 
@@ -284,6 +323,8 @@ def main(argv: list[str] | None = None) -> int:
     os.environ.setdefault("HF_HUB_OFFLINE", "1")
     os.environ.setdefault("TOKENIZERS_PARALLELISM", "false")
     args = build_parser().parse_args(argv)
+    if hasattr(args, "check_usage"):
+        args.check_usage(args)  # exit 2 with one line on a combination of flags that makes no sense
     try:
         return int(args.func(args) or 0)
     except KeyboardInterrupt:
