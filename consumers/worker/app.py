@@ -86,5 +86,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
     scorer = pipeline.recommender.scorer
     created = scorer.manifest.created.timestamp() if isinstance(scorer, RankerScorer) else None
     metrics.set_model_version(scorer.version, created)
+    for _, reason in pipeline.refused:  # counted as a refused hot swap is: serving goes on
+        metrics.model_updates.labels(action="startup", outcome="refused", reason=reason).inc()
     register_agents(app, settings, pipeline, metrics)
     return app

@@ -8,7 +8,7 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 
 from streamrec.models.core.catalog import CatalogIndexer
 from streamrec.models.core.device import select_device
@@ -21,7 +21,7 @@ from streamrec.models.index.factory import open_index
 from streamrec.models.index.health import IndexHealth
 from streamrec.models.index.protocol import IndexedItem, IndexUnavailableError, ItemIndex
 from streamrec.models.learning.serving import RankerScorer, open_scorer
-from streamrec.models.learning.store import DirectoryModelStore
+from streamrec.models.learning.store import DirectoryModelStore, ModelStoreError
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
@@ -31,13 +31,15 @@ log = logging.getLogger(__name__)
 class Pipeline:
     """The catalogue indexer and the recommender, sharing one item index.
 
-    The recommender serves the pinned (`STREAMREC_MODEL_VERSION`) or newest checkpoint of the
-    model store; with none, the content scorer, and `model_version` says so.
+    The recommender serves the pinned (`STREAMREC_MODEL_VERSION`) or newest good checkpoint of
+    the model store; with none, the content scorer, and `model_version` says so. Newer
+    checkpoints refused at start (failed verification) are in `refused`, for the worker to count.
     """
 
     index: ItemIndex
     catalog: CatalogIndexer
     recommender: Recommender
+    refused: list[tuple[str, str]] = field(default_factory=list)  # (version, reason) refused at start
 
     @classmethod
     def from_settings(
@@ -54,6 +56,13 @@ class Pipeline:
             items=settings.item_cache_size,
             neighbour_lists=settings.neighbour_cache_size,
         )
+        refused: list[tuple[str, str]] = []
+
+        def on_refused(version: str, error: ModelStoreError) -> None:
+            log.warning("refusing checkpoint %s at start (%s), trying the previous one: %s",
+                        version, error.reason, error)
+            refused.append((version, error.reason))
+
         try:
             scorer = scorer or open_scorer(
                 DirectoryModelStore(settings.resolved_model_dir),
@@ -62,6 +71,7 @@ class Pipeline:
                 lambda name, dim: open_index(settings, dim, name=name, distance="dot"),
                 settings.collection,
                 device,
+                on_refused=on_refused,
             ) or ContentScorer(device)
         except Exception:
             index.close()
@@ -81,7 +91,7 @@ class Pipeline:
             config=RecommenderConfig.from_settings(settings),
             index_health=IndexHealth(retry_s=settings.index_retry_s),
         )
-        return cls(index=index, catalog=CatalogIndexer(encoder, index), recommender=recommender)
+        return cls(index=index, catalog=CatalogIndexer(encoder, index), recommender=recommender, refused=refused)
 
     def store_items(self, items: Sequence[IndexedItem]) -> None:
         """Write embedded catalogue items to the text index and the ranker's retrieval index.

@@ -175,15 +175,44 @@ def open_scorer(
     collection: str,
     device: torch.device | str = "cpu",
     expected_sha256: str | None = None,
+    on_refused: RefusalHandler | None = None,
 ) -> RankerScorer | None:
-    """The checkpoint to serve (pinned `version`, else the newest), ready; None if none exists.
+    """The checkpoint to serve (pinned `version`, else the newest good one), ready; None if
+    there is none to serve.
 
-    A pinned version that is missing or fails verification is an error; so is the newest
-    one failing (serving silently on something else would hide the problem). With
-    `expected_sha256` (from a `model-updates` message), the weights must be those.
+    A pinned version that is missing or fails verification is an error, as is one whose
+    weights are not `expected_sha256` (from a `model-updates` message). Unpinned, a newest
+    checkpoint that fails verification is refused as a hot swap would refuse it: reported
+    to `on_refused` (version, error; by default a warning without traceback), and the next
+    older one is tried; None when every one is refused (the caller serves the content scorer).
     """
-    if version is None and store.latest() is None:
-        return None
+    if version is not None:
+        return _open_version(store, version, text_index, open_retrieval, collection, device, expected_sha256)
+    report = on_refused or _warn_refused
+    for manifest in reversed(store.list()):  # newest first
+        try:
+            return _open_version(store, manifest.version, text_index, open_retrieval, collection, device, None)
+        except ModelStoreError as exc:
+            report(manifest.version, exc)
+    return None
+
+
+RefusalHandler = Callable[[str, ModelStoreError], None]  # (version, why) of a refused checkpoint
+
+
+def _warn_refused(version: str, error: ModelStoreError) -> None:
+    log.warning("refusing checkpoint %s (%s), trying the previous one: %s", version, error.reason, error)
+
+
+def _open_version(
+    store: ModelStore,
+    version: str,
+    text_index: ItemIndex,
+    open_retrieval: RetrievalOpener,
+    collection: str,
+    device: torch.device | str,
+    expected_sha256: str | None,
+) -> RankerScorer:
     manifest, tensors = store.load(version)
     if expected_sha256 is not None and manifest.sha256 != expected_sha256:
         raise ModelStoreError(

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import json
 from collections import defaultdict
 
 import torch
@@ -10,7 +11,7 @@ from streamrec.models.core.encoder import TextEncoder
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.models.learning.item_table import ItemTable
 from streamrec.models.learning.ranker import Ranker, RankerConfig, Step
-from streamrec.models.learning.store import DirectoryModelStore
+from streamrec.models.learning.store import MANIFEST_FILE, DirectoryModelStore
 from streamrec.models.learning.training import TrainConfig, make_windows, train_ranker
 from streamrec.stream.broker import free_port
 from streamrec.stream.settings import Settings
@@ -39,3 +40,13 @@ async def with_checkpoint(settings: Settings, world: SyntheticWorld) -> tuple[Se
     version = train_checkpoint(world, store)
     await ensure_topics(settings)
     return settings, store, version
+
+
+def spoil_shapes(store: DirectoryModelStore, version: str) -> None:
+    """Make a checkpoint's manifest claim shapes its weights file does not have (it then
+    fails verification with the reason `shape`)."""
+    path = store.root / version / MANIFEST_FILE
+    manifest = json.loads(path.read_text())
+    name = next(name for name, shape in manifest["shapes"].items() if shape)
+    manifest["shapes"][name] = [d + 1 for d in manifest["shapes"][name]]
+    path.write_text(json.dumps(manifest))
