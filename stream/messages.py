@@ -21,6 +21,12 @@ EventType = Literal["view", "click", "purchase"]
 EVENT_TYPES: tuple[str, ...] = ("view", "click", "purchase")
 
 _Id = Field(min_length=1, max_length=256)
+#: A model version names a directory of the model store and is written to logs: at most a file
+#: name's 255 characters, no control characters (a newline would forge a log line).
+VERSION_MAX_CHARS = 255
+_VERSION_RULES: dict[str, Any] = {
+    "min_length": 1, "max_length": VERSION_MAX_CHARS, "pattern": r"^[^\x00-\x1f\x7f-\x9f]+$",
+}
 
 
 class _Message(BaseModel):
@@ -84,10 +90,11 @@ class ModelUpdate(_Message):
     becomes the version everyone gets). Every message names a whole, verifiable version.
     """
 
-    version: str
+    version: str = Field(description="the version served: 1-255 characters, no control characters",
+                         **_VERSION_RULES)
     uri: str = Field(description="where the checkpoint lives, e.g. file:///models/<version>")
     sha256: str = Field(pattern=r"^[0-9a-f]{64}$", description="of the safetensors weights file")
-    parent_version: str | None = None
+    parent_version: str | None = Field(None, **_VERSION_RULES)
     metrics: dict[str, float] = Field(default_factory=dict)
     created_at: float = Field(description="unix seconds when the version was created")
     action: ModelAction = "publish"

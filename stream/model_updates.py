@@ -17,11 +17,15 @@ from datetime import datetime
 from pathlib import Path
 from typing import Any, Protocol
 
+from pydantic import ValidationError
+
 from streamrec.stream.messages import ModelAction, ModelUpdate
 from streamrec.stream.readers import open_broadcast_reader, read_to_end
 from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
+
+MAX_PROBLEM_CHARS = 300  # an unreadable message's problems, as logged
 
 
 class StoredVersion(Protocol):
@@ -88,9 +92,23 @@ def parse_updates(records: Sequence[Any], on_invalid: Callable[[str], None]) -> 
     for record in records:
         try:
             updates.append(ModelUpdate.model_validate_json(record.value or b""))
-        except ValueError as exc:
-            on_invalid(str(exc)[:200])
+        except ValidationError as exc:  # not JSON, or breaks the contract (e.g. a version's bounds)
+            on_invalid(_one_line(exc))
     return updates
+
+
+def _one_line(error: ValidationError) -> str:
+    """A contract violation in one short line: field and rule, never the offending value (a
+    900 KB version, or one with a newline that would forge a log line).
+
+    >>> try:
+    ...     ModelUpdate.model_validate({"version": "v1\\nforged", "uri": "u", "sha256": "ab" * 32, "created_at": 0.0})
+    ... except ValidationError as exc:
+    ...     print(_one_line(exc))
+    version: String should match pattern '^[^\\x00-\\x1f\\x7f-\\x9f]+$'
+    """
+    problems = "; ".join(f"{'.'.join(map(str, e['loc'])) or '<message>'}: {e['msg']}" for e in error.errors())
+    return problems[:MAX_PROBLEM_CHARS].replace("\n", " ")
 
 
 async def catch_up(consumer: Any, tps: Sequence[Any], on_invalid: Callable[[str], None]) -> list[ModelUpdate]:

@@ -13,6 +13,7 @@ from typing import Any
 from aiokafka import AIOKafkaConsumer, TopicPartition
 from tqdm import tqdm
 
+from streamrec.consumers.cli.escape import printable
 from streamrec.models.data.movielens import iter_movielens_events, load_movielens_items
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event, Item, Recommendation
@@ -108,7 +109,8 @@ def format_recommendation(rec: Recommendation, titles: dict[str, str] | None = N
         labels.append(label)
     more = f" +{len(rec.items) - shown}" if len(rec.items) > shown else ""
     body = " | ".join(labels) if labels else "(nothing to recommend yet)"
-    return f"{rec.user_id} <- {body}{more}  [{rec.model_version}, {rec.latency_ms:.0f} ms]"
+    # Ids, reasons and the version come from producers: escaped, never raw to a terminal.
+    return printable(f"{rec.user_id} <- {body}{more}  [{rec.model_version}, {rec.latency_ms:.0f} ms]")
 
 
 def _shorten(text: str, limit: int = 48) -> str:
