@@ -12,6 +12,7 @@ The JSON Schema files in `stream/schemas/` are generated from these models
 from __future__ import annotations
 
 import base64
+import hashlib
 import json
 from typing import Any, Literal
 
@@ -68,7 +69,15 @@ class RecommendedItem(_Message):
 
 
 class Recommendation(_Message):
-    """A fresh top-K list for one user (`recommendations` topic, key = user id)."""
+    """A fresh top-K list for one user (`recommendations` topic, key = user id).
+
+    The order rule: delivery is at least once, so after a restart or a rebalance a list can
+    arrive twice, or an older list after a newer one. A consumer that keeps one list per user
+    keeps the one with the greatest order key (`sequence`, then `trigger_ts`) and replaces it
+    only by a list with a strictly greater key; lists with the same `list_id` are the same
+    list. A list without `sequence` (published before it existed) orders before every list
+    that has one, and among such lists the greater `generated_at` wins.
+    """
 
     user_id: str
     items: list[RecommendedItem]
@@ -76,6 +85,53 @@ class Recommendation(_Message):
     trigger_event_id: str = Field(description="the newest event that caused this list")
     generated_at: float = Field(description="unix seconds when the list was produced")
     latency_ms: float = Field(description="generated_at - trigger event ts, in milliseconds")
+    list_id: str | None = Field(
+        None,
+        description="deterministic id of the list, from the user and the trigger event (32 hex "
+        "digits: BLAKE2b-128 of the UTF-8 user_id and trigger_event_id, each after its length as "
+        "4 big-endian bytes); a list published again (after a restart or a rebalance) has the same id",
+    )
+    sequence: int | None = Field(
+        None,
+        ge=0,
+        description="order key, first part: how many events the user's state had learned when "
+        "the list was made (it grows with every new event of the user, across restarts and "
+        "rebalances); keep the list with the greatest (sequence, trigger_ts), never replace it "
+        "by one with a smaller or equal key",
+    )
+    trigger_ts: float | None = Field(
+        None, description="order key, second part: the trigger event's time (unix seconds)"
+    )
+
+    @staticmethod
+    def make_list_id(user_id: str, trigger_event_id: str) -> str:
+        """32 hex digits: blake2b of the user id and the trigger event id (stable everywhere)."""
+        digest = hashlib.blake2b(digest_size=16)
+        for part in (user_id, trigger_event_id):
+            encoded = part.encode()
+            digest.update(len(encoded).to_bytes(4, "big") + encoded)
+        return digest.hexdigest()
+
+    def order_key(self) -> tuple[int, float]:
+        """(sequence, trigger_ts); (-1, generated_at) for a list without a sequence."""
+        if self.sequence is None:
+            return (-1, self.generated_at)
+        return (self.sequence, self.trigger_ts if self.trigger_ts is not None else 0.0)
+
+    def is_newer_than(self, other: Recommendation | None) -> bool:
+        """Whether this list replaces `other` (the same user's list held so far) by the rule.
+
+        >>> def made(sequence, trigger):
+        ...     return Recommendation(user_id="u1", items=[], model_version="v1", trigger_event_id=trigger,
+        ...                           generated_at=1.0, latency_ms=0.0, sequence=sequence,
+        ...                           trigger_ts=10.0 * sequence, list_id=Recommendation.make_list_id("u1", trigger))
+        >>> newer, older = made(8, "e8"), made(7, "e7")
+        >>> newer.is_newer_than(older), older.is_newer_than(newer), newer.is_newer_than(made(8, "e8"))
+        (True, False, False)
+        >>> newer.list_id == Recommendation.make_list_id("u1", "e8") != older.list_id
+        True
+        """
+        return other is None or self.order_key() > other.order_key()
 
 
 ModelAction = Literal["publish", "pin", "unpin", "rollback", "canary", "promote"]

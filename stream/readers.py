@@ -1,4 +1,6 @@
-"""Broadcast readers: a topic read whole by every process that opens it, without a group.
+"""Readers of the bus: broadcast readers, and `LatestLists`, the apps' view of `recommendations`.
+
+Broadcast readers: a topic read whole by every process that opens it, without a group.
 
 A consumer group splits a topic's partitions between its members; some topics must instead
 reach every process: `model-updates` (every worker swaps to every version, the trainer
@@ -18,6 +20,7 @@ import time
 from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
+from streamrec.stream.messages import Recommendation
 from streamrec.stream.settings import Settings
 
 METADATA_TIMEOUT_S = 30.0  # a topic with no partitions after this long is an error (s)
@@ -87,3 +90,54 @@ async def broadcast_batches(
                 yield batch
     finally:
         await consumer.stop()
+
+
+class LatestLists:
+    """Each user's latest list from `recommendations`, by the contract's order rule.
+
+    Delivery is at least once: after a restart or a rebalance a list can come twice, or an
+    older list after a newer one. `offer` keeps a list only if it is newer than the one held
+    (`Recommendation.is_newer_than`: a greater `(sequence, trigger_ts)`), so an app showing
+    `latest[user]` never goes back to an older list.
+
+    >>> def made(n):
+    ...     return Recommendation(user_id="u1", items=[], model_version="v1", trigger_event_id=f"e{n}",
+    ...                           generated_at=float(n), latency_ms=0.0, sequence=n, trigger_ts=float(n))
+    >>> latest = LatestLists()
+    >>> [latest.offer(made(n)) for n in (1, 3, 2, 3)]  # 2 arrived late, 3 twice
+    [True, True, False, False]
+    >>> latest["u1"].trigger_event_id, latest.stale, latest.repeated
+    ('e3', 1, 1)
+    >>> latest.offer_bytes(made(4).to_bytes()), len(latest)
+    (True, 1)
+    """
+
+    def __init__(self) -> None:
+        self.lists: dict[str, Recommendation] = {}  # user id -> the latest list
+        self.stale = 0  # lists offered that were older than the one held (ignored)
+        self.repeated = 0  # lists offered again, with the key of the one held (ignored)
+
+    def offer(self, recommendation: Recommendation) -> bool:
+        """Keep `recommendation` if it is the user's newest so far; True when it was kept."""
+        held = self.lists.get(recommendation.user_id)
+        if recommendation.is_newer_than(held):
+            self.lists[recommendation.user_id] = recommendation
+            return True
+        if held is not None and held.order_key() == recommendation.order_key():
+            self.repeated += 1
+        else:
+            self.stale += 1
+        return False
+
+    def offer_bytes(self, value: bytes) -> bool:
+        """`offer` for a raw `recommendations` value (JSON; ValueError if it is not a list)."""
+        return self.offer(Recommendation.model_validate_json(value))
+
+    def __getitem__(self, user_id: str) -> Recommendation:
+        return self.lists[user_id]
+
+    def get(self, user_id: str) -> Recommendation | None:
+        return self.lists.get(user_id)
+
+    def __len__(self) -> int:
+        return len(self.lists)

@@ -14,6 +14,7 @@ import os
 import sys
 from collections.abc import Callable
 from pathlib import Path
+from typing import Any
 
 from streamrec.consumers.cli.common import (
     broker_problem,
@@ -130,19 +131,43 @@ def check_produce_usage(parser: argparse.ArgumentParser) -> Callable[[argparse.N
 # --- tail ------------------------------------------------------------------------------
 def cmd_tail(args: argparse.Namespace) -> int:
     from streamrec.consumers.tools.feed import tail
+    from streamrec.stream.readers import LatestLists
 
     settings = load_settings()
     configure_logging("WARNING")
     topic = {"recommendations": settings.topics.recommendations, "dlq": settings.topics.dlq}[
         args.topic
     ]
+    newest_only = args.topic == "recommendations" and not args.all
+    on_message = print_newest_lists(LatestLists()) if newest_only else None
     try:
         asyncio.run(
-            tail(settings, topic, from_beginning=args.from_beginning, limit=args.max, timeout_s=args.timeout)
+            tail(settings, topic, from_beginning=args.from_beginning, limit=args.max, timeout_s=args.timeout,
+                 on_message=on_message)
         )
     except KeyboardInterrupt:
         pass
     return 0
+
+
+def print_newest_lists(latest: Any) -> Callable[[Any], None]:
+    """`tail`'s printer of `recommendations` by the contract's order rule: a list is printed
+    only if it is newer than every list of its user seen so far (`LatestLists`); a list
+    published again or an older one arriving late (after a restart or a rebalance) is not."""
+    from streamrec.consumers.cli.escape import printable
+    from streamrec.consumers.tools.feed import format_recommendation
+    from streamrec.stream.messages import Recommendation
+
+    def on_message(record: Any) -> None:
+        try:
+            recommendation = Recommendation.model_validate_json(record.value)
+        except ValueError:  # not a list: shown as text, escaped
+            print(printable(bytes(record.value or b"").decode("utf-8", "replace")), flush=True)
+            return
+        if latest.offer(recommendation):
+            print(format_recommendation(recommendation), flush=True)
+
+    return on_message
 
 
 # --- demo ------------------------------------------------------------------------------
@@ -264,6 +289,9 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--from-beginning", action="store_true")
     p.add_argument("--max", type=int, default=None, help="stop after this many messages")
     p.add_argument("--timeout", type=float, default=None, help="stop after this many seconds")
+    p.add_argument("--all", action="store_true",
+                   help="recommendations: print every list as it arrives, also one older than a list "
+                        "already printed for its user or published again (default: the newest only)")
     p.set_defaults(func=cmd_tail)
 
     p = sub.add_parser("demo", help="broker + worker + synthetic stream, printing fresh recommendations")

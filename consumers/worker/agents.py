@@ -40,7 +40,7 @@ from streamrec.consumers.worker.model_updates import follow_model_updates
 from streamrec.consumers.worker.retry import LeavingBatch, retry_forever
 from streamrec.consumers.worker.views import register_views
 from streamrec.models.core.pipeline import Pipeline
-from streamrec.stream.messages import DeadLetter, Event
+from streamrec.stream.messages import DeadLetter, Event, Recommendation
 from streamrec.stream.settings import Settings
 from streamrec.stream.validation import Rejection
 
@@ -192,6 +192,18 @@ async def publish_recommendations(context: WorkerContext, read: Read) -> None:
     context.metrics.stage_latency.labels(stage="publish").observe(time.perf_counter() - started)
     handler.observe_published(messages)
     for message in messages:  # only once on the topic: the API never shows an unsent list
-        latest_lists[message.user_id.encode()] = message.model_dump(exclude_none=True)
+        key = message.user_id.encode()
+        if message.is_newer_than(_stored_list(latest_lists.get(key))):  # the contract's order rule
+            latest_lists[key] = message.model_dump(exclude_none=True)
     await latest_lists.changelog_delivered()
     context.recent_events.extend(events)
+
+
+def _stored_list(stored: Any) -> Recommendation | None:
+    """A list of the latest-lists table (None: none, or unreadable: replaced by the next)."""
+    if stored is None:
+        return None
+    try:
+        return Recommendation.model_validate(stored)
+    except ValueError:
+        return None

@@ -66,8 +66,10 @@ class WorkerApi:
 
     # --- users ---------------------------------------------------------------------------
     def recommendations(self, user_id: str) -> dict[str, Any]:
-        """The list last published for the user; for a user without one, computed now by the
-        core (trending for a user never seen)."""
+        """The user's latest list by the contract's order rule (`Recommendation.order_key`: the
+        table keeps a list only if it is newer than the one held); for a user without one,
+        computed now by the core (trending for a user never seen), with the order key of the
+        state it reflects."""
         key = user_id.encode()
         stored = self.latest_lists.get(key)
         if stored is not None:
@@ -79,6 +81,7 @@ class WorkerApi:
             state = state or UserState(user_id, max_history=self.settings.history_length)
             ranked = self.pipeline.recommender.recommend([state])[0]
             now = time.time()
+            last = state.recent[-1] if state.recent else None
             latest = Recommendation(
                 user_id=user_id,
                 items=ranked.items,
@@ -86,6 +89,11 @@ class WorkerApi:
                 trigger_event_id=state.last_event_id or "",
                 generated_at=now,
                 latency_ms=0.0,
+                # the order key of the state it reflects: a list published later for the same
+                # events has the same key, one for a newer event a greater one
+                list_id=Recommendation.make_list_id(user_id, last.event_id) if last else None,
+                sequence=state.n_events,
+                trigger_ts=last.ts if last else None,
             )
         titles = self._titles([item.item_id for item in latest.items])
         body = latest.model_dump(exclude_none=True)

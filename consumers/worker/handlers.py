@@ -138,7 +138,14 @@ class RecommendHandler:
     def handle(
         self, events: Sequence[Event], states: dict[str, UserState | None]
     ) -> tuple[list[Recommendation], dict[str, UserState]]:
-        """`states` holds each user's stored state (None when new); returns the new states too."""
+        """`states` holds each user's stored state (None when new); returns the new states too.
+
+        A user gets a list when the batch holds the newest event their state has learned: a
+        new event, or the last one learned read again (after a crash its list may not have
+        been delivered). Events the state learned before that are duplicates, sent again or
+        read again: they are dropped, with no list (it would be older than the user's newest).
+        """
+        learned_before = {user_id: state.n_events if state else 0 for user_id, state in states.items()}
         handled = self.pipeline.recommender.handle(events, states)  # one list per user per batch
         self.observe_online(handled.outcomes)
         self.metrics.stage_latency.labels(stage="state").observe(handled.learn_s)
@@ -147,7 +154,14 @@ class RecommendHandler:
         generated_at = time.time()
         messages = []
         for user, ranked_list in zip(handled.users, handled.lists):
-            trigger = user.events[-1]
+            state = user.state
+            dropped = len(user.events) - (state.n_events - learned_before.get(state.user_id, 0))
+            if dropped:
+                log.debug("%d events of user %r were learned before: dropped as duplicates",
+                         dropped, state.user_id)
+            trigger = next((e for e in reversed(user.events) if e.event_id == state.last_event_id), None)
+            if trigger is None:
+                continue  # only duplicates of older events: the user's newest list stands
             messages.append(
                 Recommendation(
                     user_id=ranked_list.user_id,
@@ -156,6 +170,9 @@ class RecommendHandler:
                     trigger_event_id=trigger.event_id,
                     generated_at=generated_at,
                     latency_ms=round(max(0.0, generated_at - trigger.ts) * 1000.0, 3),
+                    list_id=Recommendation.make_list_id(ranked_list.user_id, trigger.event_id),
+                    sequence=state.n_events,
+                    trigger_ts=trigger.ts,
                 )
             )
         return messages, handled.states

@@ -5,6 +5,9 @@ tests/e2e/test_failover.py (a worker killed mid-stream, workers joining and leav
 
 - `fetch_max_wait_ms` is a setting (Faust hard-codes 1500 ms; Tansu waits it out every fetch);
 - table recovery reads changelogs to their real end (`streamrec.stream.offsets`);
+- no message of a newly assigned partition is handed out before Faust's seek to the committed
+  offsets is done (`SeekGate`): Faust resumes the partitions first, and under CPU load the
+  fetcher handed out messages in that window which the seek then handed out again;
 - offsets are committed only over messages processed: no "gap" is committed over, and a
   never-processed message at the head of a partition is read again (`head_gap`), reliably
   (`ReadOffsets`), without handing out again the messages processed after it.
@@ -12,6 +15,7 @@ tests/e2e/test_failover.py (a worker killed mid-stream, workers joining and leav
 
 from __future__ import annotations
 
+import asyncio
 import logging
 from collections.abc import AsyncIterator, Iterable
 from typing import Any
@@ -24,6 +28,7 @@ from streamrec.stream.settings import Settings
 
 log = logging.getLogger(__name__)
 
+HELD_POLL_S = 0.05  # the fetcher's wait while every partition it may fetch awaits its seek (s)
 CHANGELOG_SUFFIX = "-changelog"  # Faust names a table's changelog topic <app id>-<table>-changelog
 
 
@@ -64,6 +69,30 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
         def __init__(self, *args: Any, **kwargs: Any) -> None:
             super().__init__(*args, **kwargs)
             self._read_offset = ReadOffsets()  # before any drain loop binds its methods
+
+        @property
+        def _seek_gate(self) -> SeekGate:
+            # set lazily: Faust's __init__ runs before ours finishes and may fetch already
+            return self.__dict__.setdefault("_streamrec_seek_gate", SeekGate())
+
+        async def on_partitions_assigned(self, assigned: set[TP], generation_id: int = 0) -> None:
+            self._seek_gate.assigned(tp for tp in assigned if not tp.topic.endswith(CHANGELOG_SUFFIX))
+            await super().on_partitions_assigned(assigned, generation_id)
+
+        async def perform_seek(self) -> None:
+            # Faust's recovery resumes the stream partitions and only then seeks them to their
+            # committed offsets; until the seek is done, what the fetcher reads is held back.
+            started = self._seek_gate.seek_started()
+            await super().perform_seek()
+            self._seek_gate.seek_done(started)
+
+        async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
+            if active_partitions and self._seek_gate.waiting:
+                active_partitions = {tp for tp in active_partitions if not self._seek_gate.holds(tp)}
+                if not active_partitions:  # (an empty set would fetch every partition)
+                    await asyncio.sleep(HELD_POLL_S)
+                    return {}
+            return await super()._getmany(active_partitions, timeout)
 
         def _new_consumer_thread(self) -> ConsumerThread:
             return ConsumerThread(self, loop=self.loop, beacon=self.beacon)
@@ -164,6 +193,49 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
 
     Transport.Consumer = Consumer
     return Transport
+
+
+class SeekGate:
+    """The stream partitions assigned but not yet seeked to their committed offsets: nothing
+    is fetched from them until the seek is done.
+
+    Faust (faust-streaming 0.11) makes newly assigned partitions fetchable before it seeks
+    them: `Consumer.on_partitions_assigned` marks them active, and its recovery resumes them
+    and only then awaits `perform_seek` (a round trip to the group coordinator, on the
+    consumer thread), while the fetcher runs. Under CPU load that window is long: a worker
+    restarted after SIGKILL processed messages from the committed offset on, the seek then
+    put the partition back and they were processed again (lists published twice, events
+    sent after the failure among them), and the acks around the seek left holes that
+    `head_gap` rewinds filled many seconds later, after newer messages: an old event's list
+    was published after the user's newest one (tests/e2e/test_failover.py under a CPU hog).
+
+    >>> gate = SeekGate()
+    >>> gate.assigned(["p0", "p1"]); gate.holds("p0")
+    True
+    >>> seek = gate.seek_started(); gate.assigned(["p1"])  # assigned again during the seek
+    >>> gate.seek_done(seek); gate.holds("p0"), gate.holds("p1"), gate.holds("other")
+    (False, True, False)
+    """
+
+    def __init__(self) -> None:
+        self.serial = 0  # counts assignments and seeks: which came first
+        self.waiting: dict[Any, int] = {}  # partition -> serial of its assignment
+
+    def assigned(self, partitions: Iterable[Any]) -> None:
+        self.serial += 1
+        for tp in partitions:
+            self.waiting[tp] = self.serial
+
+    def seek_started(self) -> int:
+        self.serial += 1
+        return self.serial
+
+    def seek_done(self, started: int) -> None:
+        """The partitions assigned before the seek `started` are at their committed offsets."""
+        self.waiting = {tp: serial for tp, serial in self.waiting.items() if serial > started}
+
+    def holds(self, tp: Any) -> bool:
+        return tp in self.waiting
 
 
 class ReadOffsets(dict):

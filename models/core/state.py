@@ -18,7 +18,10 @@ False
 
 from __future__ import annotations
 
+import base64
+import hashlib
 import math
+from array import array
 from collections import OrderedDict, deque
 from collections.abc import Sequence
 from dataclasses import dataclass
@@ -32,6 +35,67 @@ from streamrec.stream.messages import EVENT_TYPES, Event
 EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "purchase": 4.0}
 STATE_VERSION = 1
 RATE_HALF_LIFE_S = 3_600.0  # per-type event rates are exponentially decayed with this half-life
+EVENT_IDS_KEPT = 256  # event ids a state remembers (as 8-byte digests) to learn each once
+
+
+def event_id_digest(event_id: str) -> int:
+    """A stable 64-bit digest of an event id (blake2b: the same in every process).
+
+    >>> event_id_digest("e1") == event_id_digest("e1") != event_id_digest("e2")
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
+
+
+class EventIds:
+    """The digests of the last `capacity` event ids learned: a ring of 8-byte integers.
+
+    Bounded (8 bytes an id in memory, 11 in the changelog's JSON), kept in the user state so it
+    survives restarts and moves with the user's partition: an event sent again after a worker
+    restart, or read again after a crash, is not learned twice.
+
+    >>> ids = EventIds(capacity=2)
+    >>> for event_id in ("a", "b", "c"): ids.add(event_id)
+    >>> "a" in ids, "b" in ids, "c" in ids
+    (False, True, True)
+    >>> EventIds.decode(ids.encode(), capacity=2).newest_first() == ids.newest_first()
+    True
+    """
+
+    def __init__(self, capacity: int = EVENT_IDS_KEPT) -> None:
+        self.capacity = capacity
+        self._ring = array("Q")
+        self._next = 0  # where the next digest goes once the ring is full
+
+    def add(self, event_id: str) -> None:
+        digest = event_id_digest(event_id)
+        if len(self._ring) < self.capacity:
+            self._ring.append(digest)
+        elif self.capacity:
+            self._ring[self._next] = digest
+            self._next = (self._next + 1) % self.capacity
+
+    def __contains__(self, event_id: object) -> bool:
+        return isinstance(event_id, str) and event_id_digest(event_id) in self._ring
+
+    def newest_first(self) -> list[int]:
+        ordered = self._ring[self._next:] + self._ring[: self._next]
+        return list(reversed(ordered))
+
+    def encode(self) -> str:
+        """Oldest first, big-endian 8-byte digests, base64."""
+        ordered = list(reversed(self.newest_first()))
+        return base64.b64encode(b"".join(d.to_bytes(8, "big") for d in ordered)).decode("ascii")
+
+    @classmethod
+    def decode(cls, text: str, capacity: int = EVENT_IDS_KEPT) -> EventIds:
+        raw = base64.b64decode(text, validate=True)
+        if len(raw) % 8:
+            raise ValueError("event id digests must be 8 bytes each")
+        ids = cls(capacity)
+        digests = [int.from_bytes(raw[n:n + 8], "big") for n in range(0, len(raw), 8)]
+        ids._ring.extend(digests[-capacity:] if capacity else [])
+        return ids
 
 
 @dataclass(frozen=True, slots=True)
@@ -73,11 +137,14 @@ class _DecayedRate:
 class UserState:
     """A user's recent behaviour, updated incrementally (`learn`) and read purely."""
 
-    def __init__(self, user_id: str, max_history: int = 50, max_consumed: int = 1_000) -> None:
+    def __init__(
+        self, user_id: str, max_history: int = 50, max_consumed: int = 1_000, max_ids: int = EVENT_IDS_KEPT
+    ) -> None:
         self.user_id = user_id
         self.max_history = max_history
         self.max_consumed = max_consumed
         self._recent: deque[Interaction] = deque(maxlen=max_history)
+        self._ids = EventIds(max_ids)  # the last `max_ids` event ids learned, past `recent` too
         self._consumed: OrderedDict[str, None] = OrderedDict()
         self._counts: dict[str, int] = {kind: 0 for kind in EVENT_TYPES}
         self._gap_mean = stats.Mean()
@@ -92,9 +159,9 @@ class UserState:
     def learn(self, event: Event) -> bool:
         """Fold one event into the state; False (and no change) if it is in already.
 
-        Idempotent for any event among the last `max_history` learned: an event read again
-        after a crash (its offset not yet committed, its state already in the changelog) or
-        forwarded twice does not count twice.
+        Idempotent for any event among the last `max_history` (or `max_ids`) learned: an event
+        read again after a crash (its offset not yet committed, its state already in the
+        changelog), forwarded twice or sent again by a producer does not count twice.
         """
         if self.has_learned(event.event_id):
             return False
@@ -106,6 +173,7 @@ class UserState:
             self._gap_var.update(max(0.0, gap))
         self._last_ts = event.ts if self._last_ts is None else max(self._last_ts, event.ts)
         self._recent.append(Interaction(event.item_id, event.type, event.ts, event.event_id))
+        self._ids.add(event.event_id)
         self._consumed[event.item_id] = None
         self._consumed.move_to_end(event.item_id)
         while len(self._consumed) > self.max_consumed:
@@ -115,8 +183,8 @@ class UserState:
         return True
 
     def has_learned(self, event_id: str) -> bool:
-        """Whether the event is among the last `max_history` learned (newest checked first)."""
-        return any(interaction.event_id == event_id for interaction in reversed(self._recent))
+        """Whether the event is among the last `max_history` or `max_ids` learned."""
+        return event_id in self._ids or any(i.event_id == event_id for i in reversed(self._recent))
 
     def serve(self, model_version: str, item_ids: Sequence[str]) -> None:
         """Remember the list just served, to check the user's next events against it."""
@@ -185,18 +253,19 @@ class UserState:
             "last_ts": self._last_ts,
             "out_of_order": self.out_of_order,
             "served": [self.served_version, list(self.served)],
+            "ids": self._ids.encode(),
         }
 
     @classmethod
     def from_dict(
-        cls, data: dict[str, Any], max_history: int = 50, max_consumed: int = 1_000
+        cls, data: dict[str, Any], max_history: int = 50, max_consumed: int = 1_000, max_ids: int = EVENT_IDS_KEPT
     ) -> UserState:
         """Rebuild from `to_dict` output; ValueError on an unknown version or malformed data."""
         if not isinstance(data, dict) or data.get("v") != STATE_VERSION:
             version = data.get("v") if isinstance(data, dict) else type(data).__name__
             raise ValueError(f"unknown user state version {version!r} (expected {STATE_VERSION})")
         try:
-            state = cls(str(data["user_id"]), max_history=max_history, max_consumed=max_consumed)
+            state = cls(str(data["user_id"]), max_history=max_history, max_consumed=max_consumed, max_ids=max_ids)
             for item_id, kind, ts, event_id in data["recent"]:
                 state._recent.append(Interaction(str(item_id), str(kind), float(ts), str(event_id)))
             for item_id in data["consumed"][-max_consumed:]:
@@ -209,6 +278,11 @@ class UserState:
                 state._rates[str(kind)] = _DecayedRate(float(mass), None if ts is None else float(ts))
             state._last_ts = None if data["last_ts"] is None else float(data["last_ts"])
             state.out_of_order = int(data.get("out_of_order", 0))
+            if "ids" in data:  # (states written before it remember `recent` only)
+                state._ids = EventIds.decode(str(data["ids"]), max_ids)
+            else:
+                for interaction in state._recent:
+                    state._ids.add(interaction.event_id)
             served_version, served = data.get("served") or (None, [])
             if served_version is not None:
                 state.serve(str(served_version), [str(item_id) for item_id in served])

@@ -6,10 +6,14 @@ replay of exactly the events that were sent (DESIGN.md, "Delivery semantics"):
 
 - no valid event lost: each user's state (recovered from the changelog where the user's
   partition moved) holds all their events, once each, with the same counts;
-- each user's last list on `recommendations` (and through the API) was triggered by the
-  last event their state learned: it reflects all their events;
-- duplicates are bounded and idempotent: a list published twice carries the same
-  `trigger_event_id` and user, and only events sent before the failure are ever repeated.
+- each user's latest list by the contract's order rule (`LatestLists`: the greatest
+  `(sequence, trigger_ts)`), the last one on `recommendations` and the API's were triggered
+  by the last event their state learned, and their `sequence` is the number of events the
+  user sent: a consumer that keeps the latest list per user is right after the failure;
+- no older list arrives after a newer one (none is ignored as stale by the rule);
+- duplicates are bounded and idempotent: a list published twice has the same `list_id`,
+  `trigger_event_id`, user and `sequence`, and only events sent before the failure are ever
+  repeated.
 """
 
 from __future__ import annotations
@@ -24,6 +28,7 @@ import pytest
 
 from streamrec.models.core.state import UserState
 from streamrec.stream.messages import Event, Recommendation
+from streamrec.stream.readers import LatestLists
 from tests.support.group_run import (
     N_USERS,
     PARTITIONS,
@@ -75,15 +80,26 @@ def check_delivery(run: Run, worker: Worker, history: dict[str, list[Event]], be
 
     lists = [Recommendation.model_validate_json(v) for v in read_topic(run.settings, run.settings.topics.recommendations)]
     last_list: dict[str, Recommendation] = {}
+    latest = LatestLists()  # what an app keeping the latest list per user holds
     for message in lists:  # keyed by user: one partition, in the order published
         last_list[message.user_id] = message
+        latest.offer(message)
     event_user = {e.event_id: e.user_id for events in history.values() for e in events}
     for user, events in history.items():
-        # The last list came after the user's last event, or after the last one their state
+        # The newest list came after the user's last event, or after the last one their state
         # learned (a message skipped around a failover is learned late, out of order).
         fresh = {learned_last[user], events[-1].event_id}
+        assert latest[user].trigger_event_id in fresh, f"{user}'s latest list by the order rule is stale"
+        assert latest[user].sequence == len(events), f"{user}'s latest list does not reflect every event"
         assert last_list[user].trigger_event_id in fresh, f"{user}'s last list is stale"
-        assert worker.get(f"/users/{user}/recommendations")["trigger_event_id"] in fresh
+        served = worker.get(f"/users/{user}/recommendations")
+        assert served["trigger_event_id"] in fresh and served["sequence"] == len(events), (user, served)
+    assert latest.stale == 0, f"{latest.stale} lists arrived after a newer list of their user"
+    by_id: dict[str, set[tuple]] = {}
+    for m in lists:
+        assert m.list_id == Recommendation.make_list_id(m.user_id, m.trigger_event_id), m
+        by_id.setdefault(m.list_id, set()).add((m.user_id, m.trigger_event_id, m.sequence, m.trigger_ts))
+    assert all(len(variants) == 1 for variants in by_id.values()), "a list id names two different lists"
     assert all(event_user[m.trigger_event_id] == m.user_id for m in lists), "a list triggered by another user's event"
     triggers = Counter(m.trigger_event_id for m in lists)
     repeated = {trigger for trigger, n in triggers.items() if n > 1}
@@ -101,6 +117,7 @@ def check_delivery(run: Run, worker: Worker, history: dict[str, list[Event]], be
         "lost": 0,
         "lists": len(lists),
         "lists_repeated": sum(n - 1 for n in triggers.values() if n > 1),
+        "lists_ignored_as_repeated": latest.repeated,
         "events_forwarded_twice": sum(n - 1 for n in forwarded.values() if n > 1),
     }
     print(f"delivery figures: {figures}")
