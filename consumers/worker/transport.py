@@ -88,7 +88,11 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
 
         async def _getmany(self, active_partitions: set[TP] | None, timeout: float) -> Any:
             if active_partitions and self._seek_gate.waiting:
-                active_partitions = {tp for tp in active_partitions if not self._seek_gate.holds(tp)}
+                held = {tp for tp in active_partitions if self._seek_gate.holds(tp)}
+                if held and self._seek_gate.first_hold():
+                    log.info("not fetching %d partitions before they are seeked to their committed offsets: %s",
+                             len(held), sorted(held))
+                active_partitions = active_partitions - held
                 if not active_partitions:  # (an empty set would fetch every partition)
                     await asyncio.sleep(HELD_POLL_S)
                     return {}
@@ -220,6 +224,7 @@ class SeekGate:
     def __init__(self) -> None:
         self.serial = 0  # counts assignments and seeks: which came first
         self.waiting: dict[Any, int] = {}  # partition -> serial of its assignment
+        self.reported = 0  # the serial at which a hold was last logged
 
     def assigned(self, partitions: Iterable[Any]) -> None:
         self.serial += 1
@@ -236,6 +241,11 @@ class SeekGate:
 
     def holds(self, tp: Any) -> bool:
         return tp in self.waiting
+
+    def first_hold(self) -> bool:
+        """True once per assignment: the first time a fetch wanted a partition held here."""
+        first, self.reported = self.reported != self.serial, self.serial
+        return first
 
 
 class ReadOffsets(dict):
