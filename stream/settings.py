@@ -69,6 +69,7 @@ class Settings(BaseSettings):
     session_timeout_s: float = Field(10.0, ge=1, le=300)  # a silent worker leaves the group after this
     fetch_max_wait_ms: int = Field(10, ge=0, le=10_000)  # consumer fetch wait (ms); low for Tansu
     broker_wait_s: float = Field(30.0, ge=0, le=3_600)  # CLI and worker start: how long to wait for the broker (s)
+    stop_timeout_s: float = Field(20.0, gt=0, le=600)  # a worker's stop (SIGTERM) longer than this ends the process (s)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
     sasl_mechanism: Literal["PLAIN", "SCRAM-SHA-256", "SCRAM-SHA-512"] = "PLAIN"
     sasl_username: str | None = None  # SASL user (passed through to every client)

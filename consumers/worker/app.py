@@ -3,11 +3,14 @@
 from __future__ import annotations
 
 import logging
+import os
+import threading
 from typing import Any
 
 import faust
 from faust.web import drivers as web_drivers
 
+from streamrec.consumers.worker import log_filters
 from streamrec.consumers.worker.batching import BatchingStream
 from streamrec.consumers.worker.metrics import WorkerMetrics
 from streamrec.consumers.worker.tables import DeliveredTable
@@ -26,6 +29,14 @@ class StreamrecApp(faust.App):
         self.settings = settings
         super().__init__(*args, **kwargs)
 
+    async def on_stop(self) -> None:
+        """Stop gracefully (commit, flush, leave the group), but within `stop_timeout_s`: with
+        the broker away each step would wait out its own timeouts (a minute and more), so
+        past the deadline the process ends as a crash would, losing nothing (offsets not
+        committed are read again, tables recover from their changelogs)."""
+        _exit_after(self.settings.stop_timeout_s)
+        await super().on_stop()
+
     def _new_transport(self) -> Any:
         transport_class = transport_for(self.settings)
         return transport_class(self.conf.broker_consumer, self)
@@ -35,6 +46,17 @@ class StreamrecApp(faust.App):
         driver = web_drivers.by_url(self.conf.web)
         web_class = type("StreamrecWeb", (driver,), {"production_blueprints": []})
         return web_class(self)
+
+
+def _exit_after(timeout_s: float) -> None:
+    def give_up() -> None:
+        log.warning("the stop took over %.0f s (is the broker away?): ending the process now", timeout_s)
+        logging.shutdown()
+        os._exit(0)
+
+    timer = threading.Timer(timeout_s, give_up)
+    timer.daemon = True  # a stop that finishes in time ends the process, and the timer with it
+    timer.start()
 
 
 def _credentials(settings: Settings) -> Any:
@@ -56,6 +78,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
     from streamrec.consumers.worker.agents import register_agents
 
     settings.data_dir.mkdir(parents=True, exist_ok=True)
+    log_filters.install(settings.broker)  # no log floods from one client or one broker outage
     app = StreamrecApp(
         settings.app_id,
         settings=settings,

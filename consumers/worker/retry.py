@@ -74,7 +74,7 @@ async def retry_forever(
     ('read at try 3', [1.0, 2.0])
     """
     backoff = backoff or Backoff()
-    expected = retry_on is not Exception
+    narrowed = retry_on is not Exception
     while True:
         try:
             return await attempt()
@@ -82,8 +82,27 @@ async def retry_forever(
             raise
         except retry_on as exc:
             delay = backoff.failed()
+            expected = narrowed or is_outage(exc)
             log.warning("%s (retry in %.0f s): %s", what, delay, exc, exc_info=not expected)
             await wait(delay)
+
+
+def is_outage(error: BaseException) -> bool:
+    """The error says a server (the broker, an index server) is away or slow, nothing more:
+    worth one line in the log, not a traceback at every retry.
+
+    >>> is_outage(ConnectionRefusedError()), is_outage(ValueError("a bug"))
+    (True, False)
+    """
+    from aiokafka.errors import (
+        KafkaConnectionError,
+        KafkaTimeoutError,
+        NodeNotReadyError,
+        RequestTimedOutError,
+    )
+
+    return isinstance(error, ConnectionError | TimeoutError | KafkaConnectionError | KafkaTimeoutError
+                      | NodeNotReadyError | RequestTimedOutError)
 
 
 class LeavingBatch(Exception):

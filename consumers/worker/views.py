@@ -48,6 +48,7 @@ SIMILAR_DEFAULT, SIMILAR_MAX = 10, 100  # GET /items/{id}/similar?limit=
 MAX_ID_CHARS = 256  # as in the contract (stream/messages.py)
 JSON_TYPES = ("application/json", "")  # POST /events content types (none given: JSON assumed)
 LIVE_PAGE = "live/index.html"  # package data of streamrec.consumers.worker
+PRIVATE_DETAIL = "details with the token"  # /readyz without the token
 
 
 # --- POST /events: the body -> events, validated exactly like the topic's messages ------
@@ -129,13 +130,16 @@ class ApiView(View):
             return self.json({"error": "internal error (see the worker's log)", "reason": "internal"}, status=500)
 
     def _authorize(self, request: Request) -> None:
-        token = self.api.settings.http_token
-        if token is None or self.public:
-            return
-        given = request.headers.get("Authorization", "")
-        expected = f"Bearer {token.get_secret_value()}"
-        if not hmac.compare_digest(given.encode(), expected.encode()):
+        if not self.public and not self._token_given(request):
             raise ApiError(401, "unauthorized", "this API needs `Authorization: Bearer <STREAMREC_HTTP_TOKEN>`")
+
+    def _token_given(self, request: Request) -> bool:
+        """The request carries the API's token (or the API has none)."""
+        token = self.api.settings.http_token
+        if token is None:
+            return True
+        given = request.headers.get("Authorization", "")
+        return hmac.compare_digest(given.encode(), f"Bearer {token.get_secret_value()}".encode())
 
     async def forwarded(self, request: Request, user_id: str) -> Response | None:
         """The owner's answer when another worker owns the user's partition, else None."""
@@ -208,7 +212,24 @@ class ReadyView(ApiView):
 
     async def get(self, request: Request) -> Response:
         report = await self.api.readiness()
+        if not self._token_given(request):
+            report = public_readiness(report)
         return self.json(report, status=200 if report["ready"] else 503)
+
+
+def public_readiness(report: dict[str, Any]) -> dict[str, Any]:
+    """`/readyz` as shown without the token: what is ready or not, never why (a failing
+    check's detail names the broker's address and carries exception text).
+
+    >>> public_readiness({"ready": False, "missing": ["broker"], "served_by": "http://w1:6066",
+    ...                   "checks": {"broker": {"ok": False, "detail": "no metadata from kafka://10.0.0.7:9092: ..."}}})
+    {'ready': False, 'missing': ['broker'], 'served_by': 'http://w1:6066', 'checks': {'broker': {'ok': False, 'detail': 'details with the token'}}}
+    """
+    checks = {}
+    for name, check in report["checks"].items():
+        failing = not check["ok"] or check.get("degraded")
+        checks[name] = {**check, "detail": PRIVATE_DETAIL} if failing else check
+    return {**report, "checks": checks}
 
 
 #: path -> view: every route of the API (GET /healthz and /metrics: `register_probes`).
