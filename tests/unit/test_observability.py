@@ -2,7 +2,7 @@
 
 The names come from the registries themselves (`WorkerMetrics`, Faust's sensor on it, and
 `TrainerMetrics`); every PromQL query in the Grafana dashboard and the alert rules must use
-only those, the README's metrics table must list them all, and `promtool` checks and
+only those, docs/operations.md's metrics table must list them all, and `promtool` checks and
 unit-tests the rules (`make test` installs it: Debian package `prometheus`).
 """
 
@@ -27,7 +27,7 @@ DASHBOARD = DEPLOY / "grafana" / "dashboards" / "streamrec.json"
 ALERTS = DEPLOY / "prometheus" / "alerts.yml"
 ALERT_TESTS = DEPLOY / "prometheus" / "alerts.test.yml"
 PROMETHEUS_CONFIG = DEPLOY / "prometheus" / "prometheus.yml"
-README = ROOT / "README.md"
+OPERATIONS = ROOT / "docs" / "operations.md"  # the metrics table and the alert runbook
 
 # What the issue asks of the alerts; more may exist.
 REQUIRED_ALERTS = {
@@ -192,15 +192,15 @@ def test_every_alert_has_a_promtool_unit_test() -> None:
     assert {rule["alert"] for rule in alert_rules()} <= tested
 
 
-def test_readme_documents_every_metric_and_alert() -> None:
-    readme = README.read_text()
+def test_the_docs_document_every_metric_and_alert() -> None:
+    readme = OPERATIONS.read_text()
     metrics_section = readme.split("### Metrics", 1)[1].split("\n## ", 1)[0]
     runbook = readme.split("### Alert runbook", 1)[1].split("\n## ", 1)[0]
     for name, kind in families().items():
         if name.startswith("faust_"):
             continue  # listed as a family (faust_*)
         shown = name + "_total" if kind == "counter" else name
-        assert f"`{shown}" in metrics_section, f"{shown} is missing from the README's metrics table"
+        assert f"`{shown}" in metrics_section, f"{shown} is missing from docs/operations.md's metrics table"
     assert "`faust_" in metrics_section
     for rule in alert_rules():
         assert f"`{rule['alert']}`" in runbook, f"{rule['alert']} is missing from the alert runbook"
