@@ -79,6 +79,11 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
             self._seek_gate.assigned(tp for tp in assigned if not tp.topic.endswith(CHANGELOG_SUFFIX))
             await super().on_partitions_assigned(assigned, generation_id)
 
+        def resume_partitions(self, tps: Iterable[TP]) -> None:
+            tps = set(tps)
+            self._seek_gate.resumed(tp for tp in tps if not tp.topic.endswith(CHANGELOG_SUFFIX))
+            super().resume_partitions(tps)
+
         async def perform_seek(self) -> None:
             # Faust's recovery resumes the stream partitions and only then seeks them to their
             # committed offsets; until the seek is done, what the fetcher reads is held back.
@@ -118,6 +123,8 @@ def transport_for(settings: Settings) -> type[faust_aiokafka.Transport]:
             for tp in self.assignment():
                 if tp in in_flight or self._acked.get(tp) or not self.app.topics.acks_enabled_for(tp.topic):
                     continue
+                if tp in self._paused_partitions or self._seek_gate.holds(tp):
+                    continue  # not fetched now (a rebalance, a recovery): nothing handed out
                 committed = self._committed_offset[tp]
                 handed_out = dict.get(self._read_offset, tp)  # the last offset given to a stream
                 if committed is None or handed_out is None or handed_out < committed:
@@ -204,39 +211,62 @@ class SeekGate:
     is fetched from them until the seek is done.
 
     Faust (faust-streaming 0.11) makes newly assigned partitions fetchable before it seeks
-    them: `Consumer.on_partitions_assigned` marks them active, and its recovery resumes them
-    and only then awaits `perform_seek` (a round trip to the group coordinator, on the
-    consumer thread), while the fetcher runs. Under CPU load that window is long: a worker
-    restarted after SIGKILL processed messages from the committed offset on, the seek then
-    put the partition back and they were processed again (lists published twice, events
-    sent after the failure among them), and the acks around the seek left holes that
-    `head_gap` rewinds filled many seconds later, after newer messages: an old event's list
-    was published after the user's newest one (tests/e2e/test_failover.py under a CPU hog).
+    them: its recovery (`Recovery.on_recovery_completed`) resumes the stream partitions and
+    only then awaits `perform_seek` (committed offsets from the group coordinator, on the
+    consumer thread). Its fetcher runs meanwhile, and each fetch waits on the *live* set of
+    active partitions (aiokafka's `fetched_records` re-reads it while it waits up to 1 s), so
+    a fetch begun before the resume returns the resumed partitions' messages before the seek.
+    They were handed out and processed; the seek then put the partitions back, and they were
+    processed again (lists published twice, for events sent after the failure too); the acks
+    around the seek left holes that `head_gap` rewinds filled seconds later, after newer
+    messages: an old event's list was published after the user's newest one. Under CPU load
+    the window is long enough to hit often (tests/e2e/test_failover.py with a CPU hog).
+    While a partition awaits its seek, fetches get a copy of the active set without it.
+
+    A seek before the partitions are resumed (Faust seeks when a fetch returns while its
+    flow is stopped, during a rebalance) does not count: the first resume after an
+    assignment holds them again until the seek that follows it.
 
     >>> gate = SeekGate()
     >>> gate.assigned(["p0", "p1"]); gate.holds("p0")
     True
+    >>> gate.seek_done(gate.seek_started()); gate.holds("p0")  # seeked while paused
+    False
+    >>> gate.resumed(["p0", "p1"]); gate.holds("p0")  # Faust's recovery: resume, then seek
+    True
     >>> seek = gate.seek_started(); gate.assigned(["p1"])  # assigned again during the seek
     >>> gate.seek_done(seek); gate.holds("p0"), gate.holds("p1"), gate.holds("other")
     (False, True, False)
+    >>> gate.resumed(["p0"]); gate.holds("p0")  # resumed later on (flow control): not held
+    False
     """
 
     def __init__(self) -> None:
-        self.serial = 0  # counts assignments and seeks: which came first
-        self.waiting: dict[Any, int] = {}  # partition -> serial of its assignment
+        self.serial = 0  # counts assignments, resumes and seeks: which came first
+        self.waiting: dict[Any, int] = {}  # partition -> serial of the assignment or resume it waits since
+        self.unresumed: set[Any] = set()  # assigned, not resumed since: a resume holds them again
         self.reported = 0  # the serial at which a hold was last logged
 
     def assigned(self, partitions: Iterable[Any]) -> None:
         self.serial += 1
         for tp in partitions:
             self.waiting[tp] = self.serial
+            self.unresumed.add(tp)
+
+    def resumed(self, partitions: Iterable[Any]) -> None:
+        """The first resume of a partition after its assignment: held until the next seek."""
+        self.serial += 1
+        for tp in partitions:
+            if tp in self.unresumed:
+                self.unresumed.discard(tp)
+                self.waiting[tp] = self.serial
 
     def seek_started(self) -> int:
         self.serial += 1
         return self.serial
 
     def seek_done(self, started: int) -> None:
-        """The partitions assigned before the seek `started` are at their committed offsets."""
+        """The partitions waiting since before the seek `started` are at their committed offsets."""
         self.waiting = {tp: serial for tp, serial in self.waiting.items() if serial > started}
 
     def holds(self, tp: Any) -> bool:
