@@ -27,6 +27,7 @@ from streamrec.models.core.state import EVENT_WEIGHTS, Interaction, UserState
 from streamrec.models.index.protocol import IndexedItem, ItemIndex, Neighbour
 
 _MIN_WEIGHT = 1e-6
+POPULAR_REFRESH_EVENTS = 32  # the popular candidates are looked up again after this many events
 
 
 class Source(enum.Enum):
@@ -115,6 +116,7 @@ class Retriever:
         self.trending = trending
         self.collaborative = collaborative
         self.config = config
+        self._popular_cache: tuple[tuple[int, int], list[IndexedItem]] | None = None
 
     def retrieve(
         self,
@@ -219,7 +221,31 @@ class Retriever:
 
     def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
         """Up to `n` of the most popular items (trending, all-time, now) that the catalogue
-        holds, asking the counts for more while items outside the catalogue crowd the top."""
+        holds, asking the counts for more while items outside the catalogue crowd the top.
+        Recomputed every `POPULAR_REFRESH_EVENTS` events (the ranking scores them fresh), and
+        whenever fewer than `n` were found (the catalogue may have grown since)."""
+        key = (n, self.trending.learned // POPULAR_REFRESH_EVENTS)
+        if self._popular_cache is not None and self._popular_cache[0] == key:
+            return self._popular_cache[1]
+        found = self._popular_in_catalogue(n)
+        if len(found) >= n:
+            self._popular_cache = (key, found)
+            return found
+        self._popular_cache = None
+        return found + self._catalogue_fill(n - len(found), {item.item_id for item in found})
+
+    def _catalogue_fill(self, n: int, taken: set[str]) -> list[IndexedItem]:
+        """Up to `n` catalogue items not in `taken`, in the index's order: what a list is
+        filled with while too few catalogue items have been counted (a new shop, or counts
+        crowded by items outside the catalogue), so it never comes out short."""
+        fill: list[IndexedItem] = []
+        for page in self.index.scan(batch_size=max(64, 2 * n)):
+            fill += [item for item in page if item.item_id not in taken]
+            if len(fill) >= n:
+                break
+        return fill[:n]
+
+    def _popular_in_catalogue(self, n: int) -> list[IndexedItem]:
         want = n
         while True:
             ranked = [item for item, _ in self.trending.top(want)]

@@ -4,17 +4,21 @@ What simple baselines win with on small data, kept fresh at every event inside t
 
 - **co-visitation**: items consumed near each other by the same user (within the user's last
   `window` distinct items), both directions, weighted by the event type and by how close the
-  two were in the user's sequence;
+  two were in the user's sequence; scored as a cosine, `c(s, j) / sqrt(n_s n_j)`, so an item
+  does not win merely for being popular;
 - **transitions**: what came *right after* an item (first order) and after a pair of items
   (second order), directed;
 - **popularity** at two scales: all-time counts and counts that halve every
   `short_half_life_events` events (an event clock, so the scale does not depend on whether a
   stream's timestamps are seconds or days).
 
+Items are integer rows of a vocabulary (`ItemVocabulary`); popularity is two arrays over it,
+and a user's co-visitation scores are summed over their seeds' rows with array operations.
 Every count decays on the same event clock (`half_life_events`), so neighbours of an item
 follow what users do now. Memory is bounded: each item keeps its `max_neighbours` strongest
-neighbours per table, and at most `max_items` items (and `max_pairs` item pairs) have rows;
-the weakest rows go first.
+neighbours per table, at most `max_items` items (and `max_pairs` item pairs) have rows, and
+the vocabulary is compacted to the `max_items` most popular items when it doubles past that
+(items seen only in junk events do not pile up).
 
 Each table is a **candidate source** (its neighbours of the user's recent items) and a
 **feature** of any candidate (`features`), the two things the `Recommender` needs.
@@ -33,40 +37,72 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Hashable, Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
 
 REBASE_AFTER_HALF_LIVES = 60.0  # rescale stored counts once they grow by 2**60
 
-FEATURES = ("covisit", "next", "next2", "popular", "popular_now")
+FEATURES = ("covisit", "covisit_best", "next", "next2", "popular", "popular_now")
+_SCALED_COLUMNS = (1, 4, 5)  # scaled to 0..1 among a user's candidates
+COVISIT_CACHE = 1_024  # users' co-visitation scores kept between retrieval and ranking (one clock)
 
 
 @dataclass(frozen=True)
 class CollaborativeConfig:
     """Knobs of the collaborative signals; defaults chosen for any dataset, not tuned to one."""
 
-    window: int = 8  # the user's last distinct items that pair with a new one
-    seed_items: int = 5  # the user's last distinct items whose neighbours become candidates
-    candidates_per_seed: int = 20  # neighbours taken from each seed's row
+    window: int = 20  # the user's last distinct items that pair with a new one
+    seed_items: int = 20  # the user's last distinct items whose neighbours become candidates
+    recency_decay: float = 0.9  # weight of a pair / seed one step further back in the sequence
+    covisit_candidates: int = 100  # co-visited candidates per user (the best by cosine)
+    next_candidates: int = 40  # transition candidates per user
     max_neighbours: int = 100  # strongest neighbours kept per item and table
-    max_items: int = 200_000  # items with rows (the weakest rows are dropped beyond)
+    max_items: int = 200_000  # items with rows and popularity (the weakest go beyond)
     max_pairs: int = 200_000  # second-order (pair) rows
     half_life_events: float = 200_000.0  # all counts halve every this many events
     short_half_life_events: float = 2_000.0  # "popular now"
 
 
+class ItemVocabulary:
+    """item id <-> integer row, growing as items are seen.
+
+    >>> vocabulary = ItemVocabulary()
+    >>> vocabulary.add("a"), vocabulary.add("b"), vocabulary.add("a")
+    (0, 1, 0)
+    >>> vocabulary.get("c") is None, vocabulary.names[1]
+    (True, 'b')
+    """
+
+    def __init__(self) -> None:
+        self.rows: dict[str, int] = {}
+        self.names: list[str] = []
+
+    def add(self, item_id: str) -> int:
+        row = self.rows.get(item_id)
+        if row is None:
+            row = self.rows[item_id] = len(self.names)
+            self.names.append(item_id)
+        return row
+
+    def get(self, item_id: str) -> int | None:
+        return self.rows.get(item_id)
+
+    def __len__(self) -> int:
+        return len(self.names)
+
+
 class _Rows:
-    """item -> {neighbour: decayed weight}, each row capped to its strongest neighbours."""
+    """key -> {neighbour row: decayed weight}, each row capped to its strongest neighbours."""
 
     def __init__(self, max_neighbours: int, max_rows: int) -> None:
-        self.rows: dict = {}
-        self.totals: dict = {}  # row key -> sum of all weight ever added (decayed), for normalising
+        self.rows: dict[Hashable, dict[int, float]] = {}
+        self.totals: dict[Hashable, float] = {}  # key -> all weight ever added (decayed), for shares
         self.max_neighbours = max_neighbours
         self.max_rows = max_rows
 
-    def add(self, key, neighbour: str, weight: float) -> None:
+    def add(self, key: Hashable, neighbour: int, weight: float) -> None:
         row = self.rows.get(key)
         if row is None:
             row = self.rows[key] = {}
@@ -91,13 +127,55 @@ class _Rows:
         for key in self.totals:
             self.totals[key] *= factor
 
-    def normalised(self, key) -> dict[str, float]:
+    def remap(self, new_row: np.ndarray, key_of: Callable[[Hashable], Hashable | None]) -> None:
+        """Renumber after the vocabulary was compacted: `new_row[old] = new` (-1: dropped)."""
+        rows, totals = {}, {}
+        for key, row in self.rows.items():
+            new_key = key_of(key)
+            if new_key is None:
+                continue
+            kept = {int(new_row[n]): w for n, w in row.items() if new_row[n] >= 0}
+            if kept:
+                rows[new_key] = kept
+                totals[new_key] = self.totals.get(key, 0.0)
+        self.rows, self.totals = rows, totals
+
+    def normalised(self, key: Hashable) -> dict[int, float]:
         """The row as shares of everything that followed/accompanied `key` (0..1)."""
         row = self.rows.get(key)
         if not row:
             return {}
         total = self.totals.get(key) or 1.0
         return {neighbour: weight / total for neighbour, weight in row.items()}
+
+    def arrays(self, key: Hashable) -> tuple[np.ndarray, np.ndarray]:
+        """The row as (neighbour rows (R,), weights (R,)); empty arrays if there is none."""
+        row = self.rows.get(key)
+        if not row:
+            return _NO_ROWS, _NO_WEIGHTS
+        return (
+            np.fromiter(row.keys(), dtype=np.int64, count=len(row)),
+            np.fromiter(row.values(), dtype=np.float64, count=len(row)),
+        )
+
+
+_NO_ROWS = np.zeros(0, dtype=np.int64)
+_NO_WEIGHTS = np.zeros(0, dtype=np.float64)
+
+
+@dataclass(frozen=True)
+class CovisitScores:
+    """A user's co-visitation scores: `rows` (M,) sorted ascending, `scores` (M,) beside them."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+    def lookup(self, rows: np.ndarray) -> np.ndarray:
+        """(C,) scores of `rows` (C,), 0 for those without one (or -1: not in the vocabulary)."""
+        if len(self.rows) == 0:
+            return np.zeros(len(rows), dtype=np.float64)
+        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
+        return np.where(self.rows[at] == rows, self.scores[at], 0.0)
 
 
 class CollaborativeSignals:
@@ -106,16 +184,19 @@ class CollaborativeSignals:
     def __init__(self, config: CollaborativeConfig | None = None) -> None:
         self.config = config or CollaborativeConfig()
         cfg = self.config
+        self.vocabulary = ItemVocabulary()
         self.covisit = _Rows(cfg.max_neighbours, cfg.max_items)
         self.next1 = _Rows(cfg.max_neighbours, cfg.max_items)
         self.next2 = _Rows(cfg.max_neighbours, cfg.max_pairs)
-        self.popular: dict[str, float] = {}  # decayed on the long clock
-        self.popular_now: dict[str, float] = {}  # decayed on the short clock
+        self._popular = np.zeros(1024, dtype=np.float64)  # (capacity,) on the long clock
+        self._popular_now = np.zeros(1024, dtype=np.float64)  # (capacity,) on the short clock
         self.events = 0  # the event clock
         self._growth = 1.0  # 2 ** (events / half_life) since the last rebase
         self._growth_now = 1.0
         self._step = math.pow(2.0, 1.0 / cfg.half_life_events)
         self._step_now = math.pow(2.0, 1.0 / cfg.short_half_life_events)
+        self._covisit_cache: dict[tuple[int, ...], CovisitScores] = {}  # seeds -> scores
+        self._covisit_cache_clock = 0  # the event clock the cache holds scores of
 
     # --- learning ---------------------------------------------------------------------
     def learn(self, user_items: Sequence[str], item_id: str, weight: float = 1.0) -> None:
@@ -127,118 +208,176 @@ class CollaborativeSignals:
         self._growth_now *= self._step_now
         if self._growth > 2.0**REBASE_AFTER_HALF_LIVES or self._growth_now > 2.0**REBASE_AFTER_HALF_LIVES:
             self._rebase()
+        if len(self.vocabulary) >= 2 * cfg.max_items and self.vocabulary.get(item_id) is None:
+            self._compact()
+        item = self.vocabulary.add(item_id)
+        if item >= len(self._popular):
+            self._popular = np.concatenate([self._popular, np.zeros_like(self._popular)])
+            self._popular_now = np.concatenate([self._popular_now, np.zeros_like(self._popular_now)])
         w = weight * self._growth
-        self.popular[item_id] = self.popular.get(item_id, 0.0) + w
-        self.popular_now[item_id] = self.popular_now.get(item_id, 0.0) + weight * self._growth_now
-        if len(self.popular) > cfg.max_items:
-            self.popular = dict(heapq.nlargest(int(cfg.max_items * 0.9), self.popular.items(), key=lambda kv: kv[1]))
-        if len(self.popular_now) > cfg.max_items:
-            self.popular_now = dict(
-                heapq.nlargest(int(cfg.max_items * 0.9), self.popular_now.items(), key=lambda kv: kv[1])
-            )
-        if not user_items:
+        self._popular[item] += w
+        self._popular_now[item] += weight * self._growth_now
+        recent = self._rows_of(_distinct_newest_first(user_items, cfg.window))
+        if not recent:
             return
-        last = user_items[-1]
-        if last != item_id:
-            self.next1.add(last, item_id, w)
-            if len(user_items) > 1 and user_items[-2] != last:
-                self.next2.add((user_items[-2], last), item_id, w)
-        for distance, other in enumerate(_distinct_newest_first(user_items, cfg.window), start=1):
-            if other == item_id:
-                continue
-            pair_weight = w / distance  # nearer in the sequence: more related
-            self.covisit.add(other, item_id, pair_weight)
-            self.covisit.add(item_id, other, pair_weight)
+        last = self.vocabulary.get(user_items[-1])
+        if last is not None and last != item:
+            self.next1.add(last, item, w)
+            before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
+            if before is not None and before != last:
+                self.next2.add((before, last), item, w)
+        pair_weight = w
+        for other in recent:
+            if other != item:
+                self.covisit.add(other, item, pair_weight)
+                self.covisit.add(item, other, pair_weight)
+            pair_weight *= cfg.recency_decay  # nearer in the sequence: more related
+
+    def _rows_of(self, item_ids: Iterable[str]) -> list[int]:
+        rows = (self.vocabulary.get(item) for item in item_ids)
+        return [row for row in rows if row is not None]
 
     def _rebase(self) -> None:
         factor = 1.0 / self._growth
         for table in (self.covisit, self.next1, self.next2):
             table.scale(factor)
-        self.popular = {item: count * factor for item, count in self.popular.items()}
-        factor_now = 1.0 / self._growth_now
-        self.popular_now = {item: count * factor_now for item, count in self.popular_now.items()}
+        self._popular *= factor
+        self._popular_now *= 1.0 / self._growth_now
         self._growth = self._growth_now = 1.0
+
+    def _compact(self) -> None:
+        """Keep the `max_items` most popular items of the vocabulary, renumbered."""
+        n = len(self.vocabulary)
+        keep = np.sort(np.argpartition(-self._popular[:n], self.config.max_items - 1)[: self.config.max_items])
+        new_row = np.full(n, -1, dtype=np.int64)
+        new_row[keep] = np.arange(len(keep))
+        names = [self.vocabulary.names[row] for row in keep.tolist()]
+        self.vocabulary = ItemVocabulary()
+        for name in names:
+            self.vocabulary.add(name)
+        for table in (self.covisit, self.next1):
+            table.remap(new_row, lambda key: int(new_row[key]) if new_row[key] >= 0 else None)
+        self.next2.remap(
+            new_row,
+            lambda key: (int(new_row[key[0]]), int(new_row[key[1]])) if min(new_row[key[0]], new_row[key[1]]) >= 0 else None,
+        )
+        for name in ("_popular", "_popular_now"):
+            grown = np.zeros_like(getattr(self, name))
+            grown[: len(keep)] = getattr(self, name)[keep]
+            setattr(self, name, grown)
+        self._covisit_cache.clear()
 
     # --- candidate sources --------------------------------------------------------------
     def covisited(self, user_items: Sequence[str]) -> list[tuple[str, float]]:
         """Items often consumed near the user's recent ones, best first: (item, score)."""
-        scores = self._covisit_scores(user_items)
-        return heapq.nlargest(self._limit(), scores.items(), key=lambda kv: kv[1])
+        found = self.covisit_scores(user_items)
+        return self._best(found.rows, found.scores, self.config.covisit_candidates)
 
     def next_after(self, user_items: Sequence[str]) -> list[tuple[str, float]]:
         """Items that often came right after the user's last item (or last two), best first."""
         scores = self._next_scores(user_items)
-        return heapq.nlargest(self.config.candidates_per_seed * 2, scores.items(), key=lambda kv: kv[1])
+        best = heapq.nlargest(self.config.next_candidates, scores.items(), key=lambda kv: kv[1])
+        return [(self.vocabulary.names[row], score) for row, score in best]
 
-    def _limit(self) -> int:
-        return self.config.seed_items * self.config.candidates_per_seed
+    def covisit_scores(self, user_items: Sequence[str]) -> CovisitScores:
+        """Every item co-visited with the user's recent ones: the sum over the seeds `s`
+        (newest weighted most) of the cosine `c(s, j) / sqrt(n_s n_j)`. Remembered for the same
+        seeds and event clock (ranking asks again for the candidates that retrieval found)."""
+        seeds = tuple(self._rows_of(_distinct_newest_first(user_items, self.config.seed_items)))
+        if self._covisit_cache_clock != self.events:  # something was learned: forget
+            self._covisit_cache.clear()
+            self._covisit_cache_clock = self.events
+        cached = self._covisit_cache.get(seeds)
+        if cached is not None:
+            return cached
+        smoothing = self._growth  # one event's worth, so a rare item's cosine stays finite
+        rows, weights = [], []
+        recency = 1.0
+        for seed in seeds:
+            neighbours, counts = self.covisit.arrays(seed)  # (R,), (R,)
+            if len(neighbours):
+                rows.append(neighbours)
+                weights.append(counts * (recency / math.sqrt(self._popular[seed] + smoothing)))
+            recency *= self.config.recency_decay
+        if not rows:
+            found = CovisitScores(_NO_ROWS, _NO_WEIGHTS)
+        else:
+            all_rows = np.concatenate(rows)  # (M,)
+            unique, at = np.unique(all_rows, return_inverse=True)  # (U,), (M,)
+            summed = np.bincount(at, weights=np.concatenate(weights), minlength=len(unique))  # (U,)
+            found = CovisitScores(unique, summed / np.sqrt(self._popular[unique] + smoothing))
+        if len(self._covisit_cache) >= COVISIT_CACHE:
+            self._covisit_cache.clear()
+        self._covisit_cache[seeds] = found
+        return found
 
-    def _covisit_scores(self, user_items: Sequence[str]) -> dict[str, float]:
-        scores: dict[str, float] = {}
-        seeds = _distinct_newest_first(user_items, self.config.seed_items)
-        per_seed = self.config.candidates_per_seed
-        for rank, seed in enumerate(seeds):
-            recency = 1.0 / (rank + 1)
-            row = self.covisit.normalised(seed)
-            for neighbour, share in heapq.nlargest(per_seed, row.items(), key=lambda kv: kv[1]):
-                scores[neighbour] = scores.get(neighbour, 0.0) + recency * share
-        return scores
-
-    def _next_scores(self, user_items: Sequence[str]) -> dict[str, float]:
-        if not user_items:
+    def _next_scores(self, user_items: Sequence[str]) -> dict[int, float]:
+        last = self.vocabulary.get(user_items[-1]) if user_items else None
+        if last is None:
             return {}
-        scores = dict(self.next1.normalised(user_items[-1]))
-        if len(user_items) > 1:
-            for item, share in self.next2.normalised((user_items[-2], user_items[-1])).items():
+        scores = self.next1.normalised(last)
+        before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
+        if before is not None:
+            for item, share in self.next2.normalised((before, last)).items():
                 scores[item] = scores.get(item, 0.0) + share
         return scores
 
     # --- features -----------------------------------------------------------------------
     def features(self, user_items: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
         """(C, len(FEATURES)) signal values of each candidate for this user (0 where nothing
-        is known): co-visitation and transition shares, popularity scaled to 0..1."""
-        covisit = self._full_covisit(user_items)
-        next1 = self.next1.normalised(user_items[-1]) if user_items else {}
-        next2 = (
-            self.next2.normalised((user_items[-2], user_items[-1])) if len(user_items) > 1 else {}
-        )
-        popular, popular_now = self.popular, self.popular_now
-        table = np.array(
-            [
-                [
-                    covisit.get(c, 0.0),
-                    next1.get(c, 0.0),
-                    next2.get(c, 0.0),
-                    math.log1p(popular.get(c, 0.0) / self._growth),
-                    math.log1p(popular_now.get(c, 0.0) / self._growth_now),
-                ]
-                for c in candidates
-            ],
-            dtype=np.float32,
-        ).reshape(len(candidates), len(FEATURES))
-        # Co-visitation and transitions are shares (how much of what went with / came after
-        # the user's items is this candidate), comparable across users: kept as they are, so a
-        # strong pattern outweighs a weak one. Popularity is scaled to 0..1 among the candidates.
-        peak = table[:, 3:].max(axis=0, initial=0.0)  # (2,)
-        table[:, 3:] /= np.where(peak > 0, peak, 1.0)
+        is known).
+
+        Co-visitation comes twice: as its cosine (comparable across users: a strong pattern
+        outweighs a weak one) and scaled to 0..1 among the user's candidates (which candidate
+        is this user's best, whatever the strength). Transitions are shares of what followed
+        the user's last item(s); popularity is scaled to 0..1 among the candidates.
+        """
+        table = np.zeros((len(candidates), len(FEATURES)), dtype=np.float32)  # (C, F)
+        if not candidates:
+            return table
+        rows = np.fromiter(
+            (self.vocabulary.rows.get(c, -1) for c in candidates), dtype=np.int64, count=len(candidates)
+        )  # (C,) -1: never seen in an event
+        known = rows >= 0
+        table[:, 0] = self.covisit_scores(user_items).lookup(rows)
+        table[:, 1] = table[:, 0]
+        last = self.vocabulary.get(user_items[-1]) if user_items else None
+        before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
+        for column, shares in (
+            (2, self.next1.normalised(last) if last is not None else {}),
+            (3, self.next2.normalised((before, last)) if last is not None and before is not None else {}),
+        ):
+            if shares:
+                table[:, column] = [shares.get(row, 0.0) for row in rows.tolist()]
+        table[known, 4] = np.log1p(self._popular[rows[known]] / self._growth)
+        table[known, 5] = np.log1p(self._popular_now[rows[known]] / self._growth_now)
+        for column in _SCALED_COLUMNS:
+            peak = table[:, column].max(initial=0.0)
+            if peak > 0:
+                table[:, column] /= peak
         return table
 
-    def _full_covisit(self, user_items: Sequence[str]) -> dict[str, float]:
-        """Like `_covisit_scores` over whole rows (a candidate from another source still gets
-        its co-visitation value)."""
-        scores: dict[str, float] = {}
-        for rank, seed in enumerate(_distinct_newest_first(user_items, self.config.seed_items)):
-            recency = 1.0 / (rank + 1)
-            for neighbour, share in self.covisit.normalised(seed).items():
-                scores[neighbour] = scores.get(neighbour, 0.0) + recency * share
-        return scores
-
     def most_popular(self, n: int, now: bool = False) -> list[tuple[str, float]]:
-        counts = self.popular_now if now else self.popular
-        return heapq.nlargest(n, counts.items(), key=lambda kv: kv[1])
+        counts = (self._popular_now if now else self._popular)[: len(self.vocabulary)]
+        return self._best(np.arange(len(counts)), counts, n)
+
+    def covisited_with(self, seed: str, item_id: str) -> bool:
+        """Whether `item_id` is among `seed`'s co-visited neighbours."""
+        seed_row, item_row = self.vocabulary.get(seed), self.vocabulary.get(item_id)
+        return seed_row is not None and item_row is not None and item_row in self.covisit.rows.get(seed_row, {})
+
+    def _best(self, rows: np.ndarray, scores: np.ndarray, n: int) -> list[tuple[str, float]]:
+        """The `n` best (item, score) of `rows` (M,) by `scores` (M,), positive scores only."""
+        take = min(n, len(rows))
+        if take <= 0:
+            return []
+        top = np.argpartition(-scores, take - 1)[:take]
+        top = top[np.argsort(-scores[top], kind="stable")]
+        names = self.vocabulary.names
+        return [(names[int(rows[i])], float(scores[i])) for i in top if scores[i] > 0]
 
     def __len__(self) -> int:
-        return len(self.popular)
+        return len(self.vocabulary)
 
 
 def _distinct_newest_first(items: Sequence[str], n: int) -> list[str]:

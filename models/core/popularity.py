@@ -31,8 +31,10 @@ class TrendingItems:
         self._scores: dict[str, float] = {}  # scores as of `_reference_ts`, growth factor folded in
         self._reference_ts: float | None = None
         self._latest_ts: float | None = None
+        self.learned = 0  # events counted so far (a clock for caches of the top items)
 
     def learn(self, item_id: str, ts: float, weight: float = 1.0) -> None:
+        self.learned += 1
         if self._reference_ts is None:
             self._reference_ts = ts
         self._latest_ts = ts if self._latest_ts is None else max(self._latest_ts, ts)

@@ -3,7 +3,8 @@
 Features per (user, candidate), each scaled per user to 0..1 (`FEATURES`):
 - `text`: cosine between the candidate's text vector and the user's weighted recent items;
 - `model`: the serving scorer's score (the ranker's; 0 while the content scorer serves);
-- `covisit`, `next`, `next2`, `popular`, `popular_now`: the collaborative signals;
+- `covisit` (cosine, and `covisit_best` scaled per user), `next`, `next2`, `popular`,
+  `popular_now`: the collaborative signals;
 - `trending`: decayed popularity on event time (the worker's trending counts).
 
 `OnlineBlend` weighs them, learned test-then-learn from what users consume next
@@ -34,7 +35,7 @@ from streamrec.stream.messages import RecommendedItem
 FEATURES = ("text", "model", *COLLABORATIVE_FEATURES, "trending")
 # Where the learned blend starts: every signal counts, text and co-visitation most. Chosen
 # for any stream (not tuned on one); the online updates move them within a few thousand events.
-PRIOR = {"text": 1.0, "model": 0.5, "covisit": 1.0, "next": 1.0, "next2": 0.5,
+PRIOR = {"text": 1.0, "model": 0.5, "covisit": 1.0, "covisit_best": 1.0, "next": 1.0, "next2": 0.5,
          "popular": 0.3, "popular_now": 0.3, "trending": 0.3}
 POPULARITY_FEATURES = ("popular", "popular_now", "trending")
 
@@ -184,7 +185,7 @@ class ListRanker:
                 reasons.append(SIMILAR_REASON.format(title=profile.history[int(similarity.argmax())].title))
             elif feature == "model":
                 reasons.append(MODEL_REASON.format(title=last))
-            elif feature == "covisit":
+            elif feature in ("covisit", "covisit_best"):
                 reasons.append(COVISIT_REASON.format(title=self._covisit_seed(profile, item_id)))
             elif feature in ("next", "next2"):
                 reasons.append(NEXT_REASON.format(title=last))
@@ -197,7 +198,7 @@ class ListRanker:
         assert self.collaborative is not None
         titles = {item.item_id: item.title for item in profile.history}
         for seed in distinct_recent(profile.items, self.collaborative.config.seed_items):
-            if item_id in self.collaborative.covisit.rows.get(seed, {}) and seed in titles:
+            if seed in titles and self.collaborative.covisited_with(seed, item_id):
                 return titles[seed]
         return profile.history[0].title
 

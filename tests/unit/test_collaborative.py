@@ -57,6 +57,26 @@ def test_second_order_transitions_tell_apart_what_follows_a_pair() -> None:
     assert features[0, next2] == 1.0 and features[1, next2] == 0.0  # after (x, m): only one
 
 
+def test_co_visitation_is_cosine_so_a_popular_item_does_not_win_for_being_popular() -> None:
+    signals = CollaborativeSignals()
+    # "hit" goes with everything (40 users take it after something random); "pair" goes with
+    # "a" only: 4 users took a then pair, 6 took a then hit.
+    _learn(signals, [[f"r{n}", "hit"] for n in range(40)])
+    _learn(signals, [["a", "pair"]] * 4 + [["a", "hit"]] * 6)
+    row = signals.vocabulary.get
+    raw = signals.covisit.rows[row("a")]
+    assert raw[row("hit")] > raw[row("pair")]  # more pairs with "hit" in raw counts
+    assert [item for item, _ in signals.covisited(["a"])][:2] == ["pair", "hit"]  # cosine
+
+
+def test_older_seeds_count_less_than_the_newest() -> None:
+    signals = CollaborativeSignals()
+    _learn(signals, [["old", "with-old"]] * 3 + [["new", "with-new"]] * 3)
+    scores = signals.covisit_scores(["old", "new"])  # "new" is the user's newest item
+    with_new, with_old = scores.lookup(np.array([signals.vocabulary.get("with-new"), signals.vocabulary.get("with-old")]))
+    assert with_new > with_old > 0
+
+
 def test_memory_stays_bounded() -> None:
     config = CollaborativeConfig(max_neighbours=5, max_items=50, max_pairs=40)
     signals = CollaborativeSignals(config)
@@ -65,7 +85,18 @@ def test_memory_stays_bounded() -> None:
     assert len(signals.covisit.rows) <= config.max_items
     assert len(signals.next2.rows) <= config.max_pairs
     assert max(len(row) for row in signals.covisit.rows.values()) <= 2 * config.max_neighbours
-    assert len(signals.popular) <= config.max_items
+    assert len(signals.vocabulary) <= 2 * config.max_items  # compacted to the most popular
+    assert signals.covisited([f"i{j}" for j in range(500)])  # still answers after compaction
+
+
+def test_a_flood_of_junk_items_compacts_the_vocabulary_but_keeps_real_patterns() -> None:
+    signals = CollaborativeSignals(CollaborativeConfig(max_items=20))
+    _learn(signals, [["a", "b", "c"]] * 10)
+    _learn(signals, [[f"junk{j}"] for j in range(200)])  # seen once each, never again
+    assert len(signals.vocabulary) < 40
+    assert [item for item, _ in signals.covisited(["a"])] == ["b", "c"]
+    assert [item for item, _ in signals.next_after(["a", "b"])] == ["c"]
+    assert signals.most_popular(1)[0][0] in {"a", "b", "c"}
 
 
 def test_counts_decay_so_a_new_habit_replaces_an_old_one() -> None:
@@ -113,8 +144,10 @@ def test_cold_users_get_the_popular_items_of_the_catalogue_only() -> None:
         states.update(rec.handle((ghosts + real)[start : start + 64], states).states)
     [ranked] = rec.recommend([UserState("nobody")])
     ids = [item.item_id for item in ranked.items]
-    # Every catalogue item with events is listed, however many ghosts are more popular.
-    assert sorted(ids) == ["i0", "i1", "i2", "i3"]
+    # Every catalogue item with events is listed first, however many ghosts are more
+    # popular; the list is filled up from the catalogue (never short while it has items).
+    assert sorted(ids[:4]) == ["i0", "i1", "i2", "i3"]
+    assert len(ids) == 5 and not any(item.startswith("ghost") for item in ids)
 
 
 def test_the_blend_learns_which_signal_predicts_the_next_item() -> None:

@@ -10,7 +10,6 @@ catalogue items.
 from __future__ import annotations
 
 import numpy as np
-import pytest
 
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.recommender import Recommender, RecommenderConfig
@@ -57,9 +56,6 @@ def test_a_ghost_storm_leaves_new_users_a_full_list_of_catalogue_items() -> None
     assert len(cold.items) == K
 
 
-@pytest.mark.xfail(strict=True, reason="issue 17: popular candidates come only from counted items; with fewer "
-                   "than k catalogue items counted, a new user's list is short (empty when only ghosts are "
-                   "counted). The fill lives in models/core/candidates.py, not edited here")
 def test_a_new_users_list_is_full_while_the_catalogue_has_items_even_if_only_ghosts_are_counted() -> None:
     rec = Recommender(catalogue(40), ContentScorer(), TrendingItems(3600.0), RecommenderConfig(k=K))
     states: dict = {}
