@@ -30,6 +30,7 @@ from streamrec.models.core.ranking import (
     new_cold_blend,
 )
 from streamrec.models.core.scoring import Scorer, SequenceScorer
+from streamrec.models.core.signal_feed import SignalFeed
 from streamrec.models.core.state import EVENT_WEIGHTS, UserState
 from streamrec.models.index.health import (
     FALLBACK_INDEX_UNAVAILABLE,
@@ -178,6 +179,9 @@ class Recommender:
         self.on_fallback: Callable[[str, int], None] | None = None
         cfg = self.config
         self.collaborative = CollaborativeSignals(collaborative) if cfg.collaborative else None
+        # Set by a worker that learns `collaborative` from every user's events (a broadcast
+        # read): then this worker's own events are handed to the feed, never learned twice.
+        self.signal_feed: SignalFeed | None = None
         self.blend: OnlineBlend = new_blend()
         self.cold_blend: OnlineBlend = new_cold_blend()
         self.served = ServedMemory()  # what each user's last list was chosen from (the blend learns)
@@ -220,7 +224,8 @@ class Recommender:
 
     def learn(self, users: Sequence[UserBatch]) -> list[OnlineOutcome]:
         """Apply every new event to its user's state, the trending counts and the collaborative
-        signals; the blends learn from what each user consumed after their last list.
+        signals (through `signal_feed` when one is set); the blends learn from what each user
+        consumed after their last list.
 
         Before an event is learned, it is checked against the last list served to its user:
         the outcomes are the live hit-rate of each model version. An event the state holds
@@ -240,7 +245,9 @@ class Recommender:
                     self._learn_blend(state, event.item_id)
                     first = False
                 weight = EVENT_WEIGHTS[event.type]
-                if signals is not None:
+                if self.signal_feed is not None:
+                    self.signal_feed.learn_local(event)
+                elif signals is not None:
                     signals.learn([i.item_id for i in state.recent], event.item_id, weight)
                 state.learn(event)
                 self.trending.learn(event.item_id, event.ts, weight)
