@@ -52,6 +52,23 @@ async def open_broadcast_reader(settings: Settings, topics: Sequence[str]) -> tu
     return consumer, tps
 
 
+async def seek_back(consumer: Any, tps: Sequence[Any], records: int) -> dict[Any, int]:
+    """Start each of `tps` `records` messages before its end, all partitions together (split
+    evenly, rounded up), or at its beginning where it holds fewer; the offsets chosen.
+
+    The end is the broker's figure, which Tansu reports up to a batch short (stream/offsets.py):
+    good enough for "about this many back"."""
+    if not tps:
+        return {}
+    per_partition = -(-records // len(tps))
+    begins = await consumer.beginning_offsets(tps)
+    ends = await consumer.end_offsets(tps)
+    starts = {tp: max(begins[tp] or 0, (ends[tp] or 0) - per_partition) for tp in tps}
+    for tp, offset in starts.items():
+        consumer.seek(tp, offset)
+    return starts
+
+
 async def topic_partitions(consumer: Any, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> list[int]:
     """The topic's partitions, waiting for metadata (the worker creates the topic at start)."""
     deadline = time.monotonic() + timeout_s

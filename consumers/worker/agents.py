@@ -5,6 +5,7 @@ registers, in this order:
 
 =================  ==========================================================================
 model_updates      task: follow `model-updates` (a broadcast) and hot-swap model versions
+signal_feed        task: `events.by-user` (a broadcast) -> every user's collaborative signals
 sample_gauges      timer: consumer lag of the input partitions and the catalogue size
 ingest             agent: `events` -> validated, de-duplicated, keyed by user -> `events.by-user`
 recommend          agent: `events.by-user` micro-batches -> user state -> `recommendations`
@@ -38,6 +39,7 @@ from streamrec.consumers.worker.handlers import dead_letter
 from streamrec.consumers.worker.metrics import SAMPLE_S, WorkerMetrics, sample_consumer_lag
 from streamrec.consumers.worker.model_updates import follow_model_updates
 from streamrec.consumers.worker.retry import LeavingBatch, retry_forever
+from streamrec.consumers.worker.signal_feed import attach_signal_feed, follow_signal_feed
 from streamrec.consumers.worker.views import register_views
 from streamrec.models.core.pipeline import Pipeline
 from streamrec.stream.messages import DeadLetter, Event, Recommendation
@@ -65,6 +67,13 @@ def register_agents(app: faust.App, settings: Settings, pipeline: Pipeline, metr
     @app.task
     async def model_updates() -> None:
         await follow_models(context)
+
+    feed = attach_signal_feed(settings, pipeline.recommender)
+    if feed is not None:
+
+        @app.task
+        async def signal_feed() -> None:
+            await follow_signal_feed(settings, feed, metrics)
 
     @app.timer(SAMPLE_S)
     async def sample_gauges() -> None:

@@ -155,6 +155,19 @@ class WorkerMetrics:
             ["reason"],
             registry=r,
         )
+        self.signal_feed_events = Counter(
+            "streamrec_signal_feed_events_total",
+            "events.by-user messages read by the collaborative-signal feed (every partition), by"
+            " outcome (learned, duplicate: learned already, unreadable).",
+            ["outcome"],
+            registry=r,
+        )
+        self.signal_feed_lag = Gauge(
+            "streamrec_signal_feed_lag",
+            "events.by-user messages (all partitions) not yet learned by this worker's"
+            " collaborative-signal feed, as of its last fetch.",
+            registry=r,
+        )
         # Faust's own sensor, on this registry: served by the same /metrics.
         self.faust = FaustMetrics.create(r, FAUST_PREFIX)
 

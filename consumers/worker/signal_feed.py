@@ -1,0 +1,130 @@
+"""The collaborative signals of every worker's users: `events.by-user` read whole, as a broadcast.
+
+Each worker reads every partition of `events.by-user` (validated and de-duplicated by ingest)
+without a consumer group and hands the events to its `SignalFeed`
+(`streamrec.models.core.signal_feed`), which learns the recommender's co-visitation,
+transitions and popularity from them: every worker's counts reflect all users, a fetch or
+two after an event is forwarded. The recommend agent meanwhile hands its own users' events
+to the same feed before ranking (`Recommender.signal_feed`); an event learned by one path is
+skipped by the other.
+
+At start the reader begins `signals_lookback_events` messages before the end (all partitions
+together), so a restarted worker rebuilds its counts from the recent past; its own users'
+events are left to the reader until it has caught up (`SignalFeed.live`), so that each
+user's events are learned in order. Learning runs on the event loop, in batches of at most
+`FEED_BATCH` events, between the agents' micro-batches (the signals are not thread-safe).
+A broken connection is retried from where the reader was, never from the lookback again.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+import time
+from typing import Any
+
+from pydantic import ValidationError
+
+from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.consumers.worker.retry import retry_forever
+from streamrec.models.core.recommender import Recommender
+from streamrec.models.core.signal_feed import SignalFeed, SignalFeedConfig
+from streamrec.stream.messages import Event
+from streamrec.stream.readers import open_broadcast_reader, seek_back
+from streamrec.stream.settings import Settings
+
+log = logging.getLogger(__name__)
+
+FEED_BATCH = 256  # events learned at most between two yields to the agents (~15 ms of work)
+FETCH_WAIT_MS = 1_000  # longest wait of one fetch when nothing new comes
+
+
+def attach_signal_feed(settings: Settings, recommender: Recommender) -> SignalFeed | None:
+    """A feed learning `recommender`'s collaborative signals, set on it; None when the
+    settings turn it off or the recommender has no collaborative signals."""
+    signals = recommender.collaborative
+    if not settings.signals_feed or signals is None:
+        return None
+    feed = SignalFeed(signals, SignalFeedConfig(
+        max_users=settings.signals_max_users,
+        history_length=settings.history_length,
+        dedup_events=settings.signals_dedup_events,
+    ))
+    recommender.signal_feed = feed
+    return feed
+
+
+class FeedReader:
+    """Reads `events.by-user` whole into a `SignalFeed`; `run` again after a failure resumes."""
+
+    def __init__(self, settings: Settings, feed: SignalFeed, metrics: WorkerMetrics) -> None:
+        self.settings = settings
+        self.feed = feed
+        self.metrics = metrics
+        self.positions: dict[Any, int] = {}  # partition -> next offset to learn (kept across retries)
+        self._catch_up_to: dict[Any, int] | None = None  # the end offsets seen at the first start
+        self._started_at = time.monotonic()
+
+    async def run(self) -> None:
+        """Learn every message, forever."""
+        settings = self.settings
+        consumer, tps = await open_broadcast_reader(settings, [settings.topics.events_by_user])
+        try:
+            await self._seek(consumer, tps)
+            while True:
+                fetched = await consumer.getmany(timeout_ms=FETCH_WAIT_MS, max_records=FEED_BATCH)
+                for tp, records in fetched.items():
+                    self._learn(records)
+                    self.positions[tp] = records[-1].offset + 1
+                self._record_lag(consumer, tps)
+                self._go_live_when_caught_up()
+                await asyncio.sleep(0)  # the agents' turn
+        finally:
+            await consumer.stop()
+
+    async def _seek(self, consumer: Any, tps: list[Any]) -> None:
+        if self._catch_up_to is None:  # the first start: some history back
+            started = await seek_back(consumer, tps, self.settings.signals_lookback_events)
+            self._catch_up_to = dict(await consumer.end_offsets(tps))
+            self.positions.update(started)
+            behind = sum(self._catch_up_to[tp] - started[tp] for tp in tps)
+            log.info("collaborative signals: learning %d recent events of %d partitions, then every new one",
+                     behind, len(tps))
+        for tp in tps:  # a retry: on from where the feed was
+            if tp in self.positions:
+                consumer.seek(tp, self.positions[tp])
+
+    def _learn(self, records: list[Any]) -> None:
+        events = []
+        for record in records:
+            try:
+                events.append(Event.model_validate_json(record.value or b""))
+            except ValidationError:  # ingest wrote it: not expected; counted, never learned
+                self.metrics.signal_feed_events.labels(outcome="unreadable").inc()
+        learned = self.feed.learn_many(events)
+        self.metrics.signal_feed_events.labels(outcome="learned").inc(learned)
+        if len(events) > learned:
+            self.metrics.signal_feed_events.labels(outcome="duplicate").inc(len(events) - learned)
+
+    def _record_lag(self, consumer: Any, tps: list[Any]) -> None:
+        behind = 0
+        for tp in tps:
+            end = consumer.highwater(tp)
+            if end is not None:
+                behind += max(0, end - self.positions.get(tp, end))
+        self.metrics.signal_feed_lag.set(behind)
+
+    def _go_live_when_caught_up(self) -> None:
+        feed, target = self.feed, self._catch_up_to
+        if feed.live or target is None:
+            return
+        if all(self.positions.get(tp, 0) >= end for tp, end in target.items() if end):
+            feed.live = True
+            log.info("collaborative signals: caught up (%d events learned in %.1f s); learning every"
+                     " event as it comes", feed.learned, time.monotonic() - self._started_at)
+
+
+async def follow_signal_feed(settings: Settings, feed: SignalFeed, metrics: WorkerMetrics) -> None:
+    """Feed `feed` from `events.by-user`, forever; a broker away is tried again, from where it was."""
+    reader = FeedReader(settings, feed, metrics)
+    await retry_forever(reader.run, "reading events.by-user for the collaborative signals failed")
