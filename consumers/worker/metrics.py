@@ -157,8 +157,9 @@ class WorkerMetrics:
         )
         self.signal_feed_events = Counter(
             "streamrec_signal_feed_events_total",
-            "events.by-user messages read by the collaborative-signal feed (every partition), by"
-            " outcome (learned, duplicate: learned already, unreadable).",
+            "Events handed to the collaborative-signal feed (every partition's, by its broadcast"
+            " reader; this worker's own, by the recommend agent too), by outcome (learned,"
+            " duplicate: learned already by the other path, unreadable).",
             ["outcome"],
             registry=r,
         )

@@ -64,6 +64,7 @@ class FeedReader:
         self.positions: dict[Any, int] = {}  # partition -> next offset to learn (kept across retries)
         self._catch_up_to: dict[Any, int] | None = None  # the end offsets seen at the first start
         self._started_at = time.monotonic()
+        self._counted = {"learned": 0, "duplicate": 0}  # the feed's counts as last exported
 
     async def run(self) -> None:
         """Learn every message, forever."""
@@ -76,6 +77,7 @@ class FeedReader:
                 for tp, records in fetched.items():
                     self._learn(records)
                     self.positions[tp] = records[-1].offset + 1
+                self._record_counts()
                 self._record_lag(consumer, tps)
                 self._go_live_when_caught_up()
                 await asyncio.sleep(0)  # the agents' turn
@@ -101,10 +103,15 @@ class FeedReader:
                 events.append(Event.model_validate_json(record.value or b""))
             except ValidationError:  # ingest wrote it: not expected; counted, never learned
                 self.metrics.signal_feed_events.labels(outcome="unreadable").inc()
-        learned = self.feed.learn_many(events)
-        self.metrics.signal_feed_events.labels(outcome="learned").inc(learned)
-        if len(events) > learned:
-            self.metrics.signal_feed_events.labels(outcome="duplicate").inc(len(events) - learned)
+        self.feed.learn_many(events)
+
+    def _record_counts(self) -> None:
+        """Count what the feed learned and skipped since the last call, by either path."""
+        feed, counted = self.feed, self._counted
+        for outcome, total in (("learned", feed.learned), ("duplicate", feed.duplicates)):
+            if total > counted[outcome]:
+                self.metrics.signal_feed_events.labels(outcome=outcome).inc(total - counted[outcome])
+                counted[outcome] = total
 
     def _record_lag(self, consumer: Any, tps: list[Any]) -> None:
         behind = 0
