@@ -95,6 +95,7 @@ class Settings(BaseSettings):
     trending_half_life_s: float = Field(3_600.0, gt=0)  # popularity decay half-life (s)
     recency_half_life_s: float = Field(86_400.0, gt=0)  # weight decay of a user's past events (s)
     collaborative: bool = True  # co-visitation / transition / popularity candidates and features
+    diversity: float = Field(0.0, ge=0.0, le=1.0)  # MMR trade-off: 0 = by score only, 1 = most unlike
     signals_feed: bool = True  # learn those counts from every worker's users (a broadcast read of events.by-user)
     signals_lookback_events: int = Field(200_000, ge=0)  # at start, read this many events.by-user messages back (all partitions)
     signals_max_users: int = Field(100_000, ge=1)  # users whose recent items the feed remembers (~0.4 KB each)

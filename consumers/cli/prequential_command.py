@@ -76,15 +76,19 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
             from streamrec.models.evaluation.oracle import synthetic_oracle
 
             systems.insert(0, synthetic_oracle(args.seed))
+        baseline_names = [system.name for system in systems]
         variants = [name for name in VARIANTS if name in wanted]
+        vectors = None
         if variants:
-            systems += _core_systems(args, k_settings, dataset, stream, variants, device, cache, Path(work))
+            core, catalogue = _core_systems(args, k_settings, dataset, stream, variants, device, cache, Path(work))
+            systems += core
+            vectors = {item_id: item.vector for item_id, item in catalogue.items()}
         order = dataset.description.get("order")
         print(f"replaying {len(stream)} events through {len(systems)} systems "
               f"(measured from event {math.ceil(len(stream) * args.warmup)}"
               f"{f'; order: {order}' if order else ''}) ...", flush=True)
         started = time.perf_counter()
-        result = prequential(stream, systems, config)
+        result = prequential(stream, systems, config, item_vectors=vectors)
         seconds = time.perf_counter() - started
         for system in systems:
             close = getattr(getattr(system, "pipeline", None), "close", None)
@@ -103,6 +107,7 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
         },
         "git_commit": commit,
         "seconds": round(seconds, 1),
+        "baselines": baseline_names,
         **result.as_dict(),
     }
     print()
@@ -140,7 +145,8 @@ def _baselines(wanted: list[str], half_life: float, seed: int) -> list[Any]:
 
 
 def _core_systems(args: argparse.Namespace, settings: Any, dataset: Any, stream: list, variants: list[str],
-                  device: Any, cache: Path, work: Path) -> list[Any]:
+                  device: Any, cache: Path, work: Path) -> tuple[list[Any], dict[str, Any]]:
+    """The full-system variants, and the embedded catalogue they serve (item id -> item)."""
     from streamrec.models.core.encoder import TextEncoder
     from streamrec.models.evaluation.replay_system import (
         ReplayPlan,
@@ -164,27 +170,42 @@ def _core_systems(args: argparse.Namespace, settings: Any, dataset: Any, stream:
     print(f"full system: first version after {plan.bootstrap_after} events ({plan.bootstrap_steps} steps), "
           f"then a cycle every {settings.trainer_every_events} events ({settings.trainer_steps} steps, "
           f"window {settings.trainer_window_events} events)", flush=True)
-    return build_core_systems(plan, catalogue, encoder, variants)
+    return build_core_systems(plan, catalogue, encoder, variants), catalogue
 
 
 def results_table(totals: dict[str, Any]) -> str:
-    """Markdown table of every system's warm, cold and overall figures."""
+    """Markdown table of every system's warm, cold and overall figures, each system's ratio to
+    the best baseline (HR and NDCG of users with history), and the lists' intra-list
+    similarity where item vectors were known."""
     k = totals["k"]
+    systems = totals["systems"]
+    baselines = [name for name in totals.get("baselines", []) if name in systems]
+    best_hr = max((systems[name]["warm"][f"hr@{k}"] for name in baselines), default=0.0)
+    best_ndcg = max((systems[name]["warm"][f"ndcg@{k}"] for name in baselines), default=0.0)
+
+    def ratio(value: float, best: float) -> str:
+        return f"{value / best:.2f}x" if best > 0 else "-"
+
     lines = [
-        f"| system | HR@{k} | NDCG@{k} | MRR@{k} | cold HR@{k} | all HR@{k} | coverage@{k} | seconds |",
-        "|---|---|---|---|---|---|---|---|",
+        f"| system | HR@{k} | NDCG@{k} | MRR@{k} | cold HR@{k} | all HR@{k} | HR / best baseline | "
+        f"NDCG / best baseline | coverage@{k} | ILS@{k} | seconds |",
+        "|---|---|---|---|---|---|---|---|---|---|---|",
     ]
-    for name, row in totals["systems"].items():
+    for name, row in systems.items():
         warm, cold, both = row["warm"], row["cold"], row["all"]
+        ils = row.get(f"ils@{k}")
         lines.append(
             f"| {name} | {warm[f'hr@{k}']:.4f} | {warm[f'ndcg@{k}']:.4f} | {warm[f'mrr@{k}']:.4f} | "
-            f"{cold[f'hr@{k}']:.4f} | {both[f'hr@{k}']:.4f} | {row[f'coverage@{k}']:.4f} | {row['seconds']:.0f} |"
+            f"{cold[f'hr@{k}']:.4f} | {both[f'hr@{k}']:.4f} | {ratio(warm[f'hr@{k}'], best_hr)} | "
+            f"{ratio(warm[f'ndcg@{k}'], best_ndcg)} | {row[f'coverage@{k}']:.4f} | "
+            f"{'-' if ils is None else f'{ils:.3f}'} | {row['seconds']:.0f} |"
         )
-    warm_events = next(iter(totals["systems"].values()))["warm"]["events"] if totals["systems"] else 0
-    cold_events = next(iter(totals["systems"].values()))["cold"]["events"] if totals["systems"] else 0
+    warm_events = next(iter(systems.values()))["warm"]["events"] if systems else 0
+    cold_events = next(iter(systems.values()))["cold"]["events"] if systems else 0
     lines.append("")
     lines.append(f"{warm_events} measured events of users with history (HR/NDCG/MRR), {cold_events} first "
-                 f"events of users (cold); all = both.")
+                 f"events of users (cold); all = both. Ratios: to the best baseline "
+                 f"({', '.join(baselines) or 'none run'}). ILS: mean text cosine within a list (1 = all alike).")
     return "\n".join(lines)
 
 

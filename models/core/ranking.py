@@ -38,6 +38,7 @@ FEATURES = ("text", "model", *COLLABORATIVE_FEATURES, "trending")
 PRIOR = {"text": 1.0, "model": 0.5, "covisit": 1.0, "covisit_best": 1.0, "next": 1.0, "next2": 0.5,
          "popular": 0.3, "popular_now": 0.3, "trending": 0.3}
 POPULARITY_FEATURES = ("popular", "popular_now", "trending")
+MMR_POOL = 3  # with diversity on, a list is picked from the best MMR_POOL * k candidates
 
 TRENDING_REASON = "trending"
 MODEL_REASON = "picked for you after {title}"
@@ -74,7 +75,9 @@ class ListRanker:
         blend: OnlineBlend,
         cold_blend: OnlineBlend,
         k: int,
+        diversity: float = 0.0,
     ) -> None:
+        self.diversity = diversity
         self.trending = trending
         self.collaborative = collaborative
         self.blend = blend
@@ -137,10 +140,13 @@ class ListRanker:
         contributions = features * weights  # (B, C, F)
         scores = np.where(mask, contributions.sum(axis=-1), -np.inf)  # (B, C)
         take = min(self.k, scores.shape[1])
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :take]  # (B, K)
+        pool = min(scores.shape[1], MMR_POOL * self.k) if self.diversity > 0 else take
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :pool]  # (B, pool)
         results = []
         for b, profile in enumerate(profiles):
             chosen = [int(c) for c in top[b] if math.isfinite(scores[b, c])]
+            if self.diversity > 0:
+                chosen = mmr(chosen, scores[b], batch.candidates[b].numpy(), take, self.diversity)
             reasons = self._reasons(profile, candidates[b], ids[b], chosen, contributions[b], batch, b)
             items = [
                 RecommendedItem.model_construct(
@@ -201,6 +207,35 @@ class ListRanker:
             if seed in titles and self.collaborative.covisited_with(seed, item_id):
                 return titles[seed]
         return profile.history[0].title
+
+
+def mmr(order: Sequence[int], scores: np.ndarray, vectors: np.ndarray, k: int, diversity: float) -> list[int]:
+    """Maximal marginal relevance: `k` of the candidates `order` (best first), each next pick
+    maximising `(1 - diversity) * relevance - diversity * (its highest cosine to a pick so far)`,
+    relevance being the score scaled to 0..1 over `order`. `scores` (C,), `vectors` (C, D) unit.
+
+    >>> v = np.array([[1.0, 0.0], [1.0, 0.0], [0.0, 1.0]], dtype=np.float32)  # 0 and 1 alike
+    >>> s = np.array([1.0, 0.9, 0.5])
+    >>> mmr([0, 1, 2], s, v, 2, diversity=0.0), mmr([0, 1, 2], s, v, 2, diversity=0.5)
+    ([0, 1], [0, 2])
+    """
+    if len(order) <= 1:
+        return list(order)[:k]
+    pool = np.asarray(order)
+    relevance = scores[pool].astype(np.float64)
+    span = relevance.max() - relevance.min()
+    relevance = (relevance - relevance.min()) / span if span > 0 else np.ones_like(relevance)
+    pool_vectors = vectors[pool]  # (P, D)
+    closest = np.zeros(len(pool))  # (P,) highest cosine to the picks so far
+    free = np.ones(len(pool), dtype=bool)
+    picks: list[int] = []
+    for _ in range(min(k, len(pool))):
+        gain = np.where(free, (1.0 - diversity) * relevance - diversity * closest, -np.inf)
+        best = int(np.argmax(gain))
+        picks.append(int(pool[best]))
+        free[best] = False
+        closest = np.maximum(closest, pool_vectors @ pool_vectors[best])
+    return picks
 
 
 def _scale_per_user(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:

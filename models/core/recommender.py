@@ -56,6 +56,7 @@ class RecommenderConfig:
     recency_half_life_s: float = 86_400.0  # an event this old counts half as much
     history_length: int = 50  # recent events kept per user (a new user's state)
     collaborative: bool = True  # co-visitation, transitions, popularity as sources and features
+    diversity: float = 0.0  # MMR re-ranking of a list: 0 = by score, towards 1 = unlike items first
 
     @classmethod
     def from_settings(cls, settings: Settings) -> RecommenderConfig:
@@ -67,6 +68,7 @@ class RecommenderConfig:
             recency_half_life_s=settings.recency_half_life_s,
             history_length=settings.history_length,
             collaborative=settings.collaborative,
+            diversity=settings.diversity,
         )
 
     def retrieval(self) -> RetrievalConfig:
@@ -186,7 +188,7 @@ class Recommender:
         self.cold_blend: OnlineBlend = new_cold_blend()
         self.served = ServedMemory()  # what each user's last list was chosen from (the blend learns)
         self.retriever = Retriever(index, trending, self.collaborative, cfg.retrieval())
-        self.ranker = ListRanker(trending, self.collaborative, self.blend, self.cold_blend, cfg.k)
+        self.ranker = ListRanker(trending, self.collaborative, self.blend, self.cold_blend, cfg.k, cfg.diversity)
 
     @property
     def model_version(self) -> str:

@@ -16,6 +16,8 @@ so it is how it is judged: no train/test split, no peeking, models that adapt ge
   (`cold`), where each system shows its fallback (the full system: trending items).
 - **Candidates**: a system ranks the items it has seen so far, minus the user's consumed ones;
   an item's first event is therefore a miss for everyone.
+- **Diversity**: given item vectors, each measured list's intra-list similarity (ILS: the mean
+  cosine between its items' text vectors, 1 = ten near-identical items) is averaged per system.
 
 >>> from streamrec.stream.messages import Event
 >>> class LastItem:  # lists the item the user touched last: right only on repeats
@@ -34,9 +36,11 @@ from __future__ import annotations
 
 import math
 import time
-from collections.abc import Iterable, Iterator, Sequence
+from collections.abc import Iterable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any, Protocol, runtime_checkable
+
+import numpy as np
 
 from streamrec.models.data.log import tie_key
 from streamrec.models.data.sequences import SequenceDataset
@@ -129,6 +133,8 @@ class SystemResult:
     cold: Tally = field(default_factory=Tally)  # users' first events
     curve: list[CurvePoint] = field(default_factory=list)
     listed: set[str] = field(default_factory=set)  # every item shown in a measured list
+    similarity: float = 0.0  # sum of measured lists' intra-list similarity
+    similarity_lists: int = 0  # lists it was measured on (two or more items with vectors)
     seconds: float = 0.0  # time spent in this system's recommend + learn
     extra: dict[str, Any] = field(default_factory=dict)  # what the system reports of itself
 
@@ -140,6 +146,7 @@ class SystemResult:
             "cold": self.cold.as_dict(self.k),
             "all": both.as_dict(self.k),
             f"coverage@{self.k}": round(len(self.listed) / catalogue, 6) if catalogue else 0.0,
+            **({f"ils@{self.k}": round(self.similarity / self.similarity_lists, 6)} if self.similarity_lists else {}),
             "seconds": round(self.seconds, 2),
             "curve": [vars(point) for point in self.curve],
             **({"system": self.extra} if self.extra else {}),
@@ -215,10 +222,31 @@ def micro_batches(events: Iterable[Event], batch_size: int) -> Iterator[list[Eve
         yield batch
 
 
+def intra_list_similarity(items: Sequence[str], vectors: Mapping[str, np.ndarray]) -> float | None:
+    """Mean cosine between the (unit) vectors of a list's items, over all pairs; None if fewer
+    than two items have a vector.
+
+    >>> v = {"a": np.array([1.0, 0.0]), "b": np.array([1.0, 0.0]), "c": np.array([0.0, 1.0])}
+    >>> intra_list_similarity(["a", "b"], v), round(intra_list_similarity(["a", "b", "c"], v), 3)
+    (1.0, 0.333)
+    """
+    rows = [vectors[item] for item in items if item in vectors]
+    if len(rows) < 2:
+        return None
+    matrix = np.stack(rows)  # (K, D)
+    cosines = matrix @ matrix.T  # (K, K)
+    n = len(rows)
+    return float((cosines.sum() - np.trace(cosines)) / (n * (n - 1)))
+
+
 def prequential(
-    stream: Sequence[Event], systems: Sequence[StreamSystem], config: PrequentialConfig | None = None
+    stream: Sequence[Event],
+    systems: Sequence[StreamSystem],
+    config: PrequentialConfig | None = None,
+    item_vectors: Mapping[str, np.ndarray] | None = None,
 ) -> PrequentialResult:
-    """Replay `stream` (time order) through every system, test-then-learn."""
+    """Replay `stream` (time order) through every system, test-then-learn; with
+    `item_vectors` (unit text vectors), also each system's intra-list similarity."""
     from tqdm import tqdm
 
     config = config or PrequentialConfig()
@@ -250,6 +278,10 @@ def prequential(
                 items = items[: config.k]
                 rank = items.index(event.item_id) + 1 if event.item_id in items else None
                 result.listed.update(items)
+                similarity = intra_list_similarity(items, item_vectors) if item_vectors else None
+                if similarity is not None:
+                    result.similarity += similarity
+                    result.similarity_lists += 1
                 if event.user_id in seen_users:
                     result.warm.add(rank)
                     in_window[system.name].add(rank)
