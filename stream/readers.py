@@ -21,6 +21,7 @@ from collections.abc import AsyncIterator, Sequence
 from typing import Any
 
 from streamrec.stream.messages import Recommendation
+from streamrec.stream.offsets import log_end_offsets
 from streamrec.stream.settings import Settings
 
 METADATA_TIMEOUT_S = 30.0  # a topic with no partitions after this long is an error (s)
@@ -52,21 +53,19 @@ async def open_broadcast_reader(settings: Settings, topics: Sequence[str]) -> tu
     return consumer, tps
 
 
-async def seek_back(consumer: Any, tps: Sequence[Any], records: int) -> dict[Any, int]:
+async def seek_back(settings: Settings, consumer: Any, tps: Sequence[Any], records: int) -> tuple[dict, dict]:
     """Start each of `tps` `records` messages before its end, all partitions together (split
-    evenly, rounded up), or at its beginning where it holds fewer; the offsets chosen.
-
-    The end is the broker's figure, which Tansu reports up to a batch short (stream/offsets.py):
-    good enough for "about this many back"."""
+    evenly, rounded up), or at its beginning where it holds fewer: (the offsets chosen, the
+    ends). The ends are read from the log (`log_end_offsets`: Tansu reports them short)."""
     if not tps:
-        return {}
+        return {}, {}
     per_partition = -(-records // len(tps))
     begins = await consumer.beginning_offsets(tps)
-    ends = await consumer.end_offsets(tps)
-    starts = {tp: max(begins[tp] or 0, (ends[tp] or 0) - per_partition) for tp in tps}
+    ends = {tp: end or 0 for tp, end in (await log_end_offsets(settings, await consumer.end_offsets(tps))).items()}
+    starts = {tp: max(begins[tp] or 0, ends[tp] - per_partition) for tp in tps}
     for tp, offset in starts.items():
         consumer.seek(tp, offset)
-    return starts
+    return starts, ends
 
 
 async def topic_partitions(consumer: Any, topic: str, timeout_s: float = METADATA_TIMEOUT_S) -> list[int]:

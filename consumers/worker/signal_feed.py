@@ -86,8 +86,9 @@ class FeedReader:
 
     async def _seek(self, consumer: Any, tps: list[Any]) -> None:
         if self._catch_up_to is None:  # the first start: some history back
-            started = await seek_back(consumer, tps, self.settings.signals_lookback_events)
-            self._catch_up_to = dict(await consumer.end_offsets(tps))
+            started, self._catch_up_to = await seek_back(
+                self.settings, consumer, tps, self.settings.signals_lookback_events
+            )
             self.positions.update(started)
             behind = sum(self._catch_up_to[tp] - started[tp] for tp in tps)
             log.info("collaborative signals: learning %d recent events of %d partitions, then every new one",
