@@ -159,7 +159,8 @@ class WorkerMetrics:
             "streamrec_signal_feed_events_total",
             "Events handed to the collaborative-signal feed (every partition's, by its broadcast"
             " reader; this worker's own, by the recommend agent too), by outcome (learned,"
-            " duplicate: learned already by the other path, unreadable).",
+            " duplicate: learned already by the other path, unreadable, failed: skipped after an"
+            " error).",
             ["outcome"],
             registry=r,
         )

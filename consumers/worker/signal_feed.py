@@ -104,7 +104,12 @@ class FeedReader:
                 events.append(Event.model_validate_json(record.value or b""))
             except ValidationError:  # ingest wrote it: not expected; counted, never learned
                 self.metrics.signal_feed_events.labels(outcome="unreadable").inc()
-        self.feed.learn_many(events)
+        for event in events:
+            try:
+                self.feed.learn(event)
+            except Exception as exc:  # a bug that one event reaches: never stall the feed on it
+                self.metrics.signal_feed_events.labels(outcome="failed").inc()
+                log.warning("collaborative signals: could not learn event %r, skipped: %r", event.event_id, exc)
 
     def _record_counts(self) -> None:
         """Count what the feed learned and skipped since the last call, by either path."""

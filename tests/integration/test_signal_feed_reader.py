@@ -1,6 +1,6 @@
 """The worker's broadcast reader of `events.by-user` on a real broker: it starts some events back
-(`STREAMREC_SIGNALS_LOOKBACK_EVENTS`), goes live once caught up, follows new events, and a
-read broken off resumes where it was (nothing learned twice)."""
+(`STREAMREC_SIGNALS_LOOKBACK_EVENTS`), goes live once caught up, follows new events (past one
+that fails), and a read broken off resumes where it was (nothing learned twice)."""
 
 from __future__ import annotations
 
@@ -21,6 +21,15 @@ from tests.support.waiting import wait_until
 WAIT_S = 30.0
 
 
+class PoisonedFeed(SignalFeed):
+    """A planted fault: learning the item "poison" raises (a bug one event reaches)."""
+
+    def learn(self, event: Event) -> bool:
+        if event.item_id == "poison":
+            raise RuntimeError("planted fault")
+        return super().learn(event)
+
+
 async def _forward(settings: Settings, events: list[Event]) -> None:
     """Write events to `events.by-user` keyed by user, as the ingest agent does."""
     async with EventProducer(settings) as producer:
@@ -35,7 +44,7 @@ async def test_the_reader_starts_back_goes_live_follows_and_resumes(settings: Se
     history = [event(f"u{n % 7}", f"i{n % 11}", n) for n in range(400)]
     await _forward(settings, history)
 
-    feed, metrics = SignalFeed(CollaborativeSignals()), WorkerMetrics()
+    feed, metrics = PoisonedFeed(CollaborativeSignals()), WorkerMetrics()
     reader = FeedReader(settings, feed, metrics)
     started = time.monotonic()
     task = asyncio.create_task(reader.run())
@@ -45,16 +54,18 @@ async def test_the_reader_starts_back_goes_live_follows_and_resumes(settings: Se
         back = feed.learned
         assert back == 100, "the last 50 events of each partition (the lookback, split evenly)"
 
-        await _forward(settings, [event("u-new", "i1", 1_000), event("u-new", "i2", 1_001)])
-        await wait_until(lambda: feed.learned == back + 2, WAIT_S, "new events to be learned")
+        new = [event("u-new", "i1", 1_000), event("u-bad", "poison", 1_001), event("u-new", "i2", 1_002)]
+        await _forward(settings, new)
+        await wait_until(lambda: feed.learned == back + 2, WAIT_S, "new events to be learned, past a failing one")
+        assert metrics.registry.get_sample_value("streamrec_signal_feed_events_total", {"outcome": "failed"}) == 1
         assert feed.user_items("u-new") == ["i1", "i2"]
-        assert feed.learn(event("u-new", "i2", 1_001)) is False  # the agent's path: counted once
+        assert feed.learn(event("u-new", "i2", 1_002)) is False  # the agent's path: counted once
     finally:
         task.cancel()
         await asyncio.gather(task, return_exceptions=True)
 
     # A broken read resumes from where it was: the lookback is not read again.
-    await _forward(settings, [event("u-new", "i3", 1_002)])
+    await _forward(settings, [event("u-new", "i3", 1_003)])
     task = asyncio.create_task(reader.run())
     try:
         await wait_until(lambda: feed.learned == back + 3, WAIT_S, "the reader to resume")
