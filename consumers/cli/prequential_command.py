@@ -72,11 +72,11 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
     half_life = args.half_life or settings.trending_half_life_s
     with tempfile.TemporaryDirectory(prefix="streamrec-prequential-") as work:
         systems = _baselines(wanted, half_life, args.seed)
+        baseline_names = [system.name for system in systems]  # what the ratios are to (not the oracle)
         if args.dataset == "synthetic":  # the ceiling the generator allows, beside the systems
             from streamrec.models.evaluation.oracle import synthetic_oracle
 
             systems.insert(0, synthetic_oracle(args.seed))
-        baseline_names = [system.name for system in systems]
         variants = [name for name in VARIANTS if name in wanted]
         vectors = None
         if variants:
