@@ -1,15 +1,23 @@
 """The producer SDK for other services: validated events in, keyed by user id, onto the bus.
 
-Example, from any asyncio service::
+Example, from any asyncio service (runnable as pasted, with a broker at STREAMREC_BROKER)::
+
+    import asyncio
+    import time
 
     from streamrec.stream.messages import Event
     from streamrec.stream.producer import EventProducer
     from streamrec.stream.settings import Settings
 
-    async with EventProducer(Settings()) as producer:   # STREAMREC_BROKER etc. from the env
-        await producer.send_event(
-            Event(event_id="e-123", user_id="u-7", item_id="sku-42", type="click", ts=time.time())
-        )
+
+    async def main() -> None:
+        async with EventProducer(Settings()) as producer:   # STREAMREC_BROKER etc. from the env
+            await producer.send_event(
+                Event(event_id="e-123", user_id="u-7", item_id="sku-42", type="click", ts=time.time())
+            )
+
+
+    asyncio.run(main())
 
 Sends are pipelined: `send_*` returns once the message is queued; `flush()` (and leaving the
 context) waits until the broker has acknowledged everything (acks=all). A producer that runs
