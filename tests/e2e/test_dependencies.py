@@ -18,7 +18,7 @@ import sys
 import time
 import urllib.error
 import urllib.request
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
@@ -31,7 +31,7 @@ from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
 from tests.support.metrics import metric_sum, scrape
-from tests.support.topics import TopicCollector, group_offsets
+from tests.support.topics import TopicCollector, group_offsets, read_topic
 from tests.support.waiting import OUTPUT_WAIT_S, wait_until
 from tests.support.workers import WORKER_READY_S, Worker, index_catalogue, start_worker
 
@@ -102,13 +102,38 @@ async def _send(settings: Settings, events: list[Event]) -> None:
         await producer.flush()
 
 
+async def _wait_for_lists(
+    settings: Settings, unserved: Callable[[], set[str]], timeout_s: float, what: str
+) -> None:
+    """Wait until `unserved()` (trigger event ids without a list yet) is empty; if it never
+    is, fail saying where each missing event got to (on `events`, on `events.by-user`) and
+    what the worker counted, so that a failure in CI tells a lost record from a slow worker."""
+    try:
+        await wait_until(lambda: not unserved(), timeout_s, what)
+    except AssertionError as timeout:
+        missing = sorted(unserved())
+        found = {}
+        for topic in (settings.topics.events, settings.topics.events_by_user):
+            values = await asyncio.to_thread(read_topic, settings, topic)
+            found[topic] = [i for i in missing if any(f'"{i}"'.encode() in value for value in values)]
+        counters = {name: value for name, value in scrape(settings.metrics_port).items()
+                    if name.startswith(("streamrec_events", "streamrec_recommendations", "streamrec_consumer_lag",
+                                                 "streamrec_agent_errors"))}
+        raise AssertionError(f"{timeout}: no list for {missing}; of those, on each topic: {found}; "
+                             f"the worker counted {counters}") from None
+
+
 async def test_broker_down_and_back(
     settings: Settings, s3_endpoint: str, tmp_path: Path
 ) -> None:
     broker = persistent_broker(s3_endpoint, tmp_path / "tansu.log")
     broker.start()
     settings = settings.model_copy(
-        update={"broker": broker.url, "metrics_port": free_port(), "k": 5}
+        # Every fetch of Tansu's S3 storage lists the partition's objects on moto's one-thread
+        # server, and Tansu answers a fetch only when its wait runs out: at the suite's 10 ms,
+        # the worker's eight readers kept moto so busy that a hop took seconds to minutes
+        # (measured: ~50 listings a second, the lists after the outage not all out in 240 s).
+        update={"broker": broker.url, "metrics_port": free_port(), "k": 5, "fetch_max_wait_ms": 200}
     )
     world = SyntheticWorld(seed=8, n_items=40, n_users=8, n_categories=3)
     log_path = tmp_path / "worker.log"
@@ -125,7 +150,8 @@ async def test_broker_down_and_back(
                 Recommendation.model_validate_json(v).trigger_event_id for v in recs.values
             }
             last = {e.user_id: e.event_id for e in before}
-            await wait_until(lambda: set(last.values()) <= served(), OUTPUT_WAIT_S, "lists before")
+            await _wait_for_lists(settings, lambda: set(last.values()) - served(),
+                                  OUTPUT_WAIT_S, "lists before")
 
         # Events sent, then the broker goes away at once: some may not be processed yet.
         pending = _round(world, "pending", 30, stream=2, user_suffix="-p")
@@ -147,11 +173,12 @@ async def test_broker_down_and_back(
             # are others than the later round's, so no micro-batch merges the two).
             wanted = {e.user_id: e.event_id for e in pending} | {e.user_id: e.event_id for e in after}
 
-            def resumed() -> bool:
+            def unserved() -> set[str]:
                 assert worker is not None and worker.alive()
-                return set(wanted.values()) <= served()
+                return set(wanted.values()) - served()
 
-            await wait_until(resumed, OUTPUT_WAIT_S * 2, "lists after the broker returned")
+            await _wait_for_lists(settings, unserved, OUTPUT_WAIT_S * 2,
+                                  "lists after the broker returned")
             # The users' state outlived the outage: later lists leave out what they consumed.
             by_id = {e.event_id: e for e in before + pending + after}
             for value in recs.values:
