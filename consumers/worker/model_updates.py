@@ -30,7 +30,7 @@ from streamrec.models.core.device import select_device
 from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.recommender import Canary, OnlineOutcome, Recommender
 from streamrec.models.core.scoring import Scorer
-from streamrec.models.index.factory import open_index
+from streamrec.models.index.factory import retrieval_index_opener
 from streamrec.models.index.protocol import IndexUnavailableError, ItemIndex
 from streamrec.models.learning.control import CanaryJudge, ModelControl, ServingPlan, Target
 from streamrec.models.learning.serving import RankerScorer, open_scorer
@@ -196,7 +196,7 @@ class ModelSwapper:
             self.store,
             target.version,
             self.pipeline.index,
-            lambda name, dim: open_index(settings, dim, name=name, distance="dot"),
+            retrieval_index_opener(settings),
             settings.collection,
             self.device,
             expected_sha256=target.sha256,

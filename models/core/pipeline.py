@@ -16,8 +16,7 @@ from streamrec.models.core.encoder import TextEncoder
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.recommender import Recommender, RecommenderConfig
 from streamrec.models.core.scoring import ContentScorer, Scorer
-from streamrec.models.index.cache import CachedItemIndex
-from streamrec.models.index.factory import open_index
+from streamrec.models.index.factory import open_serving_index, retrieval_index_opener
 from streamrec.models.index.health import IndexHealth
 from streamrec.models.index.protocol import IndexedItem, IndexUnavailableError, ItemIndex
 from streamrec.models.learning.serving import RankerScorer, open_scorer
@@ -51,11 +50,7 @@ class Pipeline:
         encoder = encoder or TextEncoder(
             settings.encoder_path, device=str(device), batch_size=settings.encoder_batch_size
         )
-        index = CachedItemIndex(
-            open_index(settings, encoder.dim),
-            items=settings.item_cache_size,
-            neighbour_lists=settings.neighbour_cache_size,
-        )
+        index = open_serving_index(settings, encoder.dim)
         refused: list[tuple[str, str]] = []
 
         def on_refused(version: str, error: ModelStoreError) -> None:
@@ -68,7 +63,7 @@ class Pipeline:
                 DirectoryModelStore(settings.resolved_model_dir),
                 settings.model_version,
                 index,
-                lambda name, dim: open_index(settings, dim, name=name, distance="dot"),
+                retrieval_index_opener(settings),
                 settings.collection,
                 device,
                 on_refused=on_refused,

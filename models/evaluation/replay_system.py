@@ -32,7 +32,7 @@ from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.recommender import group_by_user
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.models.core.state import UserState
-from streamrec.models.index.factory import open_index
+from streamrec.models.index.factory import retrieval_index_opener
 from streamrec.models.index.protocol import IndexedItem, ItemIndex
 from streamrec.models.learning.continual import ContinualConfig, ContinualTrainer, CycleOutcome
 from streamrec.models.learning.item_table import TextEncoderLike, embed_cached
@@ -271,7 +271,7 @@ def _opener(settings: Settings, store: ModelStore, pipeline: Pipeline, device: t
     def open_version(version: str) -> RankerScorer:
         scorer = open_scorer(
             store, version, pipeline.index,
-            lambda name, dim: open_index(settings, dim, name=name, distance="dot"),
+            retrieval_index_opener(settings),
             settings.collection, device,
         )
         assert scorer is not None  # a version was named

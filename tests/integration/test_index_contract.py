@@ -1,4 +1,6 @@
-"""One contract, two real Qdrant backends: Qdrant Edge on disk and qdrant-client's local mode.
+"""One contract, two real Qdrant backends: Qdrant Edge on disk and qdrant-client's local mode,
+and the two layers in front of them: `CachedItemIndex` and the in-memory `ExactItemIndex`
+(also once it has outgrown memory and passes reads on).
 
 Search results are checked against an exact numpy cosine ranking (the catalogues here are far
 below the size at which Qdrant switches from exact search to HNSW).
@@ -16,6 +18,7 @@ import pytest
 
 from streamrec.models.index.cache import CachedItemIndex
 from streamrec.models.index.edge import EdgeItemIndex
+from streamrec.models.index.exact import ExactItemIndex
 from streamrec.models.index.factory import open_index
 from streamrec.models.index.protocol import IndexedItem, ItemIndex, point_id
 from streamrec.models.index.server import ClientItemIndex
@@ -49,13 +52,18 @@ def _brute_force(
     return [item_id for item_id in ranking if item_id not in banned][:limit]
 
 
-@pytest.fixture(params=["edge", "client", "cached-edge"])
+@pytest.fixture(params=["edge", "client", "cached-edge", "exact-edge", "exact-outgrown"])
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ItemIndex]:
     backend: ItemIndex
     if request.param == "edge":
         backend = EdgeItemIndex(tmp_path / "edge", DIM)
     elif request.param == "client":
         backend = ClientItemIndex(":memory:", DIM)
+    elif request.param == "exact-edge":
+        backend = ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=1000)
+    elif request.param == "exact-outgrown":  # lets memory go at the 21st item, mid-test
+        backend = CachedItemIndex(ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=20),
+                                  items=64, neighbour_lists=16, depth=6)
     else:  # tiny caches: eviction and the filtered fallback are exercised too
         backend = CachedItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), items=64, neighbour_lists=16, depth=6)
     yield backend
@@ -155,7 +163,7 @@ def test_scan_of_an_empty_index_yields_nothing(index: ItemIndex) -> None:
     assert list(index.scan()) == []
 
 
-@pytest.mark.parametrize("backend", ["edge", "client"])
+@pytest.mark.parametrize("backend", ["edge", "client", "exact"])
 def test_dot_index_keeps_lengths_and_ranks_by_dot_product(backend: str, tmp_path: Path) -> None:
     rng = np.random.default_rng(9)
     vectors = (rng.normal(size=(40, DIM)) * rng.uniform(0.1, 3.0, size=(40, 1))).astype(np.float32)
@@ -165,6 +173,8 @@ def test_dot_index_keeps_lengths_and_ranks_by_dot_product(backend: str, tmp_path
         if backend == "edge"
         else ClientItemIndex(":memory:", DIM, distance="dot")
     )
+    if backend == "exact":
+        index = ExactItemIndex(index, max_items=100)
     try:
         index.upsert(items)
         np.testing.assert_allclose(index.get(["i3"])["i3"].vector, vectors[3], rtol=1e-5)
@@ -285,3 +295,27 @@ def test_open_index_follows_the_settings(tmp_path: Path) -> None:
     client = open_index(Settings(index_mode="client", qdrant_url=":memory:"), DIM)
     assert isinstance(client, ClientItemIndex) and client.dim == DIM
     client.close()
+
+
+def test_exact_index_reads_back_what_the_backend_holds_and_lets_memory_go_past_its_limit(tmp_path: Path) -> None:
+    items = _items(30, seed=11)
+    edge = EdgeItemIndex(tmp_path / "edge", DIM)
+    edge.upsert(items[:25])
+    edge.close()
+    reopened = ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=28)
+    try:
+        assert reopened.in_memory and reopened.count() == 25  # a restart reads the shard back
+        query = _unit_rows(1, seed=12)  # (1, D)
+        [hits] = reopened.search_batch(query, limit=5)
+        assert [n.item_id for n in hits] == _brute_force(items[:25], query[0], set(), 5)
+        reopened.upsert(items[25:])  # 30 > 28: served by the backend from now on, nothing lost
+        assert not reopened.in_memory and reopened.count() == 30
+        [hits] = reopened.search_batch(query, limit=5)
+        assert [n.item_id for n in hits] == _brute_force(items, query[0], set(), 5)
+    finally:
+        reopened.close()
+    too_big = ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=10)
+    try:
+        assert not too_big.in_memory and too_big.count() == 30
+    finally:
+        too_big.close()
