@@ -111,7 +111,7 @@ class Settings(BaseSettings):
     index_retry_s: float = Field(10.0, gt=0, le=3_600)  # item index failed: trending lists, retried after (s)
     collection: str = "items"  # Qdrant collection / shard name
     hnsw_ef: int = Field(64, ge=4, le=4_096)  # HNSW search breadth: recall vs speed of a query
-    exact_search_max_items: int = Field(100_000, ge=0)  # catalogue searched exactly in memory up to this size (0: never)
+    exact_search_max_items: int = Field(50_000, ge=0)  # catalogue searched exactly in memory up to this size (0: never)
     item_cache_size: int = Field(50_000, ge=1)  # item vectors kept in memory in front of Qdrant
     neighbour_cache_size: int = Field(50_000, ge=1)  # items whose neighbour list is kept in memory
     encoder_path: Path | None = None  # local HF model dir (default: packaged all-MiniLM-L6-v2)

@@ -189,7 +189,8 @@ def cmd_bench(args: argparse.Namespace) -> int:
         return 2
     rates = [int(r) for r in args.e2e_rates.split(",") if r.strip()] if args.e2e_rates else []
     run_bench(cases, events_per_size=args.events, users=args.users, out=args.out, e2e_rates=rates,
-              e2e_duration_s=args.e2e_duration, memory=not args.no_memory, markdown=args.markdown)
+              e2e_duration_s=args.e2e_duration, memory=not args.no_memory, markdown=args.markdown,
+              retrieval_sizes=[int(n) for n in args.retrieval_sizes.split(",") if n.strip()])
     return 0
 
 
@@ -311,6 +312,8 @@ def build_parser() -> argparse.ArgumentParser:
                    help="end-to-end rates (events/s) through the broker; empty = skip")
     p.add_argument("--e2e-duration", type=float, default=20.0, help="seconds per end-to-end rate")
     p.add_argument("--no-memory", action="store_true", help="skip the memory figures")
+    p.add_argument("--retrieval-sizes", default="10000,50000",
+                   help="catalogue sizes for exact-in-memory vs HNSW retrieval; empty = skip")
     p.add_argument("--out", type=Path, default=None, help="write the figures as JSON here")
     p.add_argument("--markdown", type=Path, default=None, help="write the report (docs/benchmarks.md) here")
     p.set_defaults(func=cmd_bench)

@@ -3,7 +3,8 @@
 For each case (index backend x catalogue size x scorer) it builds the catalogue, warms the
 core up on a synthetic stream and times `Recommender.handle` (learn, retrieve from
 Qdrant, score, top-K: what a worker does per micro-batch) at micro-batch sizes 1, 32 and 256.
-It also times the ranker's scoring alone (CPU, and CUDA when present), and, through
+It also times retrieval alone (exact in memory against Qdrant Edge's HNSW graph, by
+catalogue size: `bench_retrieval`), the ranker's scoring alone (CPU, and CUDA when present), and, through
 `bench_memory` and `bench_e2e`, the memory per 100k users/items and the broker round trip.
 Figures are printed, written as JSON and as the markdown of docs/benchmarks.md.
 
@@ -211,6 +212,7 @@ def run_bench(
     e2e_duration_s: float = 20.0,
     memory: bool = True,
     markdown: Path | None = None,
+    retrieval_sizes: Sequence[int] = (),
 ) -> dict[str, Any]:
     """Every figure of the suite; see the module docstring."""
     results: dict[str, Any] = {
@@ -237,6 +239,15 @@ def run_bench(
         finally:
             shutil.rmtree(work, ignore_errors=True)
     worlds.clear()
+    if retrieval_sizes:
+        from streamrec.consumers.tools.bench_retrieval import time_retrieval, work_dir
+
+        results["retrieval"] = []
+        for size in retrieval_sizes:
+            print(f"retrieval: exact in memory vs HNSW, {size:,} items ...", flush=True)
+            world = SyntheticWorld(seed=3, n_items=size, n_users=10)
+            catalogue, _ = catalogue_vectors(world, encoder, min(text_items, size))
+            results["retrieval"] += time_retrieval(catalogue, work_dir())
     print("ranker scoring ...", flush=True)
     results["ranker_scoring"] = ranker_scoring("cpu")
     if torch.cuda.is_available():

@@ -119,6 +119,15 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{results.get('embed_items_per_s', '?')} items/s.",
             "", core_table(results["core"]),
         ]
+    if results.get("retrieval"):
+        from streamrec.consumers.tools.bench_retrieval import retrieval_table
+
+        parts += ["", "## Retrieval: exact in memory vs HNSW", "",
+                  "One batch of 256 queries (an item's vector plus noise), top 20, without and with 50 "
+                  "consumed items left out per query; best of 3 passes. Exact: `ExactItemIndex` (one "
+                  "matrix product, the default while the catalogue fits `STREAMREC_EXACT_SEARCH_MAX_ITEMS`); "
+                  "HNSW: Qdrant Edge, `hnsw_ef` 64. Recall: HNSW's share of the exact top 20.", "",
+                  retrieval_table(results["retrieval"])]
     if results.get("ranker_scoring"):
         parts += ["", "## Ranker scoring alone", "",
                   "User tower over 50 events + item tower + score, default-size model.", "",

@@ -17,7 +17,7 @@ def test_core_bench_times_every_case_and_batch_size_and_writes_the_report(tmp_pa
     cases = [CoreCase("edge", 600, "content"), CoreCase("edge", 600, "ranker"), CoreCase("client", 600, "content")]
     out, page = tmp_path / "bench.json", tmp_path / "benchmarks.md"
     results = run_bench(cases, events_per_size=256, users=300, text_items=200, out=out, memory=False,
-                        markdown=page)
+                        markdown=page, retrieval_sizes=[700])
 
     assert json.loads(out.read_text()) == results
     assert [row["label"] for row in results["core"]] == [case.label for case in cases]
@@ -31,3 +31,6 @@ def test_core_bench_times_every_case_and_batch_size_and_writes_the_report(tmp_pa
     assert [row["users_per_batch"] for row in results["ranker_scoring"]][:3] == [1, 32, 256]
     text = page.read_text()
     assert "| edge / 600 items / ranker | 256 |" in text and "## Ranker scoring alone" in text
+    assert [(row["items"], row["excluded"]) for row in results["retrieval"]] == [(700, 0), (700, 50)]
+    assert all(0 < row["hnsw_recall"] <= 1 and row["exact_ms_per_query"] > 0 for row in results["retrieval"])
+    assert "## Retrieval: exact in memory vs HNSW" in text and "| 700 | 50 |" in text
