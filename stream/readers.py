@@ -40,8 +40,8 @@ async def open_broadcast_reader(settings: Settings, topics: Sequence[str]) -> tu
         fetch_max_wait_ms=settings.fetch_max_wait_ms,
         **settings.kafka_client_options(),
     )
-    await consumer.start()
-    try:
+    try:  # a start that fails (broker away) is stopped too: no "Unclosed AIOKafkaConsumer" per retry
+        await consumer.start()
         tps = [
             TopicPartition(topic, p) for topic in topics for p in await topic_partitions(consumer, topic)
         ]
