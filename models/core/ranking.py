@@ -142,12 +142,16 @@ class ListRanker:
         take = min(self.k, scores.shape[1])
         pool = min(scores.shape[1], MMR_POOL * self.k) if self.diversity > 0 else take
         top = np.argsort(-scores, axis=1, kind="stable")[:, :pool]  # (B, pool)
-        results = []
-        for b, profile in enumerate(profiles):
+        shown = []
+        for b in range(len(profiles)):
             chosen = [int(c) for c in top[b] if math.isfinite(scores[b, c])]
             if self.diversity > 0:
                 chosen = mmr(chosen, scores[b], batch.candidates[b].numpy(), take, self.diversity)
-            reasons = self._reasons(profile, candidates[b], ids[b], chosen, contributions[b], batch, b)
+            shown.append(chosen)
+        closest = _closest_history(batch, shown)
+        results = []
+        for b, (profile, chosen) in enumerate(zip(profiles, shown)):
+            reasons = self._reasons(profile, candidates[b], ids[b], chosen, contributions[b], closest[b])
             items = [
                 RecommendedItem.model_construct(
                     item_id=ids[b][c], score=round(float(scores[b, c]), 6), reason=reason
@@ -176,19 +180,18 @@ class ListRanker:
         ids: Sequence[str],
         chosen: Sequence[int],
         contributions: np.ndarray,
-        batch: ScoringBatch,
-        b: int,
+        closest: Sequence[int],
     ) -> list[str]:
-        """A reason for each shown item: the signal that added most to its score."""
+        """A reason for each shown item: the signal that added most to its score
+        (`closest`: per shown item, the history position most text-similar to it)."""
         reasons = []
         last = profile.history[0].title if profile.history else ""
-        for c in chosen:
-            feature = FEATURES[int(np.argmax(contributions[c]))]
+        strongest = np.argmax(contributions[list(chosen)], axis=1).tolist() if chosen else []  # (K,)
+        for position, (c, strongest_feature) in enumerate(zip(chosen, strongest)):
+            feature = FEATURES[strongest_feature]
             item_id = ids[c]
             if feature == "text" or (feature == "model" and candidates[item_id][1] is Source.NEIGHBOUR):
-                similarity = batch.history[b] @ batch.candidates[b, c]  # (L,)
-                similarity = similarity.masked_fill(batch.history_weights[b] <= 0, -2.0)
-                reasons.append(SIMILAR_REASON.format(title=profile.history[int(similarity.argmax())].title))
+                reasons.append(SIMILAR_REASON.format(title=profile.history[closest[position]].title))
             elif feature == "model":
                 reasons.append(MODEL_REASON.format(title=last))
             elif feature in ("covisit", "covisit_best"):
@@ -236,6 +239,23 @@ def mmr(order: Sequence[int], scores: np.ndarray, vectors: np.ndarray, k: int, d
         free[best] = False
         closest = np.maximum(closest, pool_vectors @ pool_vectors[best])
     return picks
+
+
+def _closest_history(batch: ScoringBatch, shown: Sequence[Sequence[int]]) -> list[list[int]]:
+    """Per user and shown candidate column: the position of the user's history item whose
+    text is most similar to it (one batched product, for the "similar to <title>" reasons)."""
+    width = max((len(chosen) for chosen in shown), default=0)
+    if width == 0:
+        return [[] for _ in shown]
+    columns = np.zeros((len(shown), width), dtype=np.int64)  # (B, K) padded with column 0
+    for b, chosen in enumerate(shown):
+        columns[b, : len(chosen)] = chosen
+    candidates = batch.candidates.numpy()  # (B, C, D)
+    picked = candidates[np.arange(len(shown))[:, None], columns]  # (B, K, D)
+    similarity = np.einsum("bkd,bld->bkl", picked, batch.history.numpy())  # (B, K, L)
+    similarity[np.broadcast_to(batch.history_weights.numpy()[:, None, :] <= 0, similarity.shape)] = -2.0
+    best = similarity.argmax(axis=2)  # (B, K)
+    return [best[b, : len(chosen)].tolist() for b, chosen in enumerate(shown)]
 
 
 def _scale_per_user(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:

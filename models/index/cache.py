@@ -127,7 +127,10 @@ class CachedItemIndex:
         with_items: bool = True,
     ) -> list[list[Neighbour]]:
         """The backend's search (arbitrary queries are not cached); the hits' items are, and
-        come from memory where kept."""
+        come from memory where kept (a backend that holds its items in memory, such as
+        `ExactItemIndex`, hands them over itself)."""
+        if getattr(self.inner, "in_memory", False):
+            return self.inner.search_batch(queries, limit, exclude, with_items)
         results = self.inner.search_batch(queries, limit, exclude, with_items=False)
         if not with_items:
             return results
