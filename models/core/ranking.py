@@ -281,17 +281,28 @@ def pad(
     max_candidates = max(1, max(len(c) for c in candidates))
     history = np.zeros((n_users, max_history, dim), dtype=np.float32)  # (B, L, D)
     weights = np.zeros((n_users, max_history), dtype=np.float32)  # (B, L)
-    cand = np.zeros((n_users, max_candidates, dim), dtype=np.float32)  # (B, C, D)
+    rows = np.zeros((n_users, max_candidates), dtype=np.int64)  # (B, C) row of `table` (0 where padded)
     mask = np.zeros((n_users, max_candidates), dtype=bool)  # (B, C)
     ids: list[list[str]] = []
+    # Users share many candidates (trending, co-visited): each distinct item's vector is
+    # stacked once, and the (B, C, D) batch is one gather from that table.
+    row_of: dict[str, int] = {}
+    vectors: list[np.ndarray] = [np.zeros(dim, dtype=np.float32)]  # row 0: padding
     for b, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
         history[b, : len(profile.history)] = np.stack([item.vector for item in profile.history])
         weights[b, : len(profile.weights)] = profile.weights
         row_ids = list(user_candidates)
-        if row_ids:
-            cand[b, : len(row_ids)] = np.stack([user_candidates[i][0].vector for i in row_ids])
-            mask[b, : len(row_ids)] = True
+        user_rows = []
+        for item_id in row_ids:
+            row = row_of.get(item_id)
+            if row is None:
+                row = row_of[item_id] = len(vectors)
+                vectors.append(user_candidates[item_id][0].vector)
+            user_rows.append(row)
+        rows[b, : len(user_rows)] = user_rows
+        mask[b, : len(user_rows)] = True
         ids.append(row_ids)
+    cand = np.stack(vectors)[rows]  # (U, D) -> (B, C, D)
     batch = ScoringBatch(
         history=torch.from_numpy(history),
         history_weights=torch.from_numpy(weights),

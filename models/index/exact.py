@@ -234,16 +234,18 @@ class ExactItemIndex:
                 top = np.broadcast_to(np.arange(n), (scores.shape[0], n))
             top_scores = np.take_along_axis(scores, top, axis=1)  # (b, take)
             order = np.argsort(-top_scores, axis=1, kind="stable")
+            top_scores = np.take_along_axis(top_scores, order, axis=1)
+            kept = np.isfinite(top_scores).sum(axis=1).tolist()  # (b,) left-out items sort last
             top = np.take_along_axis(top, order, axis=1).tolist()
-            top_scores = np.take_along_axis(top_scores, order, axis=1).tolist()
-            for offset, (columns, values) in enumerate(zip(top, top_scores)):
+            top_scores = top_scores.tolist()
+            for offset, (columns, values, count) in enumerate(zip(top, top_scores, kept)):
                 if not live[start + offset]:
                     continue
-                answers[start + offset] = [
-                    Neighbour(items[c].item_id, v, items[c] if with_items else None)
-                    for c, v in zip(columns, values)
-                    if v != _BANNED
-                ]
+                if with_items:
+                    hits = [Neighbour(items[c].item_id, v, items[c]) for c, v in zip(columns[:count], values)]
+                else:
+                    hits = [Neighbour(items[c].item_id, v) for c, v in zip(columns[:count], values)]
+                answers[start + offset] = hits
         return answers
 
     def scan(self, batch_size: int = 1024) -> Iterator[list[IndexedItem]]:
