@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(65_536, ge=256)  # larger events go to the DLQ (bytes)
     dedup_capacity: int = Field(200_000, ge=1)  # event ids remembered for de-duplication
     ingest_wait_s: float = Field(0.005, gt=0, le=10)  # ingest micro-batch: at most this long (s)
+    producer_linger_ms: int = Field(5, ge=0, le=1_000)  # worker's producer: gather a micro-batch's records into few batches
     min_event_ts: float = 631_152_000.0  # events older than this (1990-01-01, unix s) are absurd
     max_future_skew_s: float = Field(3_600.0, ge=0)  # events further ahead of now are absurd (s)
 

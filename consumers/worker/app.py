@@ -97,6 +97,10 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
         web_router_enabled=False,  # the worker serves its own API (consumers/worker/views.py) and
         web_tables_enabled=False,  # no raw table dumps
         producer_acks=-1,
+        # Faust lingers 0 ms by default: one record batch per list, and the broker (Tansu's
+        # memory storage lists every stored batch on each fetch) slows as they pile up.
+        producer_linger=settings.producer_linger_ms / 1000,
+        producer_max_batch_size=256 * 1024,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 4,
         loghandlers=[],

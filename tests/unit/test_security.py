@@ -306,3 +306,15 @@ def test_no_pickle_unsafe_torch_load_or_yaml_load_in_the_source() -> None:
     assert len(files) > 20
     found = [hit for path in files for hit in unsafe_loads(path.read_text(), str(path.relative_to(ROOT)))]
     assert found == []
+
+
+async def test_the_worker_producer_gathers_records_into_few_batches(tmp_path: Path) -> None:
+    """Faust's default (linger 0, 16 KB batches) sends a record batch per list; ours lingers."""
+    app = _app(Settings(data_dir=tmp_path, producer_linger_ms=7))
+    producer = app.producer._new_producer()  # built, not connected
+    try:
+        accumulator = producer._message_accumulator
+        assert accumulator._linger_time == pytest.approx(0.007)
+        assert accumulator._batch_size == 256 * 1024
+    finally:
+        await producer.stop()
