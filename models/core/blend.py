@@ -28,12 +28,27 @@ import numpy as np
 
 LEARNING_RATE = 0.05
 L2 = 1e-4  # pulls unused weights slowly back towards the prior
+HIDDEN_UNITS = 16  # the residual's width
 
 
 class OnlineBlend:
-    """weights (F,) over named features; `score` ranks, `learn` takes one softmax step."""
+    """Linear weights (F,) over named features plus a small learned residual; `score` ranks,
+    `learn` takes one softmax step.
 
-    def __init__(self, names: Sequence[str], prior: Sequence[float], learning_rate: float = LEARNING_RATE) -> None:
+    score(x) = w·x + v·relu(W x + b), with W (H, F), b (H,), v (H,). The residual starts at
+    zero (v = 0), so a new blend ranks exactly as its linear prior and the hidden units grow
+    only as far as the stream shows that features interact (e.g. a transition share that
+    means more where the user's last item has a long row). `hidden=0`: linear only.
+    """
+
+    def __init__(
+        self,
+        names: Sequence[str],
+        prior: Sequence[float],
+        learning_rate: float = LEARNING_RATE,
+        hidden: int | None = None,
+        seed: int = 0,
+    ) -> None:
         if len(names) != len(prior):
             raise ValueError("one prior weight per feature")
         self.names = tuple(names)
@@ -41,22 +56,53 @@ class OnlineBlend:
         self.weights = self.prior.copy()
         self.learning_rate = learning_rate
         self._squares = np.full(len(names), 1e-2)  # AdaGrad's sum of squared gradients
+        hidden = HIDDEN_UNITS if hidden is None else hidden
+        rng = np.random.default_rng(seed)
+        f = len(names)
+        self.hidden_in = rng.normal(0.0, 1.0 / np.sqrt(max(f, 1)), size=(hidden, f))  # (H, F)
+        self.hidden_bias = np.zeros(hidden)  # (H,)
+        self.hidden_out = np.zeros(hidden)  # (H,) zero: the residual starts switched off
+        self._squares_in = np.full((hidden, f), 1e-2)
+        self._squares_bias = np.full(hidden, 1e-2)
+        self._squares_out = np.full(hidden, 1e-2)
         self.updates = 0
 
     def score(self, features: np.ndarray) -> np.ndarray:
         """(C,) or (B, C) blended scores of (C, F) or (B, C, F) features."""
-        return features @ self.weights.astype(features.dtype)
+        dtype = features.dtype
+        linear = features @ self.weights.astype(dtype)
+        if not len(self.hidden_out) or not self.hidden_out.any():
+            return linear
+        activations = np.maximum(features @ self.hidden_in.T.astype(dtype) + self.hidden_bias.astype(dtype), 0)  # (..., H)
+        return linear + activations @ self.hidden_out.astype(dtype)
 
     def learn(self, features: np.ndarray, consumed: int) -> None:
         """One step: `features` (C, F) of the candidates served, `consumed` the row taken."""
-        logits = features.astype(np.float64) @ self.weights  # (C,)
+        x = features.astype(np.float64)  # (C, F)
+        pre = x @ self.hidden_in.T + self.hidden_bias  # (C, H)
+        active = pre > 0
+        h = np.where(active, pre, 0.0)  # (C, H)
+        logits = x @ self.weights + h @ self.hidden_out  # (C,)
         logits -= logits.max()
         p = np.exp(logits)
         p /= p.sum()
-        gradient = features.T.astype(np.float64) @ p - features[consumed]  # (F,)
-        gradient += L2 * (self.weights - self.prior)
+        g = p.copy()
+        g[consumed] -= 1.0  # (C,) d loss / d score
+        gradient = x.T @ g + L2 * (self.weights - self.prior)  # (F,)
         self._squares += gradient * gradient
         self.weights -= self.learning_rate * gradient / np.sqrt(self._squares)
+        if len(self.hidden_out):
+            back = (g[:, None] * active) * self.hidden_out  # (C, H) d loss / d pre-activation
+            grad_out = h.T @ g + L2 * self.hidden_out  # (H,)
+            grad_in = back.T @ x  # (H, F)
+            grad_bias = back.sum(axis=0)  # (H,)
+            for value, grad, squares in (
+                (self.hidden_out, grad_out, self._squares_out),
+                (self.hidden_in, grad_in, self._squares_in),
+                (self.hidden_bias, grad_bias, self._squares_bias),
+            ):
+                squares += grad * grad
+                value -= self.learning_rate * grad / np.sqrt(squares)
         self.updates += 1
 
     def as_dict(self) -> dict[str, float]:

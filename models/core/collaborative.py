@@ -44,8 +44,9 @@ import numpy as np
 
 REBASE_AFTER_HALF_LIVES = 60.0  # rescale stored counts once they grow by 2**60
 
-FEATURES = ("covisit", "covisit_best", "next", "next2", "popular", "popular_now")
-_SCALED_COLUMNS = (1, 4, 5)  # scaled to 0..1 among a user's candidates
+FEATURES = ("covisit", "covisit_best", "covisit_seeds", "next", "next2", "next_support", "history", "popular", "popular_now")
+_SCALED_COLUMNS = (1, 7, 8)  # scaled to 0..1 among a user's candidates
+SUPPORT_HALF = 5.0  # a last item followed this many times (decayed) gives next_support 0.5
 COVISIT_CACHE = 1_024  # users' co-visitation scores kept between retrieval and ranking (one clock)
 
 
@@ -169,13 +170,16 @@ class CovisitScores:
 
     rows: np.ndarray
     scores: np.ndarray
+    seeds: np.ndarray | None = None  # (M,) recency-weighted share of the seeds that led to each row
 
-    def lookup(self, rows: np.ndarray) -> np.ndarray:
-        """(C,) scores of `rows` (C,), 0 for those without one (or -1: not in the vocabulary)."""
-        if len(self.rows) == 0:
+    def lookup(self, rows: np.ndarray, seeds: bool = False) -> np.ndarray:
+        """(C,) scores (or seed shares) of `rows` (C,), 0 for those without one (or -1: not in
+        the vocabulary)."""
+        values = self.seeds if seeds else self.scores
+        if len(self.rows) == 0 or values is None:
             return np.zeros(len(rows), dtype=np.float64)
         at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
-        return np.where(self.rows[at] == rows, self.scores[at], 0.0)
+        return np.where(self.rows[at] == rows, values[at], 0.0)
 
 
 class CollaborativeSignals:
@@ -291,13 +295,15 @@ class CollaborativeSignals:
         if cached is not None:
             return cached
         smoothing = self._growth  # one event's worth, so a rare item's cosine stays finite
-        rows, weights = [], []
-        recency = 1.0
+        rows, weights, shares = [], [], []
+        recency, total_recency = 1.0, 0.0
         for seed in seeds:
             neighbours, counts = self.covisit.arrays(seed)  # (R,), (R,)
             if len(neighbours):
                 rows.append(neighbours)
                 weights.append(counts * (recency / math.sqrt(self._popular[seed] + smoothing)))
+                shares.append(np.full(len(neighbours), recency))
+            total_recency += recency
             recency *= self.config.recency_decay
         if not rows:
             found = CovisitScores(_NO_ROWS, _NO_WEIGHTS)
@@ -305,7 +311,8 @@ class CollaborativeSignals:
             all_rows = np.concatenate(rows)  # (M,)
             unique, at = np.unique(all_rows, return_inverse=True)  # (U,), (M,)
             summed = np.bincount(at, weights=np.concatenate(weights), minlength=len(unique))  # (U,)
-            found = CovisitScores(unique, summed / np.sqrt(self._popular[unique] + smoothing))
+            seed_share = np.bincount(at, weights=np.concatenate(shares), minlength=len(unique)) / total_recency  # (U,)
+            found = CovisitScores(unique, summed / np.sqrt(self._popular[unique] + smoothing), seed_share)
         if len(self._covisit_cache) >= COVISIT_CACHE:
             self._covisit_cache.clear()
         self._covisit_cache[seeds] = found
@@ -339,18 +346,24 @@ class CollaborativeSignals:
             (self.vocabulary.rows.get(c, -1) for c in candidates), dtype=np.int64, count=len(candidates)
         )  # (C,) -1: never seen in an event
         known = rows >= 0
-        table[:, 0] = self.covisit_scores(user_items).lookup(rows)
+        covisit = self.covisit_scores(user_items)
+        table[:, 0] = covisit.lookup(rows)
         table[:, 1] = table[:, 0]
+        table[:, 2] = covisit.lookup(rows, seeds=True)
         last = self.vocabulary.get(user_items[-1]) if user_items else None
         before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
         for column, shares in (
-            (2, self.next1.normalised(last) if last is not None else {}),
-            (3, self.next2.normalised((before, last)) if last is not None and before is not None else {}),
+            (3, self.next1.normalised(last) if last is not None else {}),
+            (4, self.next2.normalised((before, last)) if last is not None and before is not None else {}),
         ):
             if shares:
                 table[:, column] = [shares.get(row, 0.0) for row in rows.tolist()]
-        table[known, 4] = np.log1p(self._popular[rows[known]] / self._growth)
-        table[known, 5] = np.log1p(self._popular_now[rows[known]] / self._growth_now)
+        if last is not None:
+            followed = self.next1.totals.get(last, 0.0) / self._growth  # decayed events after the last item
+            table[:, 5] = followed / (followed + SUPPORT_HALF)
+        table[:, 6] = len(_distinct_newest_first(user_items, self.config.seed_items)) / self.config.seed_items
+        table[known, 7] = np.log1p(self._popular[rows[known]] / self._growth)
+        table[known, 8] = np.log1p(self._popular_now[rows[known]] / self._growth_now)
         for column in _SCALED_COLUMNS:
             peak = table[:, column].max(initial=0.0)
             if peak > 0:

@@ -1,14 +1,19 @@
 """Ranking a micro-batch's candidates: features, one blended score, top-K with a reason each.
 
-Features per (user, candidate), each scaled per user to 0..1 (`FEATURES`):
-- `text`: cosine between the candidate's text vector and the user's weighted recent items;
+Features per (user, candidate), each in 0..1 (`FEATURES`):
+- `text`: cosine between the candidate's text vector and the user's weighted recent items,
+  `text_last` the same to the newest item alone (scaled per user);
 - `model`: the serving scorer's score (the ranker's; 0 while the content scorer serves);
-- `covisit` (cosine, and `covisit_best` scaled per user), `next`, `next2`, `popular`,
-  `popular_now`: the collaborative signals;
+- `covisit` (cosine, and `covisit_best` scaled per user), `covisit_seeds` (the share of the
+  user's recent items it goes with), `next`, `next2`, `popular`, `popular_now`: the
+  collaborative signals; `next_support` (how often the last item was followed at all) and
+  `history` (how many recent items the user has) describe the user, not the candidate
+  (`CONTEXT_FEATURES`: they matter only through the blend's residual, never as a reason);
 - `trending`: decayed popularity on event time (the worker's trending counts).
 
-`OnlineBlend` weighs them, learned test-then-learn from what users consume next
-(`Recommender.learn`). Users without a usable history are ranked by a second blend over the
+`OnlineBlend` weighs them (a linear prior plus a small learned residual that captures how
+the signals interact, e.g. transitions that count for more after a well-followed item),
+learned test-then-learn from what users consume next (`Recommender.learn`). Users without a usable history are ranked by a second blend over the
 popularity features alone. Reasons are built for the K items shown only, from the feature
 that contributed most to each item's score.
 
@@ -32,12 +37,16 @@ from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.scoring import ContentScorer, Scorer, ScoringBatch
 from streamrec.stream.messages import RecommendedItem
 
-FEATURES = ("text", "model", *COLLABORATIVE_FEATURES, "trending")
+FEATURES = ("text", "text_last", "model", *COLLABORATIVE_FEATURES, "trending")
+# Context of the user rather than a property of the candidate: they shape the residual's
+# interactions and are never given as a reason.
+CONTEXT_FEATURES = ("next_support", "history")
 # Where the learned blend starts: every signal counts, text and co-visitation most. Chosen
 # for any stream (not tuned on one); the online updates move them within a few thousand events.
-PRIOR = {"text": 1.0, "model": 0.5, "covisit": 1.0, "covisit_best": 1.0, "next": 1.0, "next2": 0.5,
-         "popular": 0.3, "popular_now": 0.3, "trending": 0.3}
+PRIOR = {"text": 1.0, "text_last": 0.0, "model": 0.5, "covisit": 1.0, "covisit_best": 1.0, "covisit_seeds": 0.0, "next": 1.0,
+         "next2": 0.5, "next_support": 0.0, "history": 0.0, "popular": 0.3, "popular_now": 0.3, "trending": 0.3}
 POPULARITY_FEATURES = ("popular", "popular_now", "trending")
+_CONTEXT_COLUMNS = [FEATURES.index(name) for name in CONTEXT_FEATURES]
 MMR_POOL = 3  # with diversity on, a list is picked from the best MMR_POOL * k candidates
 
 TRENDING_REASON = "trending"
@@ -131,14 +140,16 @@ class ListRanker:
         mask = batch.candidate_mask.numpy()  # (B, C)
         features = np.zeros((*mask.shape, len(FEATURES)), dtype=np.float32)  # (B, C, F)
         features[..., FEATURES.index("text")] = _scale_per_user(text.numpy(), mask)
+        last = torch.einsum("bcd,bd->bc", batch.candidates, batch.history[:, 0])  # (B, C) cosine to the newest item
+        features[..., FEATURES.index("text_last")] = _scale_per_user(last.numpy(), mask)
         if not isinstance(scorer, ContentScorer):  # the content scorer's score is `text` already
             model = scorer.score(batch)  # (B, C)
             features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
         for b, profile in enumerate(profiles):
             self._fill_counts(features[b, : len(ids[b])], profile, ids[b])
         weights = self.blend.weights.astype(np.float32)
-        contributions = features * weights  # (B, C, F)
-        scores = np.where(mask, contributions.sum(axis=-1), -np.inf)  # (B, C)
+        contributions = features * weights  # (B, C, F) the linear part, for the reasons
+        scores = np.where(mask, self.blend.score(features), -np.inf)  # (B, C)
         take = min(self.k, scores.shape[1])
         pool = min(scores.shape[1], MMR_POOL * self.k) if self.diversity > 0 else take
         top = np.argsort(-scores, axis=1, kind="stable")[:, :pool]  # (B, pool)
@@ -186,15 +197,19 @@ class ListRanker:
         (`closest`: per shown item, the history position most text-similar to it)."""
         reasons = []
         last = profile.history[0].title if profile.history else ""
-        strongest = np.argmax(contributions[list(chosen)], axis=1).tolist() if chosen else []  # (K,)
+        shown = contributions[list(chosen)].copy()  # (K, F)
+        shown[:, _CONTEXT_COLUMNS] = -np.inf
+        strongest = np.argmax(shown, axis=1).tolist() if chosen else []  # (K,)
         for position, (c, strongest_feature) in enumerate(zip(chosen, strongest)):
             feature = FEATURES[strongest_feature]
             item_id = ids[c]
             if feature == "text" or (feature == "model" and candidates[item_id][1] is Source.NEIGHBOUR):
                 reasons.append(SIMILAR_REASON.format(title=profile.history[closest[position]].title))
+            elif feature == "text_last":
+                reasons.append(SIMILAR_REASON.format(title=last))
             elif feature == "model":
                 reasons.append(MODEL_REASON.format(title=last))
-            elif feature in ("covisit", "covisit_best"):
+            elif feature in ("covisit", "covisit_best", "covisit_seeds"):
                 reasons.append(COVISIT_REASON.format(title=self._covisit_seed(profile, item_id)))
             elif feature in ("next", "next2"):
                 reasons.append(NEXT_REASON.format(title=last))
