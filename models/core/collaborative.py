@@ -44,8 +44,8 @@ import numpy as np
 
 REBASE_AFTER_HALF_LIVES = 60.0  # rescale stored counts once they grow by 2**60
 
-FEATURES = ("covisit", "covisit_best", "covisit_seeds", "next", "next2", "next_support", "history", "popular", "popular_now")
-_SCALED_COLUMNS = (1, 7, 8)  # scaled to 0..1 among a user's candidates
+FEATURES = ("covisit", "covisit_best", "covisit_seeds", "covisit_last", "next", "next2", "next_support", "history", "popular", "popular_now")
+_SCALED_COLUMNS = (1, 3, 8, 9)  # scaled to 0..1 among a user's candidates
 SUPPORT_HALF = 5.0  # a last item followed this many times (decayed) gives next_support 0.5
 COVISIT_CACHE = 1_024  # users' co-visitation scores kept between retrieval and ranking (one clock)
 
@@ -352,18 +352,23 @@ class CollaborativeSignals:
         table[:, 2] = covisit.lookup(rows, seeds=True)
         last = self.vocabulary.get(user_items[-1]) if user_items else None
         before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
+        if last is not None:
+            neighbours, counts = self.covisit.arrays(last)  # (R,), (R,)
+            if len(neighbours):
+                order = np.argsort(neighbours)
+                table[:, 3] = CovisitScores(neighbours[order], counts[order]).lookup(rows)
         for column, shares in (
-            (3, self.next1.normalised(last) if last is not None else {}),
-            (4, self.next2.normalised((before, last)) if last is not None and before is not None else {}),
+            (4, self.next1.normalised(last) if last is not None else {}),
+            (5, self.next2.normalised((before, last)) if last is not None and before is not None else {}),
         ):
             if shares:
                 table[:, column] = [shares.get(row, 0.0) for row in rows.tolist()]
         if last is not None:
             followed = self.next1.totals.get(last, 0.0) / self._growth  # decayed events after the last item
-            table[:, 5] = followed / (followed + SUPPORT_HALF)
-        table[:, 6] = len(_distinct_newest_first(user_items, self.config.seed_items)) / self.config.seed_items
-        table[known, 7] = np.log1p(self._popular[rows[known]] / self._growth)
-        table[known, 8] = np.log1p(self._popular_now[rows[known]] / self._growth_now)
+            table[:, 6] = followed / (followed + SUPPORT_HALF)
+        table[:, 7] = len(_distinct_newest_first(user_items, self.config.seed_items)) / self.config.seed_items
+        table[known, 8] = np.log1p(self._popular[rows[known]] / self._growth)
+        table[known, 9] = np.log1p(self._popular_now[rows[known]] / self._growth_now)
         for column in _SCALED_COLUMNS:
             peak = table[:, column].max(initial=0.0)
             if peak > 0:

@@ -43,7 +43,7 @@ FEATURES = ("text", "text_last", "model", *COLLABORATIVE_FEATURES, "trending")
 CONTEXT_FEATURES = ("next_support", "history")
 # Where the learned blend starts: every signal counts, text and co-visitation most. Chosen
 # for any stream (not tuned on one); the online updates move them within a few thousand events.
-PRIOR = {"text": 1.0, "text_last": 0.0, "model": 0.5, "covisit": 1.0, "covisit_best": 1.0, "covisit_seeds": 0.0, "next": 1.0,
+PRIOR = {"text": 1.0, "text_last": 0.0, "model": 0.5, "covisit": 1.0, "covisit_best": 1.0, "covisit_seeds": 0.0, "covisit_last": 0.0, "next": 1.0,
          "next2": 0.5, "next_support": 0.0, "history": 0.0, "popular": 0.3, "popular_now": 0.3, "trending": 0.3}
 POPULARITY_FEATURES = ("popular", "popular_now", "trending")
 _CONTEXT_COLUMNS = [FEATURES.index(name) for name in CONTEXT_FEATURES]
@@ -209,7 +209,7 @@ class ListRanker:
                 reasons.append(SIMILAR_REASON.format(title=last))
             elif feature == "model":
                 reasons.append(MODEL_REASON.format(title=last))
-            elif feature in ("covisit", "covisit_best", "covisit_seeds"):
+            elif feature in ("covisit", "covisit_best", "covisit_seeds", "covisit_last"):
                 reasons.append(COVISIT_REASON.format(title=self._covisit_seed(profile, item_id)))
             elif feature in ("next", "next2"):
                 reasons.append(NEXT_REASON.format(title=last))
