@@ -9,6 +9,7 @@ from __future__ import annotations
 import numpy as np
 
 from streamrec.models.core.blend import OnlineBlend
+from streamrec.models.core.collaborative import FEATURES as COLLABORATIVE_FEATURES
 from streamrec.models.core.collaborative import CollaborativeConfig, CollaborativeSignals
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.ranking import FEATURES
@@ -132,6 +133,12 @@ def test_the_worker_core_recommends_a_planted_co_visitation_pattern_with_its_rea
     assert ids[0] == "i42", ids
     assert ranked.items[0].reason in {"often viewed with item 7", "often next after item 7"}
     assert ranked.trigger is not None and ranked.trigger.item_id == "i7"
+    # Context features describe the user, not the item: however much they weigh, they are
+    # never the reason shown.
+    rec.blend.weights[[FEATURES.index("history"), FEATURES.index("next_support")]] = 1_000.0
+    [again] = rec.handle([event("newcomer2", "i7", 10_001)], handled.states).lists
+    assert again.items[0].item_id == "i42"
+    assert again.items[0].reason in {"often viewed with item 7", "often next after item 7"}
 
 
 def test_cold_users_get_the_popular_items_of_the_catalogue_only() -> None:
@@ -160,3 +167,23 @@ def test_the_blend_learns_which_signal_predicts_the_next_item() -> None:
     weights = blend.as_dict()
     assert weights["covisit"] == max(weights.values())
     assert blend.updates == 300
+
+
+def test_context_features_say_how_much_the_counts_know() -> None:
+    """`covisit_seeds`: the share of the user's recent items a candidate goes with;
+    `covisit_last`: co-visited with the newest item itself; `next_support` grows with how often
+    the last item was followed; `history` with the user's distinct recent items."""
+    signals = CollaborativeSignals()
+    _learn(signals, [["a", "b", "x"], ["c", "x"], ["b", "y"]] + [["a", "z"]] * 30)
+    columns = {name: i for i, name in enumerate(COLLABORATIVE_FEATURES)}
+    table = signals.features(["c", "b"], ["x", "y", "z"])  # (C=3, F) newest item: b
+    x, y, z = range(3)
+    assert table[x, columns["covisit_seeds"]] == 1.0  # x went with both b and c
+    assert 0 < table[y, columns["covisit_seeds"]] < 1.0  # y with b only
+    assert table[z, columns["covisit_seeds"]] == 0.0
+    assert table[x, columns["covisit_last"]] > 0 and table[y, columns["covisit_last"]] > 0
+    assert table[z, columns["covisit_last"]] == 0.0
+    well_followed = signals.features(["a"], ["z"])[0, columns["next_support"]]
+    rarely_followed = signals.features(["c"], ["x"])[0, columns["next_support"]]
+    assert 0 < rarely_followed < well_followed < 1.0
+    assert signals.features(["a", "b", "c"], ["x"])[0, columns["history"]] > table[0, columns["history"]]
