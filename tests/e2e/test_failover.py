@@ -151,6 +151,9 @@ def test_a_worker_killed_mid_stream_loses_nothing(run: Run) -> None:
     assert figures["events"] > killed_at, "events were sent while the worker was down"
 
 
+RECOVERY_LOG_PATTERN = r"Recovery|[Aa]ssign|seek|[Hh]ighwater|end offsets|not fetching|rewind|offset"
+
+
 def test_workers_joining_and_leaving_mid_stream_lose_nothing(run: Run) -> None:
     a = run.start("a")
     run.wait_ready(a)
@@ -168,7 +171,11 @@ def test_workers_joining_and_leaving_mid_stream_lose_nothing(run: Run) -> None:
     os.killpg(b.process.pid, signal.SIGTERM)  # b leaves, mid-stream: its partitions go back to a
     assert b.process.wait(timeout=60) == 0, b.log_tail()
     left_at = sender.mark()
-    wait_for(lambda: a.alive() and a.owned() == list(range(PARTITIONS)), SERVED_S, "a to own every partition")
+    try:
+        wait_for(lambda: a.alive() and a.owned() == list(range(PARTITIONS)), SERVED_S, "a to own every partition")
+    except AssertionError as error:  # once seen: a's recovery of a changelog partition stalled
+        raise AssertionError(f"{error}\n--- a's log: recovery, assignment, seeks ---\n"
+                             f"{a.log_matching(RECOVERY_LOG_PATTERN)}\n--- a's log, last lines ---\n{a.log_tail()}") from None
     time.sleep(2.0)
     sender.stop()
     history = sender.history()

@@ -9,6 +9,7 @@ from __future__ import annotations
 
 import json
 import os
+import re
 import signal
 import subprocess
 import time
@@ -72,6 +73,12 @@ class Worker:
 
     def log_tail(self, chars: int = 4000) -> str:
         return self.log_path.read_text(errors="replace")[-chars:]
+
+    def log_matching(self, pattern: str, lines: int = 80) -> str:
+        """The last `lines` lines of the worker's log that match the regex `pattern`
+        (for a failure message: what recovery, assignment and seeks did)."""
+        found = [line[:400] for line in self.log_path.read_text(errors="replace").splitlines() if re.search(pattern, line)]
+        return "\n".join(found[-lines:])
 
     def readiness(self) -> dict:
         try:
