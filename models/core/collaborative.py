@@ -37,10 +37,12 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Callable, Hashable, Iterable, Sequence
+from collections.abc import Iterable, Sequence
 from dataclasses import dataclass
 
 import numpy as np
+
+from streamrec.models.core.item_rows import EMPTY_ROWS, EMPTY_WEIGHTS, ItemVocabulary, NeighbourRows
 
 REBASE_AFTER_HALF_LIVES = 60.0  # rescale stored counts once they grow by 2**60
 
@@ -64,104 +66,6 @@ class CollaborativeConfig:
     max_pairs: int = 200_000  # second-order (pair) rows
     half_life_events: float = 200_000.0  # all counts halve every this many events
     short_half_life_events: float = 2_000.0  # "popular now"
-
-
-class ItemVocabulary:
-    """item id <-> integer row, growing as items are seen.
-
-    >>> vocabulary = ItemVocabulary()
-    >>> vocabulary.add("a"), vocabulary.add("b"), vocabulary.add("a")
-    (0, 1, 0)
-    >>> vocabulary.get("c") is None, vocabulary.names[1]
-    (True, 'b')
-    """
-
-    def __init__(self) -> None:
-        self.rows: dict[str, int] = {}
-        self.names: list[str] = []
-
-    def add(self, item_id: str) -> int:
-        row = self.rows.get(item_id)
-        if row is None:
-            row = self.rows[item_id] = len(self.names)
-            self.names.append(item_id)
-        return row
-
-    def get(self, item_id: str) -> int | None:
-        return self.rows.get(item_id)
-
-    def __len__(self) -> int:
-        return len(self.names)
-
-
-class _Rows:
-    """key -> {neighbour row: decayed weight}, each row capped to its strongest neighbours."""
-
-    def __init__(self, max_neighbours: int, max_rows: int) -> None:
-        self.rows: dict[Hashable, dict[int, float]] = {}
-        self.totals: dict[Hashable, float] = {}  # key -> all weight ever added (decayed), for shares
-        self.max_neighbours = max_neighbours
-        self.max_rows = max_rows
-
-    def add(self, key: Hashable, neighbour: int, weight: float) -> None:
-        row = self.rows.get(key)
-        if row is None:
-            row = self.rows[key] = {}
-            if len(self.rows) > self.max_rows:
-                self._drop_weakest_rows()
-        row[neighbour] = row.get(neighbour, 0.0) + weight
-        self.totals[key] = self.totals.get(key, 0.0) + weight
-        if len(row) > 2 * self.max_neighbours:
-            kept = heapq.nlargest(self.max_neighbours, row.items(), key=lambda kv: kv[1])
-            self.rows[key] = dict(kept)
-
-    def _drop_weakest_rows(self) -> None:
-        keep = int(self.max_rows * 0.9)
-        strongest = heapq.nlargest(keep, self.totals.items(), key=lambda kv: kv[1])
-        self.totals = dict(strongest)
-        self.rows = {key: self.rows[key] for key in self.totals if key in self.rows}
-
-    def scale(self, factor: float) -> None:
-        for row in self.rows.values():
-            for neighbour in row:
-                row[neighbour] *= factor
-        for key in self.totals:
-            self.totals[key] *= factor
-
-    def remap(self, new_row: np.ndarray, key_of: Callable[[Hashable], Hashable | None]) -> None:
-        """Renumber after the vocabulary was compacted: `new_row[old] = new` (-1: dropped)."""
-        rows, totals = {}, {}
-        for key, row in self.rows.items():
-            new_key = key_of(key)
-            if new_key is None:
-                continue
-            kept = {int(new_row[n]): w for n, w in row.items() if new_row[n] >= 0}
-            if kept:
-                rows[new_key] = kept
-                totals[new_key] = self.totals.get(key, 0.0)
-        self.rows, self.totals = rows, totals
-
-    def normalised(self, key: Hashable) -> dict[int, float]:
-        """The row as shares of everything that followed/accompanied `key` (0..1)."""
-        row = self.rows.get(key)
-        if not row:
-            return {}
-        total = self.totals.get(key) or 1.0
-        return {neighbour: weight / total for neighbour, weight in row.items()}
-
-    def arrays(self, key: Hashable) -> tuple[np.ndarray, np.ndarray]:
-        """The row as (neighbour rows (R,), weights (R,)); empty arrays if there is none."""
-        row = self.rows.get(key)
-        if not row:
-            return _NO_ROWS, _NO_WEIGHTS
-        return (
-            np.fromiter(row.keys(), dtype=np.int64, count=len(row)),
-            np.fromiter(row.values(), dtype=np.float64, count=len(row)),
-        )
-
-
-_NO_ROWS = np.zeros(0, dtype=np.int64)
-_NO_WEIGHTS = np.zeros(0, dtype=np.float64)
 
 
 @dataclass(frozen=True)
@@ -189,9 +93,9 @@ class CollaborativeSignals:
         self.config = config or CollaborativeConfig()
         cfg = self.config
         self.vocabulary = ItemVocabulary()
-        self.covisit = _Rows(cfg.max_neighbours, cfg.max_items)
-        self.next1 = _Rows(cfg.max_neighbours, cfg.max_items)
-        self.next2 = _Rows(cfg.max_neighbours, cfg.max_pairs)
+        self.covisit = NeighbourRows(cfg.max_neighbours, cfg.max_items)
+        self.next1 = NeighbourRows(cfg.max_neighbours, cfg.max_items)
+        self.next2 = NeighbourRows(cfg.max_neighbours, cfg.max_pairs)
         self._popular = np.zeros(1024, dtype=np.float64)  # (capacity,) on the long clock
         self._popular_now = np.zeros(1024, dtype=np.float64)  # (capacity,) on the short clock
         self.events = 0  # the event clock
@@ -306,7 +210,7 @@ class CollaborativeSignals:
             total_recency += recency
             recency *= self.config.recency_decay
         if not rows:
-            found = CovisitScores(_NO_ROWS, _NO_WEIGHTS)
+            found = CovisitScores(EMPTY_ROWS, EMPTY_WEIGHTS)
         else:
             all_rows = np.concatenate(rows)  # (M,)
             unique, at = np.unique(all_rows, return_inverse=True)  # (U,), (M,)

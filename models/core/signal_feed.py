@@ -33,7 +33,8 @@ from collections import OrderedDict, deque
 from collections.abc import Iterable
 from dataclasses import dataclass
 
-from streamrec.models.core.collaborative import CollaborativeSignals, ItemVocabulary
+from streamrec.models.core.collaborative import CollaborativeSignals
+from streamrec.models.core.item_rows import ItemVocabulary
 from streamrec.models.core.state import EVENT_WEIGHTS, event_id_digest
 from streamrec.stream.messages import Event
 
