@@ -21,7 +21,6 @@ from __future__ import annotations
 import json
 import os
 import signal
-import time
 from collections import Counter
 
 import pytest
@@ -176,7 +175,8 @@ def test_workers_joining_and_leaving_mid_stream_lose_nothing(run: Run) -> None:
     except AssertionError as error:  # once seen: a's recovery of a changelog partition stalled
         raise AssertionError(f"{error}\n--- a's log: recovery, assignment, seeks ---\n"
                              f"{a.log_matching(RECOVERY_LOG_PATTERN)}\n--- a's log, last lines ---\n{a.log_tail()}") from None
-    time.sleep(2.0)
+    owned_at = sender.mark()  # the stream goes on a little with a alone
+    wait_for(lambda: sender.mark() >= owned_at + 2 * RATE, 60, "events sent to a alone")
     sender.stop()
     history = sender.history()
     print(f"b joined after {joined_at} and left after {left_at} of {len(sender.sent)} events")
