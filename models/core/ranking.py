@@ -5,7 +5,7 @@ Features per (user, candidate), each in 0..1 (`FEATURES`):
   `text_last` the same to the newest item alone (scaled per user);
 - `model`: the serving scorer's score (the ranker's; 0 while the content scorer serves);
 - `covisit` (cosine, and `covisit_best` scaled per user), `covisit_seeds` (the share of the
-  user's recent items it goes with), `next`, `next2`, `popular`, `popular_now`: the
+  user's recent items it goes with), `covisit_last` (with the newest item alone), `next`, `next2`, `popular`, `popular_now`: the
   collaborative signals; `next_support` (how often the last item was followed at all) and
   `history` (how many recent items the user has) describe the user, not the candidate
   (`CONTEXT_FEATURES`: they matter only through the blend's residual, never as a reason);
@@ -13,7 +13,8 @@ Features per (user, candidate), each in 0..1 (`FEATURES`):
 
 `OnlineBlend` weighs them (a linear prior plus a small learned residual that captures how
 the signals interact, e.g. transitions that count for more after a well-followed item),
-learned test-then-learn from what users consume next (`Recommender.learn`). Users without a usable history are ranked by a second blend over the
+learned test-then-learn from what users consume next (`Recommender.learn`). Users without a
+usable history are ranked by a second blend over the
 popularity features alone. Reasons are built for the K items shown only, from the feature
 that contributed most to each item's score.
 
