@@ -186,17 +186,27 @@ class CachedItemIndex:
         if not wanted:
             return
         queries = np.stack([known[item_id].vector for item_id in wanted])  # (Q, D)
-        results = self.inner.search_batch(queries, self.depth + 1, with_items=False)  # + itself
         with self._lock:
-            for item_id, hits in zip(wanted, results):
-                kept = [n for n in hits if n.item_id != item_id][: self.depth]
-                self._lists[item_id] = (
-                    tuple(sys.intern(n.item_id) for n in kept),
-                    np.array([n.score for n in kept], dtype=np.float32),
-                )
+            for item_id, (ids, scores) in zip(wanted, self._nearest_lists(queries)):
+                if item_id in ids:  # itself, normally first
+                    at = ids.index(item_id)
+                    ids, scores = ids[:at] + ids[at + 1 :], np.delete(scores, at)
+                self._lists[item_id] = (ids[: self.depth], scores[: self.depth])
                 self._lists.move_to_end(item_id)
             while len(self._lists) > self.list_capacity:
                 self._lists.popitem(last=False)
+
+    def _nearest_lists(self, queries: np.ndarray) -> list[_NeighbourList]:
+        """Each query's `depth + 1` nearest items (itself among them) as interned ids and
+        float32 scores: from an in-memory backend as arrays, else from its search."""
+        if getattr(self.inner, "in_memory", False):  # ExactItemIndex: no Neighbour per hit
+            lists = self.inner.neighbour_lists(queries, self.depth + 1)
+        else:
+            lists = [
+                (tuple(n.item_id for n in hits), np.array([n.score for n in hits], dtype=np.float32))
+                for hits in self.inner.search_batch(queries, self.depth + 1, with_items=False)
+            ]
+        return [(tuple(map(sys.intern, ids)), scores.astype(np.float32, copy=False)) for ids, scores in lists]
 
     def _remember(self, items: Any) -> None:
         with self._lock:

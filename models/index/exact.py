@@ -66,6 +66,7 @@ class ExactItemIndex:
         self._rows: dict[str, int] = {}  # item id -> row of `_matrix`
         self._items: list[IndexedItem] = []  # by row; vectors as the backend stores them
         self._matrix = np.zeros((0, self.dim), dtype=np.float32)  # (capacity, D); rows < n used
+        self._ids_by_row: tuple[list[IndexedItem], np.ndarray] | None = None  # `_id_array`'s memory
         self._wanted = max_items > 0  # memory is to hold the catalogue (until it outgrows it)
         self._loaded = False
         try:
@@ -206,6 +207,23 @@ class ExactItemIndex:
                 answers[row] = found
         return answers
 
+    def neighbour_lists(self, queries: np.ndarray, limit: int) -> list[tuple[tuple[str, ...], np.ndarray]]:
+        """Per query (Q, D): the ids and scores (float32) of its `limit` nearest items, best
+        first, as `search_batch` finds them but as arrays, without a `Neighbour` per hit (what
+        `CachedItemIndex` keeps). Only while the catalogue is in memory."""
+        queries = np.asarray(queries, dtype=np.float32)  # (Q, D)
+        norms = np.linalg.norm(queries, axis=1)  # (Q,)
+        if self.distance == "cosine":
+            queries = queries / np.maximum(norms, 1e-12)[:, None]
+        matrix, items, _ = self._snapshot()
+        ids = self._id_array(items)
+        lists = []
+        for columns, scores, count in self._top(queries, matrix, limit, None, {}):
+            for row_columns, row_scores, row_count in zip(columns, scores, count.tolist()):
+                row_count = row_count if norms[len(lists)] > 0 else 0  # a zero query finds nothing
+                lists.append((tuple(ids[row_columns[:row_count]].tolist()), row_scores[:row_count]))
+        return lists
+
     def _nearest(
         self,
         queries: np.ndarray,  # (Q, D), normalised for cosine
@@ -215,10 +233,38 @@ class ExactItemIndex:
         with_items: bool,
     ) -> list[list[Neighbour]]:
         matrix, items, rows = self._snapshot()
-        n = len(matrix)
         answers: list[list[Neighbour]] = [[] for _ in range(len(queries))]
+        start = 0
+        for columns, scores, count in self._top(queries, matrix, limit, exclude, rows):
+            for offset, (row_columns, row_scores, row_count) in enumerate(
+                zip(columns.tolist(), scores.tolist(), count.tolist())
+            ):
+                if not live[start + offset]:
+                    continue
+                picked = [items[c] for c in row_columns[:row_count]]
+                if with_items:
+                    answers[start + offset] = [Neighbour(i.item_id, v, i) for i, v in zip(picked, row_scores)]
+                else:
+                    answers[start + offset] = [Neighbour(i.item_id, v) for i, v in zip(picked, row_scores)]
+            start += len(columns)
+        return answers
+
+    def _top(
+        self,
+        queries: np.ndarray,  # (Q, D)
+        matrix: np.ndarray,  # (N, D)
+        limit: int,
+        exclude: Sequence[Collection[str]] | None,
+        rows: dict[str, int],
+    ) -> Iterator[tuple[np.ndarray, np.ndarray, np.ndarray]]:
+        """Per block of queries: the columns (b, take) and scores (b, take) of the best items,
+        best first, and how many of them are real (b,) (left-out items sort last)."""
+        n = len(matrix)
         if n == 0:
-            return answers
+            for start in range(0, len(queries), QUERY_BLOCK):
+                b = min(QUERY_BLOCK, len(queries) - start)
+                yield np.zeros((b, 0), dtype=np.int64), np.zeros((b, 0), dtype=np.float32), np.zeros(b, dtype=np.int64)
+            return
         take = min(limit, n)
         for start in range(0, len(queries), QUERY_BLOCK):
             block = slice(start, min(start + QUERY_BLOCK, len(queries)))
@@ -226,8 +272,8 @@ class ExactItemIndex:
             if exclude is not None:
                 for offset, banned in enumerate(exclude[block]):
                     if banned:
-                        columns = [rows[i] for i in banned if i in rows]
-                        scores[offset, [c for c in columns if c < n]] = _BANNED
+                        columns = [c for c in map(rows.get, banned) if c is not None and c < n]
+                        scores[offset, columns] = _BANNED
             if take < n:
                 top = np.argpartition(-scores, take - 1, axis=1)[:, :take]  # (b, take) unordered
             else:
@@ -235,18 +281,17 @@ class ExactItemIndex:
             top_scores = np.take_along_axis(scores, top, axis=1)  # (b, take)
             order = np.argsort(-top_scores, axis=1, kind="stable")
             top_scores = np.take_along_axis(top_scores, order, axis=1)
-            kept = np.isfinite(top_scores).sum(axis=1).tolist()  # (b,) left-out items sort last
-            top = np.take_along_axis(top, order, axis=1).tolist()
-            top_scores = top_scores.tolist()
-            for offset, (columns, values, count) in enumerate(zip(top, top_scores, kept)):
-                if not live[start + offset]:
-                    continue
-                if with_items:
-                    hits = [Neighbour(items[c].item_id, v, items[c]) for c, v in zip(columns[:count], values)]
-                else:
-                    hits = [Neighbour(items[c].item_id, v) for c, v in zip(columns[:count], values)]
-                answers[start + offset] = hits
-        return answers
+            yield np.take_along_axis(top, order, axis=1), top_scores, np.isfinite(top_scores).sum(axis=1)
+
+    def _id_array(self, items: list[IndexedItem]) -> np.ndarray:
+        """The item ids by row as an object array, remembered until rows are added or the
+        memory is let go (a row replaced in place keeps its id)."""
+        cached = self._ids_by_row
+        if cached is None or cached[0] is not items or len(cached[1]) != len(items):
+            ids = np.empty(len(items), dtype=object)  # (N,)
+            ids[:] = [item.item_id for item in items]
+            cached = self._ids_by_row = (items, ids)
+        return cached[1]
 
     def scan(self, batch_size: int = 1024) -> Iterator[list[IndexedItem]]:
         if not self.in_memory:

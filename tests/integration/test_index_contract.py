@@ -52,7 +52,7 @@ def _brute_force(
     return [item_id for item_id in ranking if item_id not in banned][:limit]
 
 
-@pytest.fixture(params=["edge", "client", "cached-edge", "exact-edge", "exact-outgrown"])
+@pytest.fixture(params=["edge", "client", "cached-edge", "exact-edge", "cached-exact", "exact-outgrown"])
 def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ItemIndex]:
     backend: ItemIndex
     if request.param == "edge":
@@ -61,6 +61,9 @@ def index(request: pytest.FixtureRequest, tmp_path: Path) -> Iterator[ItemIndex]
         backend = ClientItemIndex(":memory:", DIM)
     elif request.param == "exact-edge":
         backend = ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=1000)
+    elif request.param == "cached-exact":  # the worker's stack: kept lists filled from memory
+        backend = CachedItemIndex(ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=1000),
+                                  items=64, neighbour_lists=16, depth=6)
     elif request.param == "exact-outgrown":  # lets memory go at the 21st item, mid-test
         backend = CachedItemIndex(ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=20),
                                   items=64, neighbour_lists=16, depth=6)
@@ -319,3 +322,20 @@ def test_exact_index_reads_back_what_the_backend_holds_and_lets_memory_go_past_i
         assert not too_big.in_memory and too_big.count() == 30
     finally:
         too_big.close()
+
+
+def test_exact_neighbour_lists_are_search_batch_as_arrays(tmp_path: Path) -> None:
+    items = _items(40, seed=5)
+    index = ExactItemIndex(EdgeItemIndex(tmp_path / "edge", DIM), max_items=100)
+    try:
+        index.upsert(items)
+        queries = np.concatenate([_unit_rows(3, seed=6) * 2.0, np.zeros((1, DIM), dtype=np.float32)])  # (4, D)
+        lists = index.neighbour_lists(queries, limit=7)
+        hits = index.search_batch(queries, limit=7, with_items=False)
+        assert [ids for ids, _ in lists] == [tuple(n.item_id for n in row) for row in hits]
+        for (_, scores), row in zip(lists, hits):
+            np.testing.assert_allclose(scores, [n.score for n in row], atol=ATOL)
+        assert lists[0][0] == tuple(_brute_force(items, queries[0] / 2.0, set(), 7))
+        assert lists[3] == ((), lists[3][1]) and len(lists[3][1]) == 0  # a zero query finds nothing
+    finally:
+        index.close()
