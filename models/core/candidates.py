@@ -211,13 +211,9 @@ class Retriever:
         longest = max((state.n_consumed for state in states), default=0)
         popular = self.popular_in_catalogue(2 * k + min(longest, 4 * k))
         for state, user_candidates in zip(states, candidates):
-            added = 0
-            for item in popular:
-                if added >= 3 * k:
-                    break
-                if not state.has_consumed(item.item_id):
-                    user_candidates.setdefault(item.item_id, (item, Source.TRENDING))
-                    added += 1
+            consumed = state.consumed_ids
+            for item in [item for item in popular if item.item_id not in consumed][: 3 * k]:
+                user_candidates.setdefault(item.item_id, (item, Source.TRENDING))
 
     def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
         """Up to `n` of the most popular items (trending, all-time, now) that the catalogue

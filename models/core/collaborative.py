@@ -234,7 +234,14 @@ class CollaborativeSignals:
         return scores
 
     # --- features -----------------------------------------------------------------------
-    def features(self, user_items: Sequence[str], candidates: Sequence[str]) -> np.ndarray:
+    def rows_of_ids(self, item_ids: Sequence[str]) -> np.ndarray:
+        """(N,) vocabulary rows of `item_ids`, -1 for those never seen in an event."""
+        get = self.vocabulary.rows.get
+        return np.fromiter((get(item, -1) for item in item_ids), dtype=np.int64, count=len(item_ids))
+
+    def features(
+        self, user_items: Sequence[str], candidates: Sequence[str], rows: np.ndarray | None = None
+    ) -> np.ndarray:
         """(C, len(FEATURES)) signal values of each candidate for this user (0 where nothing
         is known).
 
@@ -242,13 +249,13 @@ class CollaborativeSignals:
         outweighs a weak one) and scaled to 0..1 among the user's candidates (which candidate
         is this user's best, whatever the strength). Transitions are shares of what followed
         the user's last item(s); popularity is scaled to 0..1 among the candidates.
+        `rows`: the candidates' `rows_of_ids`, when the caller has them already.
         """
         table = np.zeros((len(candidates), len(FEATURES)), dtype=np.float32)  # (C, F)
         if not candidates:
             return table
-        rows = np.fromiter(
-            (self.vocabulary.rows.get(c, -1) for c in candidates), dtype=np.int64, count=len(candidates)
-        )  # (C,) -1: never seen in an event
+        if rows is None:
+            rows = self.rows_of_ids(candidates)  # (C,) -1: never seen in an event
         known = rows >= 0
         covisit = self.covisit_scores(user_items)
         table[:, 0] = covisit.lookup(rows)
@@ -257,16 +264,11 @@ class CollaborativeSignals:
         last = self.vocabulary.get(user_items[-1]) if user_items else None
         before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
         if last is not None:
-            neighbours, counts = self.covisit.arrays(last)  # (R,), (R,)
-            if len(neighbours):
-                order = np.argsort(neighbours)
-                table[:, 3] = CovisitScores(neighbours[order], counts[order]).lookup(rows)
-        for column, shares in (
-            (4, self.next1.normalised(last) if last is not None else {}),
-            (5, self.next2.normalised((before, last)) if last is not None and before is not None else {}),
-        ):
-            if shares:
-                table[:, column] = [shares.get(row, 0.0) for row in rows.tolist()]
+            table[:, 3] = _row_lookup(*self.covisit.arrays(last), rows)
+            table[:, 4] = _row_lookup(*self.next1.arrays(last), rows, total=self.next1.totals.get(last))
+            if before is not None:
+                pair = (before, last)
+                table[:, 5] = _row_lookup(*self.next2.arrays(pair), rows, total=self.next2.totals.get(pair))
         if last is not None:
             followed = self.next1.totals.get(last, 0.0) / self._growth  # decayed events after the last item
             table[:, 6] = followed / (followed + SUPPORT_HALF)
@@ -300,6 +302,18 @@ class CollaborativeSignals:
 
     def __len__(self) -> int:
         return len(self.vocabulary)
+
+
+def _row_lookup(
+    neighbours: np.ndarray, weights: np.ndarray, rows: np.ndarray, total: float | None = None
+) -> np.ndarray:
+    """(C,) the weight of each of `rows` (C,) in a neighbour row (`neighbours`, `weights`,
+    both (R,)), divided by `total` when given (shares, as `NeighbourRows.normalised`); 0 where absent."""
+    if len(neighbours) == 0:
+        return np.zeros(len(rows), dtype=np.float64)
+    order = np.argsort(neighbours)
+    values = weights[order] / (total or 1.0) if total is not None else weights[order]
+    return CovisitScores(neighbours[order], values).lookup(rows)
 
 
 def _distinct_newest_first(items: Sequence[str], n: int) -> list[str]:

@@ -136,7 +136,7 @@ class ListRanker:
         users: torch.Tensor | None,
         scorer: Scorer,
     ) -> list[RankedCandidates]:
-        batch, ids = pad(profiles, candidates, users)
+        batch, ids, table = pad(profiles, candidates, users)
         text = self._text.score(batch)  # (B, C)
         mask = batch.candidate_mask.numpy()  # (B, C)
         features = np.zeros((*mask.shape, len(FEATURES)), dtype=np.float32)  # (B, C, F)
@@ -146,8 +146,14 @@ class ListRanker:
         if not isinstance(scorer, ContentScorer):  # the content scorer's score is `text` already
             model = scorer.score(batch)  # (B, C)
             features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
+        trending = np.asarray(self.trending.scores(table.ids), dtype=np.float32)  # (U,)
+        vocabulary_rows = self.collaborative.rows_of_ids(table.ids) if self.collaborative is not None else None  # (U,)
         for b, profile in enumerate(profiles):
-            self._fill_counts(features[b, : len(ids[b])], profile, ids[b])
+            n = len(ids[b])
+            self._fill_counts(
+                features[b, :n], profile, ids[b], table.gather(trending, b, n),
+                table.gather(vocabulary_rows, b, n) if vocabulary_rows is not None else None,
+            )
         weights = self.blend.weights.astype(np.float32)
         contributions = features * weights  # (B, C, F) the linear part, for the reasons
         scores = np.where(mask, self.blend.score(features), -np.inf)  # (B, C)
@@ -174,14 +180,25 @@ class ListRanker:
             results.append(RankedCandidates(items, served))
         return results
 
-    def _fill_counts(self, features: np.ndarray, profile: Profile, ids: Sequence[str]) -> None:
-        """The collaborative and trending columns of one user's (C, F) features, in place."""
+    def _fill_counts(
+        self,
+        features: np.ndarray,
+        profile: Profile,
+        ids: Sequence[str],
+        trending: np.ndarray | None = None,
+        vocabulary_rows: np.ndarray | None = None,
+    ) -> None:
+        """The collaborative and trending columns of one user's (C, F) features, in place
+        (`trending` (C,) and the candidates' `vocabulary_rows` (C,): looked up here if not given)."""
         if not ids:
             return
         if self.collaborative is not None:
             start = FEATURES.index(COLLABORATIVE_FEATURES[0])
-            features[:, start : start + len(COLLABORATIVE_FEATURES)] = self.collaborative.features(profile.items, ids)
-        trending = np.asarray(self.trending.scores(ids), dtype=np.float32)  # (C,)
+            features[:, start : start + len(COLLABORATIVE_FEATURES)] = self.collaborative.features(
+                profile.items, ids, vocabulary_rows
+            )
+        if trending is None:
+            trending = np.asarray(self.trending.scores(ids), dtype=np.float32)  # (C,)
         peak = float(trending.max(initial=0.0))
         features[:, FEATURES.index("trending")] = trending / peak if peak > 0 else 0.0
 
@@ -285,12 +302,27 @@ def _scale_per_user(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
+@dataclass(frozen=True)
+class CandidateTable:
+    """A micro-batch's distinct candidates: `ids` (U,) with row 0 the padding, and each
+    user's candidates as rows of it, `rows` (B, C). Per-item signals are looked up once per
+    distinct item and gathered."""
+
+    ids: list[str]
+    rows: np.ndarray  # (B, C) int64
+
+    def gather(self, per_item: np.ndarray, b: int, n: int) -> np.ndarray:
+        """User `b`'s first `n` candidates' values of `per_item` (U,): (n,)."""
+        return per_item[self.rows[b, :n]]
+
+
 def pad(
     profiles: Sequence[Profile],
     candidates: Sequence[Candidates],
     users: torch.Tensor | None = None,
-) -> tuple[ScoringBatch, list[list[str]]]:
-    """Pack users into padded tensors; also return candidate ids per row."""
+) -> tuple[ScoringBatch, list[list[str]], CandidateTable]:
+    """Pack users into padded tensors; also return candidate ids per row and the batch's
+    table of distinct candidates."""
     dim = profiles[0].history[0].vector.shape[0]
     n_users = len(profiles)
     max_history = max(len(p.history) for p in profiles)
@@ -302,21 +334,18 @@ def pad(
     ids: list[list[str]] = []
     # Users share many candidates (trending, co-visited): each distinct item's vector is
     # stacked once, and the (B, C, D) batch is one gather from that table.
-    row_of: dict[str, int] = {}
-    vectors: list[np.ndarray] = [np.zeros(dim, dtype=np.float32)]  # row 0: padding
+    row_of: dict[str, int] = {"": 0}  # row 0: padding
+    vectors: list[np.ndarray] = [np.zeros(dim, dtype=np.float32)]
     for b, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
         history[b, : len(profile.history)] = np.stack([item.vector for item in profile.history])
         weights[b, : len(profile.weights)] = profile.weights
         row_ids = list(user_candidates)
-        user_rows = []
         for item_id in row_ids:
-            row = row_of.get(item_id)
-            if row is None:
-                row = row_of[item_id] = len(vectors)
+            if item_id not in row_of:
+                row_of[item_id] = len(vectors)
                 vectors.append(user_candidates[item_id][0].vector)
-            user_rows.append(row)
-        rows[b, : len(user_rows)] = user_rows
-        mask[b, : len(user_rows)] = True
+        rows[b, : len(row_ids)] = [row_of[item_id] for item_id in row_ids]
+        mask[b, : len(row_ids)] = True
         ids.append(row_ids)
     cand = np.stack(vectors)[rows]  # (U, D) -> (B, C, D)
     batch = ScoringBatch(
@@ -327,4 +356,4 @@ def pad(
         candidate_ids=ids,
         user_vectors=users,
     )
-    return batch, ids
+    return batch, ids, CandidateTable(list(row_of), rows)

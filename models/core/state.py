@@ -23,7 +23,7 @@ import hashlib
 import math
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import Sequence
+from collections.abc import KeysView, Sequence
 from dataclasses import dataclass
 from typing import Any
 
@@ -200,6 +200,11 @@ class UserState:
     @property
     def consumed(self) -> frozenset[str]:
         return frozenset(self._consumed)
+
+    @property
+    def consumed_ids(self) -> KeysView[str]:
+        """The consumed item ids as a live read-only view (no copy: for membership tests)."""
+        return self._consumed.keys()
 
     def has_consumed(self, item_id: str) -> bool:
         return item_id in self._consumed
