@@ -16,6 +16,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
+from itertools import islice
 
 import numpy as np
 import torch
@@ -212,7 +213,7 @@ class Retriever:
         popular = self.popular_in_catalogue(2 * k + min(longest, 4 * k))
         for state, user_candidates in zip(states, candidates):
             consumed = state.consumed_ids
-            for item in [item for item in popular if item.item_id not in consumed][: 3 * k]:
+            for item in islice((item for item in popular if item.item_id not in consumed), 3 * k):
                 user_candidates.setdefault(item.item_id, (item, Source.TRENDING))
 
     def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
