@@ -13,6 +13,7 @@
 from __future__ import annotations
 
 import asyncio
+import re
 import subprocess
 import sys
 import time
@@ -196,7 +197,10 @@ async def test_broker_down_and_back(
         broker.stop()
     log = log_path.read_text(errors="replace")
     assert "Traceback" not in log, log[-4000:]
-    assert "Connect call failed" in log  # the outage did reach the worker
+    # The outage did reach the worker. Which connection error comes first depends on timing
+    # (refused at connect, or closed under a fetch), and repeats of one message template are
+    # held back (`log_filters.RepeatedErrorLimiter`), so any of them, with the broker hint.
+    assert re.search(r"(Connect call failed|KafkaConnectionError|Unable connect to node).*is the broker at", log), log[-4000:]
 
 
 async def test_qdrant_unreachable_serves_trending_and_holds_the_catalogue(
