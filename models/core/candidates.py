@@ -16,7 +16,7 @@ import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice
+from itertools import islice, zip_longest
 
 import numpy as np
 import torch
@@ -206,19 +206,22 @@ class Retriever:
 
     def _add_popular(self, states: Sequence[UserState], candidates: list[Candidates]) -> None:
         """The top trending and popular items *in the catalogue* join every user's candidates:
-        enough of them that `k` are left once a user's consumed items are removed (items seen
-        only in events are skipped before counting, so they never make a list come out short)."""
+        the first 3k the user has not consumed, of one list the same for everyone in the batch
+        (so a user's candidates do not depend on who else is in it), long enough that k are
+        left after a long history's items are removed (items seen only in events are skipped
+        before counting, so they never make a list come out short)."""
         k = self.config.k
-        longest = max((state.n_consumed for state in states), default=0)
-        popular = self.popular_in_catalogue(2 * k + min(longest, 4 * k))
+        popular = self.popular_in_catalogue(6 * k)
         for state, user_candidates in zip(states, candidates):
             consumed = state.consumed_ids
             for item in islice((item for item in popular if item.item_id not in consumed), 3 * k):
                 user_candidates.setdefault(item.item_id, (item, Source.TRENDING))
 
     def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
-        """Up to `n` of the most popular items (trending, all-time, now) that the catalogue
-        holds, asking the counts for more while items outside the catalogue crowd the top.
+        """At least `n` of the most popular items that the catalogue holds (when it has them):
+        the trending, all-time and "now" rankings interleaved (first of each, then second of
+        each, ...), so any prefix mixes the three; asking the counts for more while items
+        outside the catalogue crowd the top.
         Recomputed every `POPULAR_REFRESH_EVENTS` events (the ranking scores them fresh), and
         whenever fewer than `n` were found (the catalogue may have grown since)."""
         key = (n, self.trending.learned // POPULAR_REFRESH_EVENTS)
@@ -245,11 +248,11 @@ class Retriever:
     def _popular_in_catalogue(self, n: int) -> list[IndexedItem]:
         want = n
         while True:
-            ranked = [item for item, _ in self.trending.top(want)]
+            rankings = [[item for item, _ in self.trending.top(want)]]
             if self.collaborative is not None:
-                ranked += [item for item, _ in self.collaborative.most_popular(want)]
-                ranked += [item for item, _ in self.collaborative.most_popular(want, now=True)]
-            ranked = list(dict.fromkeys(ranked))
+                rankings.append([item for item, _ in self.collaborative.most_popular(want)])
+                rankings.append([item for item, _ in self.collaborative.most_popular(want, now=True)])
+            ranked = list(dict.fromkeys(item for tier in zip_longest(*rankings) for item in tier if item is not None))
             known = self.index.get(ranked) if ranked else {}
             found = [known[item] for item in ranked if item in known]
             exhausted = len(ranked) < want or want >= 64 * n

@@ -194,3 +194,28 @@ def test_a_batch_read_again_is_learned_once_and_still_answered() -> None:
     assert {k: v for k, v in state.to_dict().items() if k != "served"} == {
         k: v for k, v in learned.items() if k != "served"
     }
+
+
+def test_a_users_candidates_do_not_depend_on_who_else_is_in_the_batch() -> None:
+    """The popular candidates a user gets are the same alone and beside a user with a long
+    history (the popular list was once cut to a length set by the batch's longest history)."""
+    t0 = 1_750_000_000.0
+    rec = _recommender(_clustered_catalogue(per_cluster=30))
+    # Popular over all time: the c0 items, three events each, early. Trending now: the c1 items,
+    # one event each, ten hours (ten trending half-lives) later.
+    rec.process_batch([UserBatch(UserState(f"e{j}"), [event(f"e{j}", f"c0-{j}", n, ts=t0 + n) for n in range(3)])
+                       for j in range(30)])
+    rec.process_batch([UserBatch(UserState(f"l{j}"), [event(f"l{j}", f"c1-{j}", 0, ts=t0 + 36_000 + j)])
+                       for j in range(30)])
+    light, heavy = UserState("light"), UserState("heavy")
+    rec.learn([UserBatch(light, [event("light", "c2-0", 0, ts=t0 + 36_100)])])
+    rec.learn([UserBatch(heavy, [event("heavy", f"c2-{n}", n, ts=t0 + 36_100 + n) for n in range(1, 30)])])
+
+    def candidates(states: list[UserState]) -> set[str]:
+        rec.recommend(states)  # no learning: the same counts for both calls
+        served = rec.served.take("light")
+        assert served is not None
+        return set(served.ids)
+
+    alone, beside = candidates([light]), candidates([light, heavy])
+    assert alone == beside, (sorted(alone - beside), sorted(beside - alone))
