@@ -42,7 +42,13 @@ from dataclasses import dataclass
 
 import numpy as np
 
-from streamrec.models.core.item_rows import EMPTY_ROWS, EMPTY_WEIGHTS, ItemVocabulary, NeighbourRows
+from streamrec.models.core.item_rows import (
+    EMPTY_ROWS,
+    EMPTY_WEIGHTS,
+    ItemVocabulary,
+    NeighbourRows,
+    lookup_sorted,
+)
 
 REBASE_AFTER_HALF_LIVES = 60.0  # rescale stored counts once they grow by 2**60
 
@@ -80,10 +86,9 @@ class CovisitScores:
         """(C,) scores (or seed shares) of `rows` (C,), 0 for those without one (or -1: not in
         the vocabulary)."""
         values = self.seeds if seeds else self.scores
-        if len(self.rows) == 0 or values is None:
+        if values is None:
             return np.zeros(len(rows), dtype=np.float64)
-        at = np.minimum(np.searchsorted(self.rows, rows), len(self.rows) - 1)
-        return np.where(self.rows[at] == rows, values[at], 0.0)
+        return lookup_sorted(self.rows, values, rows)
 
 
 class CollaborativeSignals:
@@ -264,11 +269,10 @@ class CollaborativeSignals:
         last = self.vocabulary.get(user_items[-1]) if user_items else None
         before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
         if last is not None:
-            table[:, 3] = _row_lookup(*self.covisit.arrays(last), rows)
-            table[:, 4] = _row_lookup(*self.next1.arrays(last), rows, total=self.next1.totals.get(last))
+            table[:, 3] = self.covisit.lookup(last, rows)
+            table[:, 4] = self.next1.lookup(last, rows, shares=True)
             if before is not None:
-                pair = (before, last)
-                table[:, 5] = _row_lookup(*self.next2.arrays(pair), rows, total=self.next2.totals.get(pair))
+                table[:, 5] = self.next2.lookup((before, last), rows, shares=True)
         if last is not None:
             followed = self.next1.totals.get(last, 0.0) / self._growth  # decayed events after the last item
             table[:, 6] = followed / (followed + SUPPORT_HALF)
@@ -302,18 +306,6 @@ class CollaborativeSignals:
 
     def __len__(self) -> int:
         return len(self.vocabulary)
-
-
-def _row_lookup(
-    neighbours: np.ndarray, weights: np.ndarray, rows: np.ndarray, total: float | None = None
-) -> np.ndarray:
-    """(C,) the weight of each of `rows` (C,) in a neighbour row (`neighbours`, `weights`,
-    both (R,)), divided by `total` when given (shares, as `NeighbourRows.normalised`); 0 where absent."""
-    if len(neighbours) == 0:
-        return np.zeros(len(rows), dtype=np.float64)
-    order = np.argsort(neighbours)
-    values = weights[order] / (total or 1.0) if total is not None else weights[order]
-    return CovisitScores(neighbours[order], values).lookup(rows)
 
 
 def _distinct_newest_first(items: Sequence[str], n: int) -> list[str]:

@@ -102,6 +102,20 @@ class NeighbourRows:
         total = self.totals.get(key) or 1.0
         return {neighbour: weight / total for neighbour, weight in row.items()}
 
+    def lookup(self, key: Hashable, rows: np.ndarray, shares: bool = False) -> np.ndarray:
+        """(C,) the weight of each of `rows` (C,) in `key`'s row (with `shares`: as a share of
+        the row's total, as `normalised`), 0 where absent.
+
+        >>> table = NeighbourRows(max_neighbours=4, max_rows=4)
+        >>> table.add("k", 3, 1.0); table.add("k", 1, 3.0)
+        >>> table.lookup("k", np.array([1, 2, 3]), shares=True).tolist()
+        [0.75, 0.0, 0.25]
+        """
+        neighbours, weights = self.arrays(key)  # (R,), (R,)
+        order = np.argsort(neighbours)
+        values = weights[order] / (self.totals.get(key) or 1.0) if shares else weights[order]
+        return lookup_sorted(neighbours[order], values, rows)
+
     def arrays(self, key: Hashable) -> tuple[np.ndarray, np.ndarray]:
         """The row as (neighbour rows (R,), weights (R,)); empty arrays if there is none."""
         row = self.rows.get(key)
@@ -115,3 +129,15 @@ class NeighbourRows:
 
 EMPTY_ROWS = np.zeros(0, dtype=np.int64)
 EMPTY_WEIGHTS = np.zeros(0, dtype=np.float64)
+
+
+def lookup_sorted(keys: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
+    """(C,) `values[i]` where `keys[i] == rows[c]`, else 0; `keys` (M,) sorted ascending.
+
+    >>> lookup_sorted(np.array([2, 5]), np.array([0.5, 1.5]), np.array([5, 3, 2, -1])).tolist()
+    [1.5, 0.0, 0.5, 0.0]
+    """
+    if len(keys) == 0:
+        return np.zeros(len(rows), dtype=np.float64)
+    at = np.minimum(np.searchsorted(keys, rows), len(keys) - 1)
+    return np.where(keys[at] == rows, values[at], 0.0)
