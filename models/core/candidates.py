@@ -12,36 +12,23 @@ become candidates, since nothing could be shown for them.
 
 from __future__ import annotations
 
-import enum
 import math
 from collections.abc import Sequence
 from dataclasses import dataclass, field
-from itertools import islice, zip_longest
+from itertools import zip_longest
 
 import numpy as np
 import torch
 
+from streamrec.models.core.candidate_batch import CandidateBatch, CandidateCollector, Source
 from streamrec.models.core.collaborative import CollaborativeSignals
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.scoring import SequenceScorer
 from streamrec.models.core.state import EVENT_WEIGHTS, Interaction, UserState
-from streamrec.models.index.protocol import IndexedItem, ItemIndex, Neighbour
+from streamrec.models.index.protocol import IndexedItem, ItemIndex
 
 _MIN_WEIGHT = 1e-6
 POPULAR_REFRESH_EVENTS = 32  # the popular candidates are looked up again after this many events
-
-
-class Source(enum.Enum):
-    """Where a candidate came from; it decides the reason shown with the item."""
-
-    NEIGHBOUR = "neighbour"  # text-similar to one of the user's recent items
-    MODEL = "model"  # the ranker's retrieval (user vector against item vectors)
-    COVISIT = "covisit"  # often consumed near one of the user's recent items
-    NEXT = "next"  # often consumed right after the user's last item
-    TRENDING = "trending"  # popular now or overall
-
-
-Candidates = dict[str, tuple[IndexedItem, Source]]  # item id -> (text-space item, first source)
 
 
 @dataclass
@@ -125,7 +112,10 @@ class Retriever:
         profiles: Sequence[Profile],
         users: torch.Tensor | None,
         scorer: SequenceScorer | None,
-    ) -> list[Candidates]:
+    ) -> CandidateBatch:
+        """Every user's candidates from every source, in order of precedence: text neighbours
+        of the recent items (or of the content user vector), the ranker's retrieval,
+        transitions, co-visitation, popular items."""
         cfg = self.config
         limit = max(cfg.neighbours_per_item, cfg.k)  # enough to fill a list
         seeds: list[str] = []  # item ids whose text neighbours are candidates
@@ -140,82 +130,39 @@ class Retriever:
             if scorer is None and len(profile.history) > 1:
                 queries.append(content_user_vector(profile))
                 query_rows.append(row)
-        candidates: list[Candidates] = [{} for _ in states]
-        consumed = {row: states[row].consumed for row in {*seed_rows, *query_rows, *model_rows}}
+        consumed = [state.consumed_ids for state in states]
+        collector = CandidateCollector(len(states), consumed)
         if seeds:
             results = self.index.similar(seeds, limit=limit, exclude=[consumed[row] for row in seed_rows])
-            self._collect(candidates, seed_rows, results, Source.NEIGHBOUR)
+            collector.add_hits(seed_rows, results, Source.NEIGHBOUR)
         if queries:
             results = self.index.search_batch(
                 np.stack(queries),  # (Q, D)
                 limit=limit,
                 exclude=[consumed[row] for row in query_rows],
             )
-            self._collect(candidates, query_rows, results, Source.NEIGHBOUR)
+            collector.add_hits(query_rows, results, Source.NEIGHBOUR)
         if scorer is not None and users is not None and model_rows:
             model_queries = scorer.queries(users[model_rows])  # (Q', D')
             results = scorer.retrieval.search_batch(
                 model_queries, limit=limit, exclude=[consumed[row] for row in model_rows]
             )
-            bare = [[Neighbour(n.item_id, n.score) for n in hits] for hits in results]
-            self._collect(candidates, list(model_rows), bare, Source.MODEL)  # model vectors: text fetched
-        self._add_collaborative(states, profiles, candidates)
-        self._add_popular(states, candidates)
-        return candidates
+            # Model-space vectors: the items' text vectors are fetched from the catalogue.
+            collector.add(model_rows, [[hit.item_id for hit in hits] for hits in results], Source.MODEL)
+        self._add_collaborative(profiles, collector)
+        collector.add_shared(self.popular_in_catalogue(6 * cfg.k), 3 * cfg.k, Source.TRENDING)
+        return collector.build(self.index.get)
 
-    def _collect(
-        self,
-        candidates: list[Candidates],
-        owners: Sequence[int],
-        results: Sequence[Sequence[Neighbour]],
-        source: Source,
-    ) -> None:
-        """Add search hits to their users' candidates (the first source to find one wins)."""
-        # Hits carry their items; fetch (once per batch) only those an index left bare.
-        bare = sorted({n.item_id for hits in results for n in hits if n.item is None})
-        known = self.index.get(bare) if bare else {}
-        for row, hits in zip(owners, results):
-            for hit in hits:
-                item = hit.item or known.get(hit.item_id)
-                if item is not None:
-                    candidates[row].setdefault(item.item_id, (item, source))
-
-    def _add_collaborative(
-        self, states: Sequence[UserState], profiles: Sequence[Profile], candidates: list[Candidates]
-    ) -> None:
-        """Co-visited items and items that came next, for users with any recent item."""
+    def _add_collaborative(self, profiles: Sequence[Profile], collector: CandidateCollector) -> None:
+        """Items that came next, then co-visited items, for users with any recent item."""
         signals = self.collaborative
         if signals is None:
             return
-        found: list[list[tuple[str, Source]]] = []
-        for state, profile in zip(states, profiles):
-            hits: list[tuple[str, Source]] = []
-            if profile.items:
-                hits += [(item, Source.NEXT) for item, _ in signals.next_after(profile.items)]
-                hits += [(item, Source.COVISIT) for item, _ in signals.covisited(profile.items)]
-            found.append([(item, source) for item, source in hits if not state.has_consumed(item)])
-        wanted = sorted({item for hits in found for item, _ in hits} - {i for c in candidates for i in c})
-        known = self.index.get(wanted) if wanted else {}
-        for user_candidates, hits in zip(candidates, found):
-            for item_id, source in hits:
-                if item_id in user_candidates:
-                    continue
-                item = known.get(item_id)
-                if item is not None:
-                    user_candidates[item_id] = (item, source)
-
-    def _add_popular(self, states: Sequence[UserState], candidates: list[Candidates]) -> None:
-        """The top trending and popular items *in the catalogue* join every user's candidates:
-        the first 3k the user has not consumed, of one list the same for everyone in the batch
-        (so a user's candidates do not depend on who else is in it), long enough that k are
-        left after a long history's items are removed (items seen only in events are skipped
-        before counting, so they never make a list come out short)."""
-        k = self.config.k
-        popular = self.popular_in_catalogue(6 * k)
-        for state, user_candidates in zip(states, candidates):
-            consumed = state.consumed_ids
-            for item in islice((item for item in popular if item.item_id not in consumed), 3 * k):
-                user_candidates.setdefault(item.item_id, (item, Source.TRENDING))
+        owners = [row for row, profile in enumerate(profiles) if profile.items]
+        collector.add(owners, [[item for item, _ in signals.next_after(profiles[row].items)] for row in owners],
+                      Source.NEXT, skip_consumed=True)
+        collector.add(owners, [[item for item, _ in signals.covisited(profiles[row].items)] for row in owners],
+                      Source.COVISIT, skip_consumed=True)
 
     def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
         """At least `n` of the most popular items that the catalogue holds (when it has them):

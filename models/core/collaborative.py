@@ -47,6 +47,7 @@ from streamrec.models.core.item_rows import (
     EMPTY_WEIGHTS,
     ItemVocabulary,
     NeighbourRows,
+    lookup_segments,
     lookup_sorted,
 )
 
@@ -248,41 +249,61 @@ class CollaborativeSignals:
         self, user_items: Sequence[str], candidates: Sequence[str], rows: np.ndarray | None = None
     ) -> np.ndarray:
         """(C, len(FEATURES)) signal values of each candidate for this user (0 where nothing
-        is known).
+        is known): `batch_features` for one user. `rows`: the candidates' `rows_of_ids`, when
+        the caller has them already."""
+        if rows is None:
+            rows = self.rows_of_ids(candidates)  # (C,) -1: never seen in an event
+        return self.batch_features([user_items], np.asarray(rows, dtype=np.int64)[None, :])[0]
+
+    def batch_features(self, user_items: Sequence[Sequence[str]], rows: np.ndarray) -> np.ndarray:
+        """(B, C, len(FEATURES)) signal values of each user's candidates, `rows` (B, C) their
+        vocabulary rows (-1: never seen in an event, or padding), in a few array operations
+        for the whole batch.
 
         Co-visitation comes twice: as its cosine (comparable across users: a strong pattern
         outweighs a weak one) and scaled to 0..1 among the user's candidates (which candidate
         is this user's best, whatever the strength). Transitions are shares of what followed
         the user's last item(s); popularity is scaled to 0..1 among the candidates.
-        `rows`: the candidates' `rows_of_ids`, when the caller has them already.
         """
-        table = np.zeros((len(candidates), len(FEATURES)), dtype=np.float32)  # (C, F)
-        if not candidates:
+        n_users, width = rows.shape
+        table = np.zeros((n_users, width, len(FEATURES)), dtype=np.float32)  # (B, C, F)
+        if width == 0 or n_users == 0:
             return table
-        if rows is None:
-            rows = self.rows_of_ids(candidates)  # (C,) -1: never seen in an event
+        covisit = [self.covisit_scores(items) for items in user_items]
+        table[..., 0] = lookup_segments([(found.rows, found.scores) for found in covisit], rows)
+        table[..., 1] = table[..., 0]
+        table[..., 2] = lookup_segments(
+            [(found.rows, found.seeds) if found.seeds is not None else (EMPTY_ROWS, EMPTY_WEIGHTS)
+             for found in covisit], rows)
+        lasts = [self.vocabulary.get(items[-1]) if items else None for items in user_items]
+        befores = [self.vocabulary.get(items[-2]) if len(items) > 1 else None for items in user_items]
+        rows_of: dict[tuple[int, object], tuple[np.ndarray, np.ndarray]] = {}  # one sort per distinct key
+
+        def segment(table_number: int, key: object, shares: bool) -> tuple[np.ndarray, np.ndarray]:
+            if key is None:
+                return EMPTY_ROWS, EMPTY_WEIGHTS
+            found = rows_of.get((table_number, key))
+            if found is None:
+                source = (self.covisit, self.next1, self.next2)[table_number]
+                found = rows_of[(table_number, key)] = source.sorted_arrays(key, shares)
+            return found
+
+        table[..., 3] = lookup_segments([segment(0, last, False) for last in lasts], rows)
+        table[..., 4] = lookup_segments([segment(1, last, True) for last in lasts], rows)
+        table[..., 5] = lookup_segments(
+            [segment(2, (before, last) if last is not None and before is not None else None, True)
+             for before, last in zip(befores, lasts)], rows)
+        for b, last in enumerate(lasts):
+            if last is not None:
+                followed = self.next1.totals.get(last, 0.0) / self._growth  # decayed events after the last item
+                table[b, :, 6] = followed / (followed + SUPPORT_HALF)
+            table[b, :, 7] = len(_distinct_newest_first(user_items[b], self.config.seed_items)) / self.config.seed_items
         known = rows >= 0
-        covisit = self.covisit_scores(user_items)
-        table[:, 0] = covisit.lookup(rows)
-        table[:, 1] = table[:, 0]
-        table[:, 2] = covisit.lookup(rows, seeds=True)
-        last = self.vocabulary.get(user_items[-1]) if user_items else None
-        before = self.vocabulary.get(user_items[-2]) if len(user_items) > 1 else None
-        if last is not None:
-            table[:, 3] = self.covisit.lookup(last, rows)
-            table[:, 4] = self.next1.lookup(last, rows, shares=True)
-            if before is not None:
-                table[:, 5] = self.next2.lookup((before, last), rows, shares=True)
-        if last is not None:
-            followed = self.next1.totals.get(last, 0.0) / self._growth  # decayed events after the last item
-            table[:, 6] = followed / (followed + SUPPORT_HALF)
-        table[:, 7] = len(_distinct_newest_first(user_items, self.config.seed_items)) / self.config.seed_items
         table[known, 8] = np.log1p(self._popular[rows[known]] / self._growth)
         table[known, 9] = np.log1p(self._popular_now[rows[known]] / self._growth_now)
-        for column in _SCALED_COLUMNS:
-            peak = table[:, column].max(initial=0.0)
-            if peak > 0:
-                table[:, column] /= peak
+        columns = list(_SCALED_COLUMNS)
+        peaks = table[..., columns].max(axis=1, initial=0.0, keepdims=True)  # (B, 1, 4)
+        table[..., columns] /= np.where(peaks > 0, peaks, np.float32(1.0))
         return table
 
     def most_popular(self, n: int, now: bool = False) -> list[tuple[str, float]]:

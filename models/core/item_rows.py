@@ -14,7 +14,7 @@ directions. The collaborative signals (`collaborative.py`) are built from these 
 from __future__ import annotations
 
 import heapq
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Sequence
 
 import numpy as np
 
@@ -111,10 +111,14 @@ class NeighbourRows:
         >>> table.lookup("k", np.array([1, 2, 3]), shares=True).tolist()
         [0.75, 0.0, 0.25]
         """
+        return lookup_sorted(*self.sorted_arrays(key, shares), rows)
+
+    def sorted_arrays(self, key: Hashable, shares: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The row as (neighbour rows (R,) ascending, weights (R,)), as shares with `shares`."""
         neighbours, weights = self.arrays(key)  # (R,), (R,)
         order = np.argsort(neighbours)
         values = weights[order] / (self.totals.get(key) or 1.0) if shares else weights[order]
-        return lookup_sorted(neighbours[order], values, rows)
+        return neighbours[order], values
 
     def arrays(self, key: Hashable) -> tuple[np.ndarray, np.ndarray]:
         """The row as (neighbour rows (R,), weights (R,)); empty arrays if there is none."""
@@ -131,6 +135,26 @@ EMPTY_ROWS = np.zeros(0, dtype=np.int64)
 EMPTY_WEIGHTS = np.zeros(0, dtype=np.float64)
 
 
+def lookup_segments(segments: Sequence[tuple[np.ndarray, np.ndarray]], rows: np.ndarray) -> np.ndarray:
+    """(B, C) `lookup_sorted(*segments[b], rows[b])` for every b in one search: each user's
+    sorted keys are offset by `b * width` (width above every key), so their concatenation is
+    sorted too. `rows` (B, C), -1 (or any negative row) matches nothing.
+
+    >>> segments = [(np.array([2, 5]), np.array([0.5, 1.5])), (np.array([5]), np.array([9.0]))]
+    >>> lookup_segments(segments, np.array([[5, 2, -1], [2, 5, 5]])).tolist()
+    [[1.5, 0.5, 0.0], [0.0, 9.0, 9.0]]
+    """
+    n_rows = len(rows)
+    if n_rows == 0 or not any(len(keys) for keys, _ in segments):
+        return np.zeros(rows.shape, dtype=np.float64)
+    width = 1 + max(int(rows.max(initial=0)), *(int(keys[-1]) for keys, _ in segments if len(keys)))
+    offsets = np.arange(n_rows, dtype=np.int64) * width  # (B,)
+    keys = np.concatenate([segment[0] + offset for segment, offset in zip(segments, offsets.tolist())])  # (M,)
+    values = np.concatenate([segment[1] for segment in segments])  # (M,)
+    wanted = np.where(rows >= 0, rows + offsets[:, None], -1)  # (B, C)
+    return lookup_sorted(keys, values, wanted)
+
+
 def lookup_sorted(keys: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.ndarray:
     """(C,) `values[i]` where `keys[i] == rows[c]`, else 0; `keys` (M,) sorted ascending.
 
@@ -138,6 +162,6 @@ def lookup_sorted(keys: np.ndarray, values: np.ndarray, rows: np.ndarray) -> np.
     [1.5, 0.0, 0.5, 0.0]
     """
     if len(keys) == 0:
-        return np.zeros(len(rows), dtype=np.float64)
+        return np.zeros(rows.shape, dtype=np.float64)
     at = np.minimum(np.searchsorted(keys, rows), len(keys) - 1)
     return np.where(keys[at] == rows, values[at], 0.0)

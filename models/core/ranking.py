@@ -31,7 +31,8 @@ import numpy as np
 import torch
 
 from streamrec.models.core.blend import OnlineBlend, ServedCandidates
-from streamrec.models.core.candidates import Candidates, Profile, Source
+from streamrec.models.core.candidate_batch import CandidateBatch, Source
+from streamrec.models.core.candidates import Profile
 from streamrec.models.core.collaborative import FEATURES as COLLABORATIVE_FEATURES
 from streamrec.models.core.collaborative import CollaborativeSignals, distinct_recent
 from streamrec.models.core.popularity import TrendingItems
@@ -48,6 +49,7 @@ PRIOR = {"text": 1.0, "text_last": 0.0, "model": 0.5, "covisit": 1.0, "covisit_b
          "next2": 0.5, "next_support": 0.0, "history": 0.0, "popular": 0.3, "popular_now": 0.3, "trending": 0.3}
 POPULARITY_FEATURES = ("popular", "popular_now", "trending")
 _CONTEXT_COLUMNS = [FEATURES.index(name) for name in CONTEXT_FEATURES]
+_NEIGHBOUR = Source.NEIGHBOUR.code
 MMR_POOL = 3  # with diversity on, a list is picked from the best MMR_POOL * k candidates
 
 TRENDING_REASON = "trending"
@@ -98,45 +100,52 @@ class ListRanker:
     def rank(
         self,
         profiles: Sequence[Profile],
-        candidates: Sequence[Candidates],
+        candidates: CandidateBatch,
         users: torch.Tensor | None,
         scorer: Scorer,
     ) -> list[RankedCandidates]:
         ranked: list[RankedCandidates] = [RankedCandidates([], None) for _ in profiles]
         warm = [row for row, profile in enumerate(profiles) if profile.history]
         cold = [row for row, profile in enumerate(profiles) if not profile.history]
-        for row in cold:
-            ranked[row] = self._rank_cold(profiles[row], candidates[row])
+        if cold:
+            for row, result in zip(cold, self._rank_cold([profiles[r] for r in cold], candidates.take(cold))):
+                ranked[row] = result
         if warm:
             for row, result in zip(warm, self._rank_warm(
-                [profiles[r] for r in warm], [candidates[r] for r in warm],
+                [profiles[r] for r in warm], candidates.take(warm),
                 users[warm] if users is not None else None, scorer,
             )):
                 ranked[row] = result
         return ranked
 
-    def _rank_cold(self, profile: Profile, candidates: Candidates) -> RankedCandidates:
-        ids = list(candidates)
-        if not ids:
-            return RankedCandidates([], None)
-        features = np.zeros((len(ids), len(FEATURES)), dtype=np.float32)  # (C, F)
-        self._fill_counts(features, profile, ids)
-        scores = self.cold_blend.score(features)  # (C,)
-        order = np.argsort(-scores, kind="stable")[: self.k]
-        items = [
-            RecommendedItem.model_construct(item_id=ids[c], score=round(float(scores[c]), 6), reason=TRENDING_REASON)
-            for c in order
-        ]
-        return RankedCandidates(items, ServedCandidates(ids, features, warm=False))
+    def _rank_cold(self, profiles: Sequence[Profile], candidates: CandidateBatch) -> list[RankedCandidates]:
+        """Users without a usable history: the cold blend over the popularity features."""
+        mask = candidates.mask  # (B, C)
+        features = np.zeros((*mask.shape, len(FEATURES)), dtype=np.float32)  # (B, C, F)
+        self._fill_counts(features, [profile.items for profile in profiles], candidates, mask)
+        scores = np.where(mask, self.cold_blend.score(features), -np.inf)  # (B, C)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, : self.k]  # (B, k)
+        results = []
+        for b, n in enumerate(candidates.counts.tolist()):
+            if n == 0:
+                results.append(RankedCandidates([], None))
+                continue
+            ids = candidates.ids_of(b)
+            items = [
+                RecommendedItem(item_id=ids[c], score=round(float(scores[b, c]), 6), reason=TRENDING_REASON)
+                for c in top[b, : min(n, self.k)].tolist()
+            ]
+            results.append(RankedCandidates(items, ServedCandidates(ids, features[b, :n].copy(), warm=False)))
+        return results
 
     def _rank_warm(
         self,
         profiles: Sequence[Profile],
-        candidates: Sequence[Candidates],
+        candidates: CandidateBatch,
         users: torch.Tensor | None,
         scorer: Scorer,
     ) -> list[RankedCandidates]:
-        batch, ids, table = pad(profiles, candidates, users)
+        batch = pad(profiles, candidates, users)
         text = self._text.score(batch)  # (B, C)
         mask = batch.candidate_mask.numpy()  # (B, C)
         features = np.zeros((*mask.shape, len(FEATURES)), dtype=np.float32)  # (B, C, F)
@@ -146,14 +155,7 @@ class ListRanker:
         if not isinstance(scorer, ContentScorer):  # the content scorer's score is `text` already
             model = scorer.score(batch)  # (B, C)
             features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
-        trending = np.asarray(self.trending.scores(table.ids), dtype=np.float32)  # (U,)
-        vocabulary_rows = self.collaborative.rows_of_ids(table.ids) if self.collaborative is not None else None  # (U,)
-        for b, profile in enumerate(profiles):
-            n = len(ids[b])
-            self._fill_counts(
-                features[b, :n], profile, ids[b], table.gather(trending, b, n),
-                table.gather(vocabulary_rows, b, n) if vocabulary_rows is not None else None,
-            )
+        self._fill_counts(features, [profile.items for profile in profiles], candidates, mask)
         weights = self.blend.weights.astype(np.float32)
         contributions = features * weights  # (B, C, F) the linear part, for the reasons
         scores = np.where(mask, self.blend.score(features), -np.inf)  # (B, C)
@@ -169,50 +171,47 @@ class ListRanker:
         closest = _closest_history(batch, shown)
         results = []
         for b, (profile, chosen) in enumerate(zip(profiles, shown)):
-            reasons = self._reasons(profile, candidates[b], ids[b], chosen, contributions[b], closest[b])
+            ids = candidates.ids_of(b)
+            sources = candidates.sources[b]
+            reasons = self._reasons(profile, sources, ids, chosen, contributions[b], closest[b])
             items = [
-                RecommendedItem.model_construct(
-                    item_id=ids[b][c], score=round(float(scores[b, c]), 6), reason=reason
-                )
+                RecommendedItem(item_id=ids[c], score=round(float(scores[b, c]), 6), reason=reason)
                 for c, reason in zip(chosen, reasons)
             ]
-            served = ServedCandidates(ids[b], features[b, : len(ids[b])].copy())
+            served = ServedCandidates(ids, features[b, : len(ids)].copy())
             results.append(RankedCandidates(items, served))
         return results
 
     def _fill_counts(
-        self,
-        features: np.ndarray,
-        profile: Profile,
-        ids: Sequence[str],
-        trending: np.ndarray | None = None,
-        vocabulary_rows: np.ndarray | None = None,
+        self, features: np.ndarray, user_items: Sequence[Sequence[str]], table: CandidateBatch, mask: np.ndarray
     ) -> None:
-        """The collaborative and trending columns of one user's (C, F) features, in place
-        (`trending` (C,) and the candidates' `vocabulary_rows` (C,): looked up here if not given)."""
-        if not ids:
-            return
+        """The collaborative and trending columns of the batch's (B, C, F) features, in place:
+        each distinct candidate's counts looked up once (`table`), gathered to (B, C), and
+        the per-user columns filled for the whole batch at once. `mask` (B, C): real candidates."""
         if self.collaborative is not None:
+            vocabulary_rows = self.collaborative.rows_of_ids(table.ids)  # (U,) -1: never in an event
+            rows = np.where(mask, vocabulary_rows[table.rows], -1)  # (B, C)
             start = FEATURES.index(COLLABORATIVE_FEATURES[0])
-            features[:, start : start + len(COLLABORATIVE_FEATURES)] = self.collaborative.features(
-                profile.items, ids, vocabulary_rows
+            features[..., start : start + len(COLLABORATIVE_FEATURES)] = self.collaborative.batch_features(
+                user_items, rows
             )
-        if trending is None:
-            trending = np.asarray(self.trending.scores(ids), dtype=np.float32)  # (C,)
-        peak = float(trending.max(initial=0.0))
-        features[:, FEATURES.index("trending")] = trending / peak if peak > 0 else 0.0
+        trending = np.asarray(self.trending.scores(table.ids), dtype=np.float32)[table.rows]  # (B, C)
+        trending[~mask] = 0.0
+        peak = trending.max(axis=1, initial=0.0, keepdims=True)  # (B, 1)
+        features[..., FEATURES.index("trending")] = np.where(peak > 0, trending / np.where(peak > 0, peak, 1.0), 0.0)
 
     def _reasons(
         self,
         profile: Profile,
-        candidates: Candidates,
+        sources: np.ndarray,
         ids: Sequence[str],
         chosen: Sequence[int],
         contributions: np.ndarray,
         closest: Sequence[int],
     ) -> list[str]:
         """A reason for each shown item: the signal that added most to its score
-        (`closest`: per shown item, the history position most text-similar to it)."""
+        (`sources` (C,): each candidate's `Source.code`; `closest`: per shown item, the
+        history position most text-similar to it)."""
         reasons = []
         last = profile.history[0].title if profile.history else ""
         shown = contributions[list(chosen)].copy()  # (K, F)
@@ -221,7 +220,7 @@ class ListRanker:
         for position, (c, strongest_feature) in enumerate(zip(chosen, strongest)):
             feature = FEATURES[strongest_feature]
             item_id = ids[c]
-            if feature == "text" or (feature == "model" and candidates[item_id][1] is Source.NEIGHBOUR):
+            if feature == "text" or (feature == "model" and sources[c] == _NEIGHBOUR):
                 reasons.append(SIMILAR_REASON.format(title=profile.history[closest[position]].title))
             elif feature == "text_last":
                 reasons.append(SIMILAR_REASON.format(title=last))
@@ -302,58 +301,22 @@ def _scale_per_user(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
     return np.nan_to_num(scaled, nan=0.0, posinf=0.0, neginf=0.0).astype(np.float32)
 
 
-@dataclass(frozen=True)
-class CandidateTable:
-    """A micro-batch's distinct candidates: `ids` (U,) with row 0 the padding, and each
-    user's candidates as rows of it, `rows` (B, C). Per-item signals are looked up once per
-    distinct item and gathered."""
-
-    ids: list[str]
-    rows: np.ndarray  # (B, C) int64
-
-    def gather(self, per_item: np.ndarray, b: int, n: int) -> np.ndarray:
-        """User `b`'s first `n` candidates' values of `per_item` (U,): (n,)."""
-        return per_item[self.rows[b, :n]]
-
-
-def pad(
-    profiles: Sequence[Profile],
-    candidates: Sequence[Candidates],
-    users: torch.Tensor | None = None,
-) -> tuple[ScoringBatch, list[list[str]], CandidateTable]:
-    """Pack users into padded tensors; also return candidate ids per row and the batch's
-    table of distinct candidates."""
+def pad(profiles: Sequence[Profile], candidates: CandidateBatch, users: torch.Tensor | None = None) -> ScoringBatch:
+    """Pack users into padded tensors: histories (B, L, D) and candidates (B, C, D), the
+    latter one gather from the batch's table of distinct items."""
     dim = profiles[0].history[0].vector.shape[0]
     n_users = len(profiles)
     max_history = max(len(p.history) for p in profiles)
-    max_candidates = max(1, max(len(c) for c in candidates))
     history = np.zeros((n_users, max_history, dim), dtype=np.float32)  # (B, L, D)
     weights = np.zeros((n_users, max_history), dtype=np.float32)  # (B, L)
-    rows = np.zeros((n_users, max_candidates), dtype=np.int64)  # (B, C) row of `table` (0 where padded)
-    mask = np.zeros((n_users, max_candidates), dtype=bool)  # (B, C)
-    ids: list[list[str]] = []
-    # Users share many candidates (trending, co-visited): each distinct item's vector is
-    # stacked once, and the (B, C, D) batch is one gather from that table.
-    row_of: dict[str, int] = {"": 0}  # row 0: padding
-    vectors: list[np.ndarray] = [np.zeros(dim, dtype=np.float32)]
-    for b, (profile, user_candidates) in enumerate(zip(profiles, candidates)):
+    for b, profile in enumerate(profiles):
         history[b, : len(profile.history)] = np.stack([item.vector for item in profile.history])
         weights[b, : len(profile.weights)] = profile.weights
-        row_ids = list(user_candidates)
-        for item_id in row_ids:
-            if item_id not in row_of:
-                row_of[item_id] = len(vectors)
-                vectors.append(user_candidates[item_id][0].vector)
-        rows[b, : len(row_ids)] = [row_of[item_id] for item_id in row_ids]
-        mask[b, : len(row_ids)] = True
-        ids.append(row_ids)
-    cand = np.stack(vectors)[rows]  # (U, D) -> (B, C, D)
-    batch = ScoringBatch(
+    return ScoringBatch(
         history=torch.from_numpy(history),
         history_weights=torch.from_numpy(weights),
-        candidates=torch.from_numpy(cand),
-        candidate_mask=torch.from_numpy(mask),
-        candidate_ids=ids,
+        candidates=torch.from_numpy(candidates.vectors(dim)[candidates.rows]),  # (U, D) -> (B, C, D)
+        candidate_mask=torch.from_numpy(candidates.mask),
+        candidate_ids=[candidates.ids_of(b) for b in range(n_users)],
         user_vectors=users,
     )
-    return batch, ids, CandidateTable(list(row_of), rows)

@@ -318,9 +318,7 @@ class Recommender:
         lists = []
         for state in states:
             items = [
-                RecommendedItem.model_construct(
-                    item_id=item_id, score=round(score, 6), reason=INDEX_UNAVAILABLE_REASON
-                )
+                RecommendedItem(item_id=item_id, score=round(score, 6), reason=INDEX_UNAVAILABLE_REASON)
                 for item_id, score in top
                 if not state.has_consumed(item_id)
             ][:k]

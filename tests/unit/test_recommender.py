@@ -219,3 +219,29 @@ def test_a_users_candidates_do_not_depend_on_who_else_is_in_the_batch() -> None:
 
     alone, beside = candidates([light]), candidates([light, heavy])
     assert alone == beside, (sorted(alone - beside), sorted(beside - alone))
+
+
+def test_a_users_co_visited_candidates_do_not_depend_on_who_else_is_in_the_batch() -> None:
+    """Items co-visited with a user's history stay their candidates when a batch mate
+    already has them from another source (they were once dropped for everyone but the
+    first user of the batch to name them)."""
+    rec = _recommender(_clustered_catalogue(per_cluster=12))
+    # Two users took c0-0 and then c2-5: c2-5 goes with c0-0 by co-visitation, not by text;
+    # 24 other items, three events each, keep it out of the popular candidates.
+    for j in range(2):
+        rec.process_batch([UserBatch(UserState(f"p{j}"), [event(f"p{j}", "c0-0", 0), event(f"p{j}", "c2-5", 1)])])
+    for j, item in enumerate([f"c1-{n}" for n in range(12)] + [f"c0-{n}" for n in range(1, 12)] + ["c2-0"]):
+        rec.process_batch([UserBatch(UserState(f"q{j}"), [event(f"q{j}", item, n) for n in range(3)])])
+    fan, mate = UserState("fan"), UserState("mate")
+    rec.learn([UserBatch(fan, [event("fan", "c0-0", 2)])])
+    rec.learn([UserBatch(mate, [event("mate", "c2-4", 3)])])  # c2-5 is among mate's text neighbours
+
+    def candidates(states: list[UserState]) -> set[str]:
+        rec.recommend(states)  # no learning: the same counts for both calls
+        served = rec.served.take("fan")
+        assert served is not None
+        return set(served.ids)
+
+    alone, beside = candidates([fan]), candidates([mate, fan])
+    assert "c2-5" in alone
+    assert alone == beside, (sorted(alone - beside), sorted(beside - alone))
