@@ -36,7 +36,7 @@ from streamrec.models.core.candidates import Profile
 from streamrec.models.core.collaborative import FEATURES as COLLABORATIVE_FEATURES
 from streamrec.models.core.collaborative import CollaborativeSignals, distinct_recent
 from streamrec.models.core.popularity import TrendingItems
-from streamrec.models.core.scoring import ContentScorer, Scorer, ScoringBatch
+from streamrec.models.core.scoring import ContentScorer, Scorer, ScoringBatch, content_user_vectors
 from streamrec.stream.messages import RecommendedItem
 
 FEATURES = ("text", "text_last", "model", *COLLABORATIVE_FEATURES, "trending")
@@ -95,7 +95,6 @@ class ListRanker:
         self.blend = blend
         self.cold_blend = cold_blend
         self.k = k
-        self._text = ContentScorer()
 
     def rank(
         self,
@@ -146,12 +145,12 @@ class ListRanker:
         scorer: Scorer,
     ) -> list[RankedCandidates]:
         batch = pad(profiles, candidates, users)
-        text = self._text.score(batch)  # (B, C)
         mask = batch.candidate_mask.numpy()  # (B, C)
+        queries = torch.stack([content_user_vectors(batch), batch.history[:, 0]], dim=1)  # (B, 2, D)
+        products = batch.candidate_products(queries).numpy()  # (B, C, 2) cosines: to the user, to the newest item
         features = np.zeros((*mask.shape, len(FEATURES)), dtype=np.float32)  # (B, C, F)
-        features[..., FEATURES.index("text")] = _scale_per_user(text.numpy(), mask)
-        last = torch.einsum("bcd,bd->bc", batch.candidates, batch.history[:, 0])  # (B, C) cosine to the newest item
-        features[..., FEATURES.index("text_last")] = _scale_per_user(last.numpy(), mask)
+        features[..., FEATURES.index("text")] = _scale_per_user(products[..., 0], mask)
+        features[..., FEATURES.index("text_last")] = _scale_per_user(products[..., 1], mask)
         if not isinstance(scorer, ContentScorer):  # the content scorer's score is `text` already
             model = scorer.score(batch)  # (B, C)
             features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
@@ -166,7 +165,7 @@ class ListRanker:
         for b in range(len(profiles)):
             chosen = [int(c) for c in top[b] if math.isfinite(scores[b, c])]
             if self.diversity > 0:
-                chosen = mmr(chosen, scores[b], batch.candidates[b].numpy(), take, self.diversity)
+                chosen = mmr(chosen, scores[b], batch.candidate_vectors(slice(b, b + 1))[0].numpy(), take, self.diversity)
             shown.append(chosen)
         closest = _closest_history(batch, shown)
         results = []
@@ -282,8 +281,12 @@ def _closest_history(batch: ScoringBatch, shown: Sequence[Sequence[int]]) -> lis
     columns = np.zeros((len(shown), width), dtype=np.int64)  # (B, K) padded with column 0
     for b, chosen in enumerate(shown):
         columns[b, : len(chosen)] = chosen
-    candidates = batch.candidates.numpy()  # (B, C, D)
-    picked = candidates[np.arange(len(shown))[:, None], columns]  # (B, K, D)
+    if batch.item_vectors is not None and batch.item_rows is not None:  # gather only the shown ones
+        rows = batch.item_rows.numpy()[np.arange(len(shown))[:, None], columns]  # (B, K)
+        picked = batch.item_vectors.numpy()[rows]  # (B, K, D)
+    else:
+        candidates = batch.candidate_vectors().numpy()  # (B, C, D)
+        picked = candidates[np.arange(len(shown))[:, None], columns]  # (B, K, D)
     similarity = np.einsum("bkd,bld->bkl", picked, batch.history.numpy())  # (B, K, L)
     similarity[np.broadcast_to(batch.history_weights.numpy()[:, None, :] <= 0, similarity.shape)] = -2.0
     best = similarity.argmax(axis=2)  # (B, K)
@@ -302,8 +305,8 @@ def _scale_per_user(scores: np.ndarray, mask: np.ndarray) -> np.ndarray:
 
 
 def pad(profiles: Sequence[Profile], candidates: CandidateBatch, users: torch.Tensor | None = None) -> ScoringBatch:
-    """Pack users into padded tensors: histories (B, L, D) and candidates (B, C, D), the
-    latter one gather from the batch's table of distinct items."""
+    """Pack users into padded tensors: histories (B, L, D), and the candidates as rows (B, C)
+    of the batch's table of distinct items (U, D)."""
     dim = profiles[0].history[0].vector.shape[0]
     n_users = len(profiles)
     max_history = max(len(p.history) for p in profiles)
@@ -315,8 +318,10 @@ def pad(profiles: Sequence[Profile], candidates: CandidateBatch, users: torch.Te
     return ScoringBatch(
         history=torch.from_numpy(history),
         history_weights=torch.from_numpy(weights),
-        candidates=torch.from_numpy(candidates.vectors(dim)[candidates.rows]),  # (U, D) -> (B, C, D)
+        candidates=None,
         candidate_mask=torch.from_numpy(candidates.mask),
         candidate_ids=[candidates.ids_of(b) for b in range(n_users)],
         user_vectors=users,
+        item_vectors=torch.from_numpy(candidates.vectors(dim)),
+        item_rows=torch.from_numpy(candidates.rows),
     )

@@ -27,16 +27,51 @@ import torch
 CONTENT_SCORER_VERSION = "content-v1"
 
 
+PRODUCT_BLOCK = 32  # users per block when candidate vectors are gathered from a table
+
+
 @dataclass(frozen=True)
 class ScoringBatch:
-    """One micro-batch of users, padded to the longest history and candidate list."""
+    """One micro-batch of users, padded to the longest history and candidate list.
+
+    The candidates' vectors come either as one (B, C, D) tensor (`candidates`) or as rows
+    (B, C) of a table of the batch's distinct items (`item_vectors` (U, D), `item_rows`):
+    then they are gathered a block of users at a time where needed, never all at once.
+    """
 
     history: torch.Tensor  # (B, L, D) vectors of each user's recent items, zeros where padded
     history_weights: torch.Tensor  # (B, L) event-type x recency weight, 0 where padded
-    candidates: torch.Tensor  # (B, C, D) candidate item vectors, zeros where padded
+    candidates: torch.Tensor | None  # (B, C, D) candidate item vectors, zeros where padded
     candidate_mask: torch.Tensor  # (B, C) True where a real candidate sits
     candidate_ids: list[list[str]] | None = None  # (B, <=C) ids of the real candidates
     user_vectors: torch.Tensor | None = None  # (B, D') the scorer's own user vectors, if any
+    item_vectors: torch.Tensor | None = None  # (U, D) the distinct candidates' vectors
+    item_rows: torch.Tensor | None = None  # (B, C) int64 rows of `item_vectors`
+
+    def candidate_vectors(self, users: slice | None = None) -> torch.Tensor:
+        """(B, C, D) the candidates' vectors (of the users in `users` only, if given)."""
+        users = users if users is not None else slice(None)
+        if self.candidates is not None:
+            return self.candidates[users]
+        if self.item_vectors is None or self.item_rows is None:
+            raise ValueError("a scoring batch needs candidates or item_vectors and item_rows")
+        return self.item_vectors[self.item_rows[users]]
+
+    def candidate_products(self, queries: torch.Tensor) -> torch.Tensor:
+        """(B, C, Q) dot products of each user's candidates with their Q query vectors
+        `queries` (B, Q, D), gathering candidate vectors a block of users at a time."""
+        n_users, n_candidates = self.candidate_mask.shape
+        products = torch.empty((n_users, n_candidates, queries.shape[1]), dtype=queries.dtype)
+        for start in range(0, n_users, PRODUCT_BLOCK):
+            block = slice(start, start + PRODUCT_BLOCK)
+            products[block] = torch.einsum("bcd,bqd->bcq", self.candidate_vectors(block), queries[block])
+        return products
+
+
+def content_user_vectors(batch: ScoringBatch) -> torch.Tensor:
+    """(B, D) each user's recent item vectors, weighted and normalised."""
+    user = torch.einsum("bl,bld->bd", batch.history_weights, batch.history)  # (B, D)
+    return torch.nn.functional.normalize(user, dim=-1)
 
 
 class Scorer(Protocol):
@@ -76,11 +111,11 @@ class ContentScorer:
 
     @torch.inference_mode()
     def score(self, batch: ScoringBatch) -> torch.Tensor:
-        history = batch.history.to(self.device)  # (B, L, D)
-        weights = batch.history_weights.to(self.device)  # (B, L)
-        candidates = batch.candidates.to(self.device)  # (B, C, D)
-        user = torch.einsum("bl,bld->bd", weights, history)  # (B, D)
-        user = torch.nn.functional.normalize(user, dim=-1)
-        scores = torch.einsum("bd,bcd->bc", user, candidates)  # (B, C)
-        mask = batch.candidate_mask.to(self.device)
-        return scores.masked_fill(~mask, float("-inf")).cpu()
+        if self.device.type != "cpu":  # one transfer of the whole batch, scored there
+            user = content_user_vectors(batch).to(self.device)  # (B, D)
+            candidates = batch.candidate_vectors().to(self.device)  # (B, C, D)
+            scores = torch.einsum("bd,bcd->bc", user, candidates).cpu()  # (B, C)
+        else:
+            user = content_user_vectors(batch)  # (B, D)
+            scores = batch.candidate_products(user[:, None, :])[..., 0]  # (B, C)
+        return scores.masked_fill(~batch.candidate_mask, float("-inf"))

@@ -131,10 +131,11 @@ class RankerScorer:
         """`w·(u ⊙ h) + b` for every candidate; (B, C), -inf where padded."""
         if batch.user_vectors is None or batch.candidate_ids is None:
             raise ValueError("the ranker scores batches with user_vectors and candidate_ids")
-        n_users, n_candidates, text_dim = batch.candidates.shape  # (B, C, T)
+        candidates = batch.candidate_vectors()  # (B, C, T)
+        n_users, n_candidates, text_dim = candidates.shape
         flat_ids = _padded_ids(batch.candidate_ids, n_candidates)
         hashed = hash_ids(flat_ids, self.config.id_buckets).to(self.device)  # (B*C, 2)
-        text = batch.candidates.reshape(-1, text_dim).to(self.device)  # (B*C, T)
+        text = candidates.reshape(-1, text_dim).to(self.device)  # (B*C, T)
         items = self.ranker.item_vectors(text, hashed).reshape(n_users, n_candidates, -1)  # (B, C, D)
         scores = self.ranker.score(batch.user_vectors.to(self.device), items).float()  # (B, C)
         return scores.masked_fill(~batch.candidate_mask.to(self.device), float("-inf")).cpu()
