@@ -133,8 +133,12 @@ class Retriever:
         consumed = [state.consumed_ids for state in states]
         collector = CandidateCollector(len(states), consumed)
         if seeds:
-            results = self.index.similar(seeds, limit=limit, exclude=[consumed[row] for row in seed_rows])
-            collector.add_hits(seed_rows, results, Source.NEIGHBOUR)
+            exclude = [consumed[row] for row in seed_rows]
+            similar_ids = getattr(self.index, "similar_ids", None)  # a cached index: ids, no hit objects
+            if similar_ids is not None:
+                collector.add(seed_rows, similar_ids(seeds, limit, exclude), Source.NEIGHBOUR)
+            else:
+                collector.add_hits(seed_rows, self.index.similar(seeds, limit=limit, exclude=exclude), Source.NEIGHBOUR)
         if queries:
             results = self.index.search_batch(
                 np.stack(queries),  # (Q, D)

@@ -33,6 +33,7 @@ import sys
 import threading
 from collections import OrderedDict
 from collections.abc import Collection, Iterator, Sequence
+from itertools import islice
 from typing import Any
 
 import numpy as np
@@ -145,11 +146,31 @@ class CachedItemIndex:
     ) -> list[list[Neighbour]]:
         """Per item: up to `limit` nearest other items, best first, none in `exclude[row]`
         (the item itself never). Unknown items get no neighbours."""
+        return [
+            [Neighbour(answer[0][c], float(answer[1][c])) for c in columns] if columns is not None else answer
+            for answer, columns in self._answers(item_ids, limit, exclude)
+        ]
+
+    def similar_ids(
+        self, item_ids: Sequence[str], limit: int, exclude: Sequence[Collection[str]] | None = None
+    ) -> list[list[str]]:
+        """`similar`'s answers as item ids only (what a candidate source needs): no object
+        per hit."""
+        return [
+            [answer[0][c] for c in columns] if columns is not None else [hit.item_id for hit in answer]
+            for answer, columns in self._answers(item_ids, limit, exclude)
+        ]
+
+    def _answers(
+        self, item_ids: Sequence[str], limit: int, exclude: Sequence[Collection[str]] | None
+    ) -> list[tuple[Any, list[int] | None]]:
+        """Per item: (its kept list, the columns of it that answer) or, where the kept list
+        cannot tell, (the backend's filtered answer, None)."""
         if limit < 1:
             raise ValueError(f"limit must be >= 1, got {limit}")
         if exclude is not None and len(exclude) != len(item_ids):
             raise ValueError(f"{len(exclude)} exclusion sets for {len(item_ids)} items")
-        answers: list[list[Neighbour] | None] = [None] * len(item_ids)
+        answers: list[tuple[Any, list[int] | None] | None] = [None] * len(item_ids)
         unlisted: list[int] = []
         with self._lock:
             for row, item_id in enumerate(item_ids):
@@ -158,7 +179,7 @@ class CachedItemIndex:
                     unlisted.append(row)
                     continue
                 self._lists.move_to_end(item_id)
-                answers[row] = _filtered(kept, exclude[row] if exclude else (), item_id, limit, self.depth)
+                answers[row] = _kept_answer(kept, exclude[row] if exclude else (), item_id, limit, self.depth)
         self.hits += len(item_ids) - len(unlisted)
         self.misses += len(unlisted)
         if unlisted:
@@ -167,7 +188,7 @@ class CachedItemIndex:
                 for row in unlisted:
                     kept = self._lists.get(item_ids[row])
                     if kept is not None:
-                        answers[row] = _filtered(
+                        answers[row] = _kept_answer(
                             kept, exclude[row] if exclude else (), item_ids[row], limit, self.depth
                         )
         short = [row for row, answer in enumerate(answers) if answer is None]
@@ -177,8 +198,8 @@ class CachedItemIndex:
                 [exclude[row] for row in short] if exclude is not None else None,
             )
             for row, hits in zip(short, filtered):
-                answers[row] = hits
-        return [answer or [] for answer in answers]
+                answers[row] = (hits, None)
+        return answers  # type: ignore[return-value]
 
     def _fill_lists(self, item_ids: Sequence[str]) -> None:
         known = self.get(item_ids)
@@ -242,17 +263,13 @@ class CachedItemIndex:
 _NeighbourList = tuple[tuple[str, ...], np.ndarray]  # ids, (n,) float32 scores
 
 
-def _filtered(
+def _kept_answer(
     kept: _NeighbourList, banned: Collection[str], item_id: str, limit: int, depth: int
-) -> list[Neighbour] | None:
-    """The first `limit` kept neighbours not banned; None when the list cannot tell (it was
-    cut at `depth` and fewer than `limit` survived)."""
-    ids, scores = kept
-    out = []
-    for column, neighbour in enumerate(ids):
-        if neighbour in banned or neighbour == item_id:
-            continue
-        out.append(Neighbour(neighbour, float(scores[column])))
-        if len(out) == limit:
-            return out
-    return out if len(ids) < depth else None
+) -> tuple[_NeighbourList, list[int]] | None:
+    """The kept list and the columns of its first `limit` neighbours not banned; None when
+    the list cannot tell (it was cut at `depth` and fewer than `limit` survived)."""
+    ids = kept[0]
+    columns = list(islice((c for c, n in enumerate(ids) if n not in banned and n != item_id), limit))
+    if len(columns) == limit or len(ids) < depth:
+        return kept, columns
+    return None

@@ -91,6 +91,10 @@ def test_similar_matches_exact_search_through_upserts_and_exclusions(index: Item
                 query = present[int(item_id.split("-")[1])].vector
                 skip = {item_id} | (exclude[row] if exclude else set())
                 assert [n.item_id for n in hits] == _brute_force(present, query, skip, 4)
+            if isinstance(index, CachedItemIndex):  # the candidate sources' ids-only answers
+                assert index.similar_ids(asked, limit=4, exclude=exclude) == [
+                    [n.item_id for n in hits] for hits in answers
+                ]
         # new items enter some neighbour lists; one item moves (a changed vector)
         index.upsert(items[30 + 5 * round_ : 35 + 5 * round_])
         moved = items[round_]
