@@ -23,7 +23,6 @@ Shapes: B users, C candidates (padded), L history items, D text dims, F features
 
 from __future__ import annotations
 
-import math
 from collections.abc import Sequence
 from dataclasses import dataclass
 
@@ -155,24 +154,25 @@ class ListRanker:
             model = scorer.score(batch)  # (B, C)
             features[..., FEATURES.index("model")] = _scale_per_user(model.float().numpy(), mask)
         self._fill_counts(features, [profile.items for profile in profiles], candidates, mask)
-        weights = self.blend.weights.astype(np.float32)
-        contributions = features * weights  # (B, C, F) the linear part, for the reasons
         scores = np.where(mask, self.blend.score(features), -np.inf)  # (B, C)
         take = min(self.k, scores.shape[1])
         pool = min(scores.shape[1], MMR_POOL * self.k) if self.diversity > 0 else take
-        top = np.argsort(-scores, axis=1, kind="stable")[:, :pool]  # (B, pool)
-        shown = []
-        for b in range(len(profiles)):
-            chosen = [int(c) for c in top[b] if math.isfinite(scores[b, c])]
-            if self.diversity > 0:
-                chosen = mmr(chosen, scores[b], batch.candidate_vectors(slice(b, b + 1))[0].numpy(), take, self.diversity)
-            shown.append(chosen)
-        closest = _closest_history(batch, shown)
+        top = np.argsort(-scores, axis=1, kind="stable")[:, :pool]  # (B, pool) padding (-inf) last
+        real = np.isfinite(np.take_along_axis(scores, top, axis=1)).sum(axis=1).tolist()  # (B,)
+        shown = [top[b, :n].tolist() for b, n in enumerate(real)]
+        if self.diversity > 0:
+            shown = [mmr(chosen, scores[b], batch.candidate_vectors(slice(b, b + 1))[0].numpy(), take, self.diversity)
+                     for b, chosen in enumerate(shown)]
+        columns = _padded_columns(shown)  # (B, K)
+        users = np.arange(len(shown))[:, None]
+        contributions = features[users, columns] * self.blend.weights.astype(np.float32)  # (B, K, F) linear parts
+        contributions[..., _CONTEXT_COLUMNS] = -np.inf
+        strongest = contributions.argmax(axis=2).tolist()  # (B, K) the feature behind each shown item's reason
+        closest = _closest_history(batch, shown, columns)
         results = []
         for b, (profile, chosen) in enumerate(zip(profiles, shown)):
             ids = candidates.ids_of(b)
-            sources = candidates.sources[b]
-            reasons = self._reasons(profile, sources, ids, chosen, contributions[b], closest[b])
+            reasons = self._reasons(profile, candidates.sources[b], ids, chosen, strongest[b], closest[b])
             items = [
                 RecommendedItem(item_id=ids[c], score=round(float(scores[b, c]), 6), reason=reason)
                 for c, reason in zip(chosen, reasons)
@@ -205,17 +205,14 @@ class ListRanker:
         sources: np.ndarray,
         ids: Sequence[str],
         chosen: Sequence[int],
-        contributions: np.ndarray,
+        strongest: Sequence[int],
         closest: Sequence[int],
     ) -> list[str]:
-        """A reason for each shown item: the signal that added most to its score
-        (`sources` (C,): each candidate's `Source.code`; `closest`: per shown item, the
-        history position most text-similar to it)."""
+        """A reason for each shown item from the signal that added most to its score
+        (`sources` (C,): each candidate's `Source.code`; per shown item, `strongest`: that
+        feature's column, `closest`: the history position most text-similar to it)."""
         reasons = []
         last = profile.history[0].title if profile.history else ""
-        shown = contributions[list(chosen)].copy()  # (K, F)
-        shown[:, _CONTEXT_COLUMNS] = -np.inf
-        strongest = np.argmax(shown, axis=1).tolist() if chosen else []  # (K,)
         for position, (c, strongest_feature) in enumerate(zip(chosen, strongest)):
             feature = FEATURES[strongest_feature]
             item_id = ids[c]
@@ -272,21 +269,25 @@ def mmr(order: Sequence[int], scores: np.ndarray, vectors: np.ndarray, k: int, d
     return picks
 
 
-def _closest_history(batch: ScoringBatch, shown: Sequence[Sequence[int]]) -> list[list[int]]:
-    """Per user and shown candidate column: the position of the user's history item whose
-    text is most similar to it (one batched product, for the "similar to <title>" reasons)."""
-    width = max((len(chosen) for chosen in shown), default=0)
-    if width == 0:
-        return [[] for _ in shown]
-    columns = np.zeros((len(shown), width), dtype=np.int64)  # (B, K) padded with column 0
+def _padded_columns(shown: Sequence[Sequence[int]]) -> np.ndarray:
+    """(B, K) each user's shown candidate columns, padded with column 0."""
+    columns = np.zeros((len(shown), max((len(chosen) for chosen in shown), default=0)), dtype=np.int64)
     for b, chosen in enumerate(shown):
         columns[b, : len(chosen)] = chosen
+    return columns
+
+
+def _closest_history(batch: ScoringBatch, shown: Sequence[Sequence[int]], columns: np.ndarray) -> list[list[int]]:
+    """Per user and shown candidate column: the position of the user's history item whose
+    text is most similar to it (one batched product, for the "similar to <title>" reasons).
+    `columns` (B, K): `shown`, padded."""
+    if columns.shape[1] == 0:
+        return [[] for _ in shown]
+    users = np.arange(len(shown))[:, None]
     if batch.item_vectors is not None and batch.item_rows is not None:  # gather only the shown ones
-        rows = batch.item_rows.numpy()[np.arange(len(shown))[:, None], columns]  # (B, K)
-        picked = batch.item_vectors.numpy()[rows]  # (B, K, D)
+        picked = batch.item_vectors.numpy()[batch.item_rows.numpy()[users, columns]]  # (B, K, D)
     else:
-        candidates = batch.candidate_vectors().numpy()  # (B, C, D)
-        picked = candidates[np.arange(len(shown))[:, None], columns]  # (B, K, D)
+        picked = batch.candidate_vectors().numpy()[users, columns]  # (B, K, D)
     similarity = np.einsum("bkd,bld->bkl", picked, batch.history.numpy())  # (B, K, L)
     similarity[np.broadcast_to(batch.history_weights.numpy()[:, None, :] <= 0, similarity.shape)] = -2.0
     best = similarity.argmax(axis=2)  # (B, K)
