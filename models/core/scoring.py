@@ -59,13 +59,21 @@ class ScoringBatch:
 
     def candidate_products(self, queries: torch.Tensor) -> torch.Tensor:
         """(B, C, Q) dot products of each user's candidates with their Q query vectors
-        `queries` (B, Q, D), gathering candidate vectors a block of users at a time."""
+        `queries` (B, Q, D), gathering candidate vectors a block of users at a time (in numpy:
+        single-threaded gathers and small products, which torch would spread over its thread
+        pool for nothing)."""
         n_users, n_candidates = self.candidate_mask.shape
-        products = torch.empty((n_users, n_candidates, queries.shape[1]), dtype=queries.dtype)
+        transposed = queries.numpy().transpose(0, 2, 1)  # (B, D, Q)
+        products = np.empty((n_users, n_candidates, queries.shape[1]), dtype=transposed.dtype)
+        if self.candidates is not None:
+            return torch.from_numpy(np.matmul(self.candidates.numpy(), transposed, out=products))
+        if self.item_vectors is None or self.item_rows is None:
+            raise ValueError("a scoring batch needs candidates or item_vectors and item_rows")
+        table, rows = self.item_vectors.numpy(), self.item_rows.numpy()
         for start in range(0, n_users, PRODUCT_BLOCK):
             block = slice(start, start + PRODUCT_BLOCK)
-            products[block] = torch.einsum("bcd,bqd->bcq", self.candidate_vectors(block), queries[block])
-        return products
+            np.matmul(table[rows[block]], transposed[block], out=products[block])  # (b, C, D) x (b, D, Q)
+        return torch.from_numpy(products)
 
 
 def content_user_vectors(batch: ScoringBatch) -> torch.Tensor:
