@@ -117,7 +117,9 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{settings.get('warmup_events', '?'):,} warm-up events; {settings.get('events_per_size', '?'):,} "
             f"events per batch size. Catalogue text embedded with MiniLM at "
             f"{results.get('embed_items_per_s', '?')} items/s.",
-            "", core_table(results["core"]),
+            "", core_table(results["core"]), "",
+            "Changes to the core are measured side by side (before and after in turn, same machine): "
+            "docs/core-speed.md.",
         ]
     if results.get("retrieval"):
         from streamrec.consumers.tools.bench_retrieval import retrieval_table
