@@ -136,21 +136,25 @@ class CandidateCollector:
     def build(self, fetch: Callable[[Sequence[str]], Mapping[str, IndexedItem]]) -> CandidateBatch:
         """The batch; `fetch` (the index's `get`) is asked once for the items no source
         handed over. Ids it does not know (seen in events only) are left out."""
+        first_seen: dict[str, int] = {}  # each distinct id -> its number, in order of first mention
+        number = first_seen.setdefault
+        mentions = np.fromiter((number(item_id, len(first_seen)) for item_id in self._ids), dtype=np.int64,
+                               count=len(self._ids))  # (M,)
         known = self._known
-        missing = sorted({item_id for item_id in self._ids if item_id not in known})
+        missing = sorted(item_id for item_id in first_seen if item_id not in known)
         if missing:
             known = {**known, **fetch(missing)}
-        row_of: dict[str, int] = {}
         items: list[IndexedItem | None] = [None]
-        for item_id in dict.fromkeys(self._ids):
+        table_row = np.zeros(len(first_seen), dtype=np.int64)  # (distinct,) 0: not in the catalogue
+        for distinct, item_id in enumerate(first_seen):
             item = known.get(item_id)
             if item is not None:
-                row_of[item_id] = len(items)
+                table_row[distinct] = len(items)
                 items.append(item)
         ids = np.empty(len(items), dtype=object)  # (U,)
         ids[:] = [PADDING, *(item.item_id for item in items[1:])]  # type: ignore[union-attr]
         empty = np.zeros(0, dtype=np.int64)
-        rows = np.fromiter((row_of.get(item_id, 0) for item_id in self._ids), dtype=np.int64, count=len(self._ids))
+        rows = table_row[mentions]  # (M,)
         owners = np.concatenate(self._owners) if self._owners else empty  # (M,)
         sources = np.concatenate(self._sources) if self._sources else np.zeros(0, dtype=np.int8)  # (M,)
         real = rows > 0
