@@ -165,8 +165,8 @@ class Retriever:
         owners = [row for row, profile in enumerate(profiles) if profile.items]
         collector.add(owners, [[item for item, _ in signals.next_after(profiles[row].items)] for row in owners],
                       Source.NEXT, skip_consumed=True)
-        collector.add(owners, [[item for item, _ in signals.covisited(profiles[row].items)] for row in owners],
-                      Source.COVISIT, skip_consumed=True)
+        covisited = signals.covisited_batch([profiles[row].items for row in owners])
+        collector.add(owners, [[item for item, _ in hits] for hits in covisited], Source.COVISIT, skip_consumed=True)
 
     def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
         """At least `n` of the most popular items that the catalogue holds (when it has them):

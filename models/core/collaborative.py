@@ -184,8 +184,12 @@ class CollaborativeSignals:
     # --- candidate sources --------------------------------------------------------------
     def covisited(self, user_items: Sequence[str]) -> list[tuple[str, float]]:
         """Items often consumed near the user's recent ones, best first: (item, score)."""
-        found = self.covisit_scores(user_items)
-        return self._best(found.rows, found.scores, self.config.covisit_candidates)
+        return self.covisited_batch([user_items])[0]
+
+    def covisited_batch(self, user_items: Sequence[Sequence[str]]) -> list[list[tuple[str, float]]]:
+        """`covisited` for many users (their scores computed together)."""
+        n = self.config.covisit_candidates
+        return [self._best(found.rows, found.scores, n) for found in self.covisit_scores_batch(user_items)]
 
     def next_after(self, user_items: Sequence[str]) -> list[tuple[str, float]]:
         """Items that often came right after the user's last item (or last two), best first."""
@@ -195,38 +199,63 @@ class CollaborativeSignals:
 
     def covisit_scores(self, user_items: Sequence[str]) -> CovisitScores:
         """Every item co-visited with the user's recent ones: the sum over the seeds `s`
-        (newest weighted most) of the cosine `c(s, j) / sqrt(n_s n_j)`. Remembered for the same
-        seeds and event clock (ranking asks again for the candidates that retrieval found)."""
-        seeds = tuple(self._rows_of(_distinct_newest_first(user_items, self.config.seed_items)))
+        (newest weighted most) of the cosine `c(s, j) / sqrt(n_s n_j)`."""
+        return self.covisit_scores_batch([user_items])[0]
+
+    def covisit_scores_batch(self, user_items: Sequence[Sequence[str]]) -> list[CovisitScores]:
+        """`covisit_scores` of many users, in a few array operations for all of them.
+        Remembered for the same seeds and event clock (ranking asks again for the candidates
+        that retrieval found)."""
+        cfg = self.config
+        seeds_of = [tuple(self._rows_of(_distinct_newest_first(items, cfg.seed_items))) for items in user_items]
         if self._covisit_cache_clock != self.events:  # something was learned: forget
             self._covisit_cache.clear()
             self._covisit_cache_clock = self.events
-        cached = self._covisit_cache.get(seeds)
-        if cached is not None:
-            return cached
+        todo = [seeds for seeds in dict.fromkeys(seeds_of) if seeds not in self._covisit_cache]
+        if todo:
+            if len(self._covisit_cache) + len(todo) > COVISIT_CACHE:
+                self._covisit_cache.clear()
+            self._covisit_cache.update(zip(todo, self._covisit_of(todo)))
+        return [self._covisit_cache[seeds] for seeds in seeds_of]
+
+    def _covisit_of(self, seed_sets: Sequence[tuple[int, ...]]) -> list[CovisitScores]:
+        """The scores of each seed set (seeds newest first), computed together: every seed's
+        neighbour row, keyed by (seed set, neighbour), summed by one `bincount`."""
         smoothing = self._growth  # one event's worth, so a rare item's cosine stays finite
-        rows, weights, shares = [], [], []
-        recency, total_recency = 1.0, 0.0
-        for seed in seeds:
-            neighbours, counts = self.covisit.arrays(seed)  # (R,), (R,)
-            if len(neighbours):
-                rows.append(neighbours)
-                weights.append(counts * (recency / math.sqrt(self._popular[seed] + smoothing)))
-                shares.append(np.full(len(neighbours), recency))
-            total_recency += recency
-            recency *= self.config.recency_decay
+        decay = self.config.recency_decay
+        rows, counts, factors, recencies, owners, lengths = [], [], [], [], [], []
+        totals = np.zeros(len(seed_sets))  # (S,) the recency weights of each set's seeds
+        for owner, seeds in enumerate(seed_sets):
+            recency = 1.0
+            for seed in seeds:
+                neighbours, weights = self.covisit.arrays(seed)  # (R,), (R,)
+                if len(neighbours):
+                    rows.append(neighbours)
+                    counts.append(weights)
+                    factors.append(recency / math.sqrt(self._popular[seed] + smoothing))
+                    recencies.append(recency)
+                    owners.append(owner)
+                    lengths.append(len(neighbours))
+                totals[owner] += recency
+                recency *= decay
+        empty = CovisitScores(EMPTY_ROWS, EMPTY_WEIGHTS)
         if not rows:
-            found = CovisitScores(EMPTY_ROWS, EMPTY_WEIGHTS)
-        else:
-            all_rows = np.concatenate(rows)  # (M,)
-            unique, at = np.unique(all_rows, return_inverse=True)  # (U,), (M,)
-            summed = np.bincount(at, weights=np.concatenate(weights), minlength=len(unique))  # (U,)
-            seed_share = np.bincount(at, weights=np.concatenate(shares), minlength=len(unique)) / total_recency  # (U,)
-            found = CovisitScores(unique, summed / np.sqrt(self._popular[unique] + smoothing), seed_share)
-        if len(self._covisit_cache) >= COVISIT_CACHE:
-            self._covisit_cache.clear()
-        self._covisit_cache[seeds] = found
-        return found
+            return [empty] * len(seed_sets)
+        width = len(self.vocabulary)
+        lengths_array = np.asarray(lengths)
+        all_rows = np.concatenate(rows)  # (M,)
+        keys = np.repeat(np.asarray(owners, dtype=np.int64), lengths_array) * width + all_rows  # (M,)
+        unique, at = np.unique(keys, return_inverse=True)  # (U,), (M,)
+        summed = np.bincount(at, weights=np.concatenate(counts) * np.repeat(factors, lengths_array), minlength=len(unique))
+        shared = np.bincount(at, weights=np.repeat(recencies, lengths_array), minlength=len(unique))  # (U,)
+        unique_owner, unique_row = np.divmod(unique, width)  # (U,), (U,)
+        scores = summed / np.sqrt(self._popular[unique_row] + smoothing)  # (U,)
+        shares = shared / totals[unique_owner]  # (U,)
+        bounds = np.searchsorted(unique_owner, np.arange(len(seed_sets) + 1)).tolist()
+        return [
+            CovisitScores(unique_row[start:end], scores[start:end], shares[start:end]) if end > start else empty
+            for start, end in zip(bounds[:-1], bounds[1:])
+        ]
 
     def _next_scores(self, user_items: Sequence[str]) -> dict[int, float]:
         last = self.vocabulary.get(user_items[-1]) if user_items else None
@@ -269,7 +298,7 @@ class CollaborativeSignals:
         table = np.zeros((n_users, width, len(FEATURES)), dtype=np.float32)  # (B, C, F)
         if width == 0 or n_users == 0:
             return table
-        covisit = [self.covisit_scores(items) for items in user_items]
+        covisit = self.covisit_scores_batch(user_items)
         table[..., 0] = lookup_segments([(found.rows, found.scores) for found in covisit], rows)
         table[..., 1] = table[..., 0]
         table[..., 2] = lookup_segments(
