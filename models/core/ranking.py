@@ -325,4 +325,5 @@ def pad(profiles: Sequence[Profile], candidates: CandidateBatch, users: torch.Te
         user_vectors=users,
         item_vectors=torch.from_numpy(candidates.vectors(dim)),
         item_rows=torch.from_numpy(candidates.rows),
+        item_ids=candidates.ids.tolist(),
     )

@@ -47,6 +47,7 @@ class ScoringBatch:
     user_vectors: torch.Tensor | None = None  # (B, D') the scorer's own user vectors, if any
     item_vectors: torch.Tensor | None = None  # (U, D) the distinct candidates' vectors
     item_rows: torch.Tensor | None = None  # (B, C) int64 rows of `item_vectors`
+    item_ids: list[str] | None = None  # (U,) the ids of `item_vectors`' rows
 
     def candidate_vectors(self, users: slice | None = None) -> torch.Tensor:
         """(B, C, D) the candidates' vectors (of the users in `users` only, if given)."""

@@ -131,12 +131,18 @@ class RankerScorer:
         """`w·(u ⊙ h) + b` for every candidate; (B, C), -inf where padded."""
         if batch.user_vectors is None or batch.candidate_ids is None:
             raise ValueError("the ranker scores batches with user_vectors and candidate_ids")
-        candidates = batch.candidate_vectors()  # (B, C, T)
-        n_users, n_candidates, text_dim = candidates.shape
-        flat_ids = _padded_ids(batch.candidate_ids, n_candidates)
-        hashed = hash_ids(flat_ids, self.config.id_buckets).to(self.device)  # (B*C, 2)
-        text = candidates.reshape(-1, text_dim).to(self.device)  # (B*C, T)
-        items = self.ranker.item_vectors(text, hashed).reshape(n_users, n_candidates, -1)  # (B, C, D)
+        if batch.item_vectors is not None and batch.item_rows is not None and batch.item_ids is not None:
+            # The item tower once per distinct candidate of the batch, then gathered.
+            hashed = hash_ids(batch.item_ids, self.config.id_buckets).to(self.device)  # (U, 2)
+            table = self.ranker.item_vectors(batch.item_vectors.to(self.device), hashed)  # (U, D)
+            items = table[batch.item_rows.to(self.device)]  # (B, C, D)
+        else:
+            candidates = batch.candidate_vectors()  # (B, C, T)
+            n_users, n_candidates, text_dim = candidates.shape
+            flat_ids = _padded_ids(batch.candidate_ids, n_candidates)
+            hashed = hash_ids(flat_ids, self.config.id_buckets).to(self.device)  # (B*C, 2)
+            text = candidates.reshape(-1, text_dim).to(self.device)  # (B*C, T)
+            items = self.ranker.item_vectors(text, hashed).reshape(n_users, n_candidates, -1)  # (B, C, D)
         scores = self.ranker.score(batch.user_vectors.to(self.device), items).float()  # (B, C)
         return scores.masked_fill(~batch.candidate_mask.to(self.device), float("-inf")).cpu()
 

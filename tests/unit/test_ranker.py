@@ -144,3 +144,27 @@ def test_warm_start_keeps_everything_but_the_id_embeddings() -> None:
             torch.testing.assert_close(tensor, before[name])  # reset, not copied
     with pytest.raises(ValueError, match="cannot warm-start"):
         warm_start(_model(config=RankerConfig(**{**CONFIG.to_dict(), "dim": 32})), source.state_dict())
+
+
+def test_scorer_gives_the_same_scores_from_an_item_table_as_from_candidate_vectors() -> None:
+    """The serving path applies the item tower once per distinct candidate and gathers; a
+    batch that brings every candidate's vector scores the same."""
+    from streamrec.models.core.scoring import ScoringBatch
+    from streamrec.models.learning.serving import RankerScorer
+    from streamrec.models.learning.store import Manifest
+
+    torch.manual_seed(3)
+    manifest = Manifest("ranker-test", None, "2026-12-07T00:00:00+00:00", "ranker", CONFIG.to_dict(), "0" * 64, {}, {}, {})
+    scorer = RankerScorer(_model(), manifest)
+    ids = ["", "a", "b", "c", "d"]  # row 0: padding
+    table = torch.nn.functional.normalize(torch.randn(len(ids), CONFIG.text_dim), dim=-1)  # (U, T)
+    table[0] = 0.0
+    rows = torch.tensor([[1, 2, 3, 0], [3, 4, 1, 2]])  # (B=2, C=4); user 0 has three candidates
+    mask = torch.tensor([[True, True, True, False], [True, True, True, True]])
+    common = dict(history=torch.zeros(2, 1, CONFIG.text_dim), history_weights=torch.ones(2, 1),
+                  candidate_mask=mask, candidate_ids=[["a", "b", "c"], ["c", "d", "a", "b"]],
+                  user_vectors=torch.randn(2, CONFIG.dim))
+    from_table = scorer.score(ScoringBatch(candidates=None, item_vectors=table, item_rows=rows, item_ids=ids, **common))
+    from_vectors = scorer.score(ScoringBatch(candidates=table[rows], **common))
+    torch.testing.assert_close(from_table, from_vectors)
+    assert torch.isinf(from_table[0, 3]) and torch.isfinite(from_table[1]).all()
