@@ -21,6 +21,7 @@ from __future__ import annotations
 import base64
 import hashlib
 import math
+import sys
 from array import array
 from collections import OrderedDict, deque
 from collections.abc import KeysView, Sequence
@@ -60,6 +61,8 @@ class EventIds:
     (False, True, True)
     >>> EventIds.decode(ids.encode(), capacity=2).newest_first() == ids.newest_first()
     True
+    >>> base64.b64decode(ids.encode()) == b"".join(event_id_digest(e).to_bytes(8, "big") for e in "bc")
+    True
     """
 
     def __init__(self, capacity: int = EVENT_IDS_KEPT) -> None:
@@ -79,22 +82,30 @@ class EventIds:
         return isinstance(event_id, str) and event_id_digest(event_id) in self._ring
 
     def newest_first(self) -> list[int]:
-        ordered = self._ring[self._next:] + self._ring[: self._next]
-        return list(reversed(ordered))
+        return list(reversed(self._oldest_first()))
+
+    def _oldest_first(self) -> array:
+        return self._ring[self._next:] + self._ring[: self._next]
 
     def encode(self) -> str:
         """Oldest first, big-endian 8-byte digests, base64."""
-        ordered = list(reversed(self.newest_first()))
-        return base64.b64encode(b"".join(d.to_bytes(8, "big") for d in ordered)).decode("ascii")
+        ordered = self._oldest_first()
+        if sys.byteorder == "little":
+            ordered.byteswap()
+        return base64.b64encode(ordered.tobytes()).decode("ascii")
 
     @classmethod
     def decode(cls, text: str, capacity: int = EVENT_IDS_KEPT) -> EventIds:
         raw = base64.b64decode(text, validate=True)
         if len(raw) % 8:
             raise ValueError("event id digests must be 8 bytes each")
+        digests = array("Q")
+        digests.frombytes(raw)
+        if sys.byteorder == "little":
+            digests.byteswap()
         ids = cls(capacity)
-        digests = [int.from_bytes(raw[n:n + 8], "big") for n in range(0, len(raw), 8)]
-        ids._ring.extend(digests[-capacity:] if capacity else [])
+        if capacity:
+            ids._ring = digests[-capacity:]
         return ids
 
 
