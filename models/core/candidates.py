@@ -154,6 +154,9 @@ class Retriever:
             # Model-space vectors: the items' text vectors are fetched from the catalogue.
             collector.add(model_rows, [[hit.item_id for hit in hits] for hits in results], Source.MODEL)
         self._add_collaborative(profiles, collector)
+        # Popular and trending items of the catalogue: each user's first 3k not consumed, of one
+        # list the same for the whole batch (a user's candidates never depend on batch mates),
+        # 6k long so that k are left after a long history's items are removed.
         collector.add_shared(self.popular_in_catalogue(6 * cfg.k), 3 * cfg.k, Source.TRENDING)
         return collector.build(self.index.get)
 
