@@ -135,7 +135,8 @@ class RankerScorer:
             # The item tower once per distinct candidate of the batch, then gathered.
             hashed = hash_ids(batch.item_ids, self.config.id_buckets).to(self.device)  # (U, 2)
             table = self.ranker.item_vectors(batch.item_vectors.to(self.device), hashed)  # (U, D)
-            items = table[batch.item_rows.to(self.device)]  # (B, C, D)
+            rows = batch.item_rows.to(self.device)  # (B, C)
+            items = torch.index_select(table, 0, rows.reshape(-1)).reshape(*rows.shape, -1)  # (B, C, D)
         else:
             candidates = batch.candidate_vectors()  # (B, C, T)
             n_users, n_candidates, text_dim = candidates.shape
