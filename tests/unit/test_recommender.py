@@ -196,6 +196,15 @@ def test_a_batch_read_again_is_learned_once_and_still_answered() -> None:
     }
 
 
+def _served_candidates(rec: Recommender, states: list[UserState], user_id: str) -> set[str]:
+    """What `user_id`'s list was chosen from when `states` are recommended together (no
+    learning: the same counts for every call)."""
+    rec.recommend(states)
+    served = rec.served.take(user_id)
+    assert served is not None
+    return set(served.ids)
+
+
 def test_a_users_candidates_do_not_depend_on_who_else_is_in_the_batch() -> None:
     """The popular candidates a user gets are the same alone and beside a user with a long
     history (the popular list was once cut to a length set by the batch's longest history)."""
@@ -211,13 +220,7 @@ def test_a_users_candidates_do_not_depend_on_who_else_is_in_the_batch() -> None:
     rec.learn([UserBatch(light, [event("light", "c2-0", 0, ts=t0 + 36_100)])])
     rec.learn([UserBatch(heavy, [event("heavy", f"c2-{n}", n, ts=t0 + 36_100 + n) for n in range(1, 30)])])
 
-    def candidates(states: list[UserState]) -> set[str]:
-        rec.recommend(states)  # no learning: the same counts for both calls
-        served = rec.served.take("light")
-        assert served is not None
-        return set(served.ids)
-
-    alone, beside = candidates([light]), candidates([light, heavy])
+    alone, beside = _served_candidates(rec, [light], "light"), _served_candidates(rec, [light, heavy], "light")
     assert alone == beside, (sorted(alone - beside), sorted(beside - alone))
 
 
@@ -236,12 +239,6 @@ def test_a_users_co_visited_candidates_do_not_depend_on_who_else_is_in_the_batch
     rec.learn([UserBatch(fan, [event("fan", "c0-0", 2)])])
     rec.learn([UserBatch(mate, [event("mate", "c2-4", 3)])])  # c2-5 is among mate's text neighbours
 
-    def candidates(states: list[UserState]) -> set[str]:
-        rec.recommend(states)  # no learning: the same counts for both calls
-        served = rec.served.take("fan")
-        assert served is not None
-        return set(served.ids)
-
-    alone, beside = candidates([fan]), candidates([mate, fan])
+    alone, beside = _served_candidates(rec, [fan], "fan"), _served_candidates(rec, [mate, fan], "fan")
     assert "c2-5" in alone
     assert alone == beside, (sorted(alone - beside), sorted(beside - alone))
