@@ -102,19 +102,15 @@ class NeighbourRows:
         total = self.totals.get(key) or 1.0
         return {neighbour: weight / total for neighbour, weight in row.items()}
 
-    def lookup(self, key: Hashable, rows: np.ndarray, shares: bool = False) -> np.ndarray:
-        """(C,) the weight of each of `rows` (C,) in `key`'s row (with `shares`: as a share of
-        the row's total, as `normalised`), 0 where absent.
+    def sorted_arrays(self, key: Hashable, shares: bool = False) -> tuple[np.ndarray, np.ndarray]:
+        """The row as (neighbour rows (R,) ascending, weights (R,)); with `shares` the weights
+        are shares of the row's total, as `normalised` (what `lookup_segments` searches).
 
         >>> table = NeighbourRows(max_neighbours=4, max_rows=4)
         >>> table.add("k", 3, 1.0); table.add("k", 1, 3.0)
-        >>> table.lookup("k", np.array([1, 2, 3]), shares=True).tolist()
-        [0.75, 0.0, 0.25]
+        >>> [array.tolist() for array in table.sorted_arrays("k", shares=True)]
+        [[1, 3], [0.75, 0.25]]
         """
-        return lookup_sorted(*self.sorted_arrays(key, shares), rows)
-
-    def sorted_arrays(self, key: Hashable, shares: bool = False) -> tuple[np.ndarray, np.ndarray]:
-        """The row as (neighbour rows (R,) ascending, weights (R,)), as shares with `shares`."""
         neighbours, weights = self.arrays(key)  # (R,), (R,)
         order = np.argsort(neighbours)
         values = weights[order] / (self.totals.get(key) or 1.0) if shares else weights[order]
