@@ -27,6 +27,9 @@ def add_prequential_arguments(p: argparse.ArgumentParser) -> None:
                         "is trained at its end (default 0.2)")
     g.add_argument("--limit", type=int, default=None, help="replay only the first N events")
     g.add_argument("--sample-every", type=int, default=1, help="measure every n-th event (all are learned)")
+    g.add_argument("--serve-lists", choices=["all", "measured"], default="all",
+                   help="all (default): the full system serves a list at every event, warm-up included, "
+                        "as a worker does, and learns from them; measured: only at measured events (faster)")
     g.add_argument("--batch-size", type=int, default=256, help="most events per micro-batch")
     g.add_argument("--systems", default=",".join(BASELINES + VARIANTS),
                    help=f"comma list of {', '.join(BASELINES + VARIANTS)} (default: all)")
@@ -58,7 +61,7 @@ def cmd_prequential(args: argparse.Namespace, context: tuple[Any, Any, Any, Path
         return 2
     try:
         config = PrequentialConfig(k=args.k, warmup=args.warmup, sample_every=args.sample_every,
-                                   batch_size=args.batch_size, progress=True)
+                                   serve_all=args.serve_lists == "all", batch_size=args.batch_size, progress=True)
         dataset = _load(args)
         stream = replay_order(dataset, limit=args.limit)
         if not stream:

@@ -12,6 +12,11 @@ so it is how it is judged: no train/test split, no peeking, models that adapt ge
 - **Micro-batches**: consecutive events go together (as a worker batches them) as long as no
   user appears twice, so every user's list reflects all their earlier events.
 - **Warm-up**: the first `warmup` share of events is learned, not measured.
+- **Served lists**: a worker serves every user a list after each micro-batch, and the full
+  system learns from those lists (its blend steps on what the user took next from the list
+  they were shown). A system that says so (`serves_every_event = True`) is therefore asked for
+  every event's list, warm-up included; only the sampled ones are measured. Other systems are
+  asked for the measured events' lists only (they learn from events alone).
 - **Cold events**: a user's first event cannot be personalised; it is counted apart
   (`cold`), where each system shows its fallback (the full system: trending items).
 - **Candidates**: a system ranks the items it has seen so far, minus the user's consumed ones;
@@ -62,6 +67,11 @@ class StreamSystem(Protocol):
         ...
 
 
+def serves_every_event(system: StreamSystem) -> bool:
+    """Whether `system` learns from the lists it serves, so it must serve them all."""
+    return bool(getattr(system, "serves_every_event", False))
+
+
 @dataclass(frozen=True)
 class PrequentialConfig:
     """How the replay is measured."""
@@ -69,6 +79,7 @@ class PrequentialConfig:
     k: int = 10  # list length
     warmup: float = 0.0  # share of the stream learned before measuring starts, in [0, 1)
     sample_every: int = 1  # measure every n-th event after warm-up (all are learned)
+    serve_all: bool = True  # systems that learn from what they serve get every event's list
     batch_size: int = 256  # most events per micro-batch (users never repeat inside one)
     windows: int = 50  # points on each curve
     progress: bool = False  # a progress bar with events/s
@@ -166,6 +177,7 @@ class PrequentialResult:
             "k": self.config.k,
             "warmup": self.config.warmup,
             "sample_every": self.config.sample_every,
+            "serve_all": self.config.serve_all,
             "batch_size": self.config.batch_size,
             "events": self.events,
             "measured_from": self.measured_from,
@@ -263,15 +275,20 @@ def prequential(
     bar = tqdm(total=len(stream), desc="prequential", unit="event", disable=not config.progress,
                mininterval=1.0, smoothing=0.05)
     for batch in micro_batches(stream, config.batch_size):
-        tested = [
-            event for row, event in enumerate(batch)
+        rows = [
+            row for row in range(len(batch))
             if position + row >= measured_from and (position + row - measured_from) % config.sample_every == 0
         ]
+        tested = [batch[row] for row in rows]
         users = [event.user_id for event in tested]
         for system in systems:
             result = results[system.name]
             started = time.perf_counter()
-            lists = system.recommend(users, config.k) if tested else []
+            if config.serve_all and serves_every_event(system):  # as a worker serves: everyone
+                served = system.recommend([event.user_id for event in batch], config.k)
+                lists = [served[row] for row in rows]
+            else:
+                lists = system.recommend(users, config.k) if tested else []
             system.learn(batch)
             result.seconds += time.perf_counter() - started
             for event, items in zip(tested, lists):

@@ -23,7 +23,7 @@ import time
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field, replace
 from pathlib import Path
-from typing import Any
+from typing import Any, ClassVar
 
 import torch
 
@@ -87,6 +87,9 @@ class VersionChange:
 class CoreSystem:
     """One variant of the full system: content scorer, frozen ranker, or continual ranker."""
 
+    # The blend learns from the lists the worker served (which item of the list the user took
+    # next), and a worker serves a list after every event: the harness asks for all of them.
+    serves_every_event: ClassVar[bool] = True
     name: str
     pipeline: Pipeline
     catalogue: Mapping[str, IndexedItem]  # every item the stream may touch, embedded once
