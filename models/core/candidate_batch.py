@@ -38,6 +38,7 @@ class Source(enum.Enum):
     MODEL = "model"  # the ranker's retrieval (user vector against item vectors)
     COVISIT = "covisit"  # often consumed near one of the user's recent items
     NEXT = "next"  # often consumed right after the user's last item
+    PEERS = "peers"  # consumed by users whose recent items overlap the user's
     TRENDING = "trending"  # popular now or overall
 
     @property

@@ -170,6 +170,8 @@ class Retriever:
                       Source.NEXT, skip_consumed=True)
         covisited = signals.covisited_batch([profiles[row].items for row in owners])
         collector.add(owners, [[item for item, _ in hits] for hits in covisited], Source.COVISIT, skip_consumed=True)
+        peers = signals.similar_users_batch([profiles[row].items for row in owners])
+        collector.add(owners, [[item for item, _ in hits] for hits in peers], Source.PEERS, skip_consumed=True)
 
     def popular_in_catalogue(self, n: int) -> list[IndexedItem]:
         """At least `n` of the most popular items that the catalogue holds (when it has them):

@@ -8,6 +8,9 @@ What simple baselines win with on small data, kept fresh at every event inside t
   does not win merely for being popular;
 - **transitions**: what came *right after* an item (first order) and after a pair of items
   (second order), directed;
+- **similar users** (`similar_users.py`): what users whose recent items overlap the user's
+  consumed, each scored by those users' similarity (neighbours of whole histories, where
+  co-visitation pairs items one at a time);
 - **popularity** at two scales: all-time counts and counts that halve every
   `short_half_life_events` events (an event clock, so the scale does not depend on whether a
   stream's timestamps are seconds or days).
@@ -37,8 +40,9 @@ from __future__ import annotations
 
 import heapq
 import math
-from collections.abc import Iterable, Sequence
+from collections.abc import Callable, Iterable, Sequence
 from dataclasses import dataclass
+from typing import Any
 
 import numpy as np
 
@@ -50,11 +54,13 @@ from streamrec.models.core.item_rows import (
     lookup_segments,
     lookup_sorted,
 )
+from streamrec.models.core.similar_users import PeerScores, SimilarUsers, SimilarUsersConfig
 
 REBASE_AFTER_HALF_LIVES = 60.0  # rescale stored counts once they grow by 2**60
 
-FEATURES = ("covisit", "covisit_best", "covisit_seeds", "covisit_last", "next", "next2", "next_support", "history", "popular", "popular_now")
-_SCALED_COLUMNS = (1, 3, 8, 9)  # scaled to 0..1 among a user's candidates
+FEATURES = ("covisit", "covisit_best", "covisit_seeds", "covisit_last", "next", "next2", "next_support", "history",
+            "popular", "popular_now", "peers", "peers_best")
+_SCALED_COLUMNS = (1, 3, 8, 9, 11)  # scaled to 0..1 among a user's candidates
 SUPPORT_HALF = 5.0  # a last item followed this many times (decayed) gives next_support 0.5
 COVISIT_CACHE = 1_024  # users' co-visitation scores kept between retrieval and ranking (one clock)
 
@@ -68,11 +74,13 @@ class CollaborativeConfig:
     recency_decay: float = 0.9  # weight of a pair / seed one step further back in the sequence
     covisit_candidates: int = 100  # co-visited candidates per user (the best by cosine)
     next_candidates: int = 40  # transition candidates per user
+    peer_candidates: int = 50  # candidates from similar users' recent items, per user
     max_neighbours: int = 100  # strongest neighbours kept per item and table
     max_items: int = 200_000  # items with rows and popularity (the weakest go beyond)
     max_pairs: int = 200_000  # second-order (pair) rows
     half_life_events: float = 200_000.0  # all counts halve every this many events
     short_half_life_events: float = 2_000.0  # "popular now"
+    max_users: int = 200_000  # users whose recent items are kept for the similar-users signal
 
 
 @dataclass(frozen=True)
@@ -109,13 +117,16 @@ class CollaborativeSignals:
         self._growth_now = 1.0
         self._step = math.pow(2.0, 1.0 / cfg.half_life_events)
         self._step_now = math.pow(2.0, 1.0 / cfg.short_half_life_events)
+        self.similar_users = SimilarUsers(SimilarUsersConfig(window=cfg.window, recency_decay=cfg.recency_decay,
+                                                             max_users=cfg.max_users))
         self._covisit_cache: dict[tuple[int, ...], CovisitScores] = {}  # seeds -> scores
-        self._covisit_cache_clock = 0  # the event clock the cache holds scores of
+        self._peer_cache: dict[tuple[int, ...], PeerScores] = {}  # seeds -> scores
+        self._covisit_cache_clock = 0  # the event clock the caches hold scores of
 
     # --- learning ---------------------------------------------------------------------
-    def learn(self, user_items: Sequence[str], item_id: str, weight: float = 1.0) -> None:
+    def learn(self, user_items: Sequence[str], item_id: str, weight: float = 1.0, user_id: str | None = None) -> None:
         """Count one event of `item_id` by a user whose earlier items are `user_items`
-        (oldest first, repeats allowed)."""
+        (oldest first, repeats allowed); with `user_id`, the similar-users signal too."""
         cfg = self.config
         self.events += 1
         self._growth *= self._step
@@ -131,6 +142,8 @@ class CollaborativeSignals:
         w = weight * self._growth
         self._popular[item] += w
         self._popular_now[item] += weight * self._growth_now
+        if user_id is not None:
+            self.similar_users.learn(user_id, item)
         recent = self._rows_of(_distinct_newest_first(user_items, cfg.window))
         if not recent:
             return
@@ -179,7 +192,9 @@ class CollaborativeSignals:
             grown = np.zeros_like(getattr(self, name))
             grown[: len(keep)] = getattr(self, name)[keep]
             setattr(self, name, grown)
+        self.similar_users.remap(new_row, len(keep))
         self._covisit_cache.clear()
+        self._peer_cache.clear()
 
     # --- candidate sources --------------------------------------------------------------
     def covisited(self, user_items: Sequence[str]) -> list[tuple[str, float]]:
@@ -206,17 +221,37 @@ class CollaborativeSignals:
         """`covisit_scores` of many users, in a few array operations for all of them.
         Remembered for the same seeds and event clock (ranking asks again for the candidates
         that retrieval found)."""
-        cfg = self.config
-        seeds_of = [tuple(self._rows_of(_distinct_newest_first(items, cfg.seed_items))) for items in user_items]
+        return self._cached(self._covisit_cache, user_items, self._covisit_of)
+
+    def peer_scores_batch(self, user_items: Sequence[Sequence[str]]) -> list[PeerScores]:
+        """What users with recent items like each user's consumed (`SimilarUsers`), remembered
+        like `covisit_scores_batch`."""
+        return self._cached(self._peer_cache, user_items, self.similar_users.scores_batch)
+
+    def similar_users_batch(self, user_items: Sequence[Sequence[str]]) -> list[list[tuple[str, float]]]:
+        """The best items of similar users for each user, best first: (item, score)."""
+        n = self.config.peer_candidates
+        return [self._best(found.rows, found.scores, n) for found in self.peer_scores_batch(user_items)]
+
+    def _cached(
+        self,
+        cache: dict[tuple[int, ...], Any],
+        user_items: Sequence[Sequence[str]],
+        compute: Callable[[list[tuple[int, ...]]], list[Any]],
+    ) -> list[Any]:
+        """`compute(seed sets)` for each user's seeds (recent distinct rows, newest first), each
+        distinct seed set once per event clock."""
+        seeds_of = [tuple(self._rows_of(_distinct_newest_first(items, self.config.seed_items))) for items in user_items]
         if self._covisit_cache_clock != self.events:  # something was learned: forget
             self._covisit_cache.clear()
+            self._peer_cache.clear()
             self._covisit_cache_clock = self.events
-        todo = [seeds for seeds in dict.fromkeys(seeds_of) if seeds not in self._covisit_cache]
+        todo = [seeds for seeds in dict.fromkeys(seeds_of) if seeds not in cache]
         if todo:
-            if len(self._covisit_cache) + len(todo) > COVISIT_CACHE:
-                self._covisit_cache.clear()
-            self._covisit_cache.update(zip(todo, self._covisit_of(todo)))
-        return [self._covisit_cache[seeds] for seeds in seeds_of]
+            if len(cache) + len(todo) > COVISIT_CACHE:
+                cache.clear()
+            cache.update(zip(todo, compute(todo)))
+        return [cache[seeds] for seeds in seeds_of]
 
     def _covisit_of(self, seed_sets: Sequence[tuple[int, ...]]) -> list[CovisitScores]:
         """The scores of each seed set (seeds newest first), computed together: every seed's
@@ -330,6 +365,8 @@ class CollaborativeSignals:
         known = rows >= 0
         table[known, 8] = np.log1p(self._popular[rows[known]] / self._growth)
         table[known, 9] = np.log1p(self._popular_now[rows[known]] / self._growth_now)
+        table[..., 10] = lookup_segments([(found.rows, found.scores) for found in self.peer_scores_batch(user_items)], rows)
+        table[..., 11] = table[..., 10]
         columns = list(_SCALED_COLUMNS)
         peaks = table[..., columns].max(axis=1, initial=0.0, keepdims=True)  # (B, 1, 4)
         table[..., columns] /= np.where(peaks > 0, peaks, np.float32(1.0))

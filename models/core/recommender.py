@@ -250,7 +250,7 @@ class Recommender:
                 if self.signal_feed is not None:
                     self.signal_feed.learn_local(event)
                 elif signals is not None:
-                    signals.learn([i.item_id for i in state.recent], event.item_id, weight)
+                    signals.learn([i.item_id for i in state.recent], event.item_id, weight, user_id=event.user_id)
                 state.learn(event)
                 self.trending.learn(event.item_id, event.ts, weight)
         return outcomes

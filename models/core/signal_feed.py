@@ -83,7 +83,7 @@ class SignalFeed:
         if memory is None:
             memory = array("i", [0])
         signals = self.signals
-        signals.learn(self._items(memory), event.item_id, EVENT_WEIGHTS[event.type])
+        signals.learn(self._items(memory), event.item_id, EVENT_WEIGHTS[event.type], user_id=event.user_id)
         if self._follow_vocabulary():  # compacted while learning: the memory was renumbered
             memory = self._users.get(event.user_id, memory)
         row = signals.vocabulary.get(event.item_id)

