@@ -4,9 +4,11 @@ Item-to-item co-visitation scores a candidate by how often it met each of the us
 items, one item at a time. This signal looks at whole recent histories instead (session-based
 nearest neighbours, the V-SKNN family): the users who share most of *this* user's recent
 items, newest weighted most, are the neighbours, and a candidate scores by the similarity of
-the neighbours who consumed it. On sparse data, where an item pair meets rarely but whole
-histories overlap, it finds what co-visitation cannot (Amazon Beauty prefix, alone:
-HR@10 0.067 against co-visitation's 0.051 and last-item Markov's 0.061).
+the neighbours who consumed it, most if they consumed it *after* the items they share with the
+user (sequence-aware neighbours). On sparse data, where an item pair meets rarely but whole
+histories overlap, it finds what co-visitation cannot (Amazon Beauty, first 80k events, this signal
+alone: HR@10 0.070 against co-visitation's 0.051 and last-item Markov's 0.061; 0.067 without
+the sequence-aware weights).
 
 Bounded memory, all integer arrays over the item rows of `ItemVocabulary`:
 
@@ -22,9 +24,12 @@ the whole batch: overlaps counted with one `unique` + `bincount`, each user's be
 >>> for user, items in {"u1": [0, 1, 2], "u2": [0, 1, 3], "u3": [5, 6]}.items():
 ...     for item in items:
 ...         users.learn(user, item)
->>> found = users.scores_batch([[0, 1]])[0]      # someone who took items 0 and 1 ...
->>> dict(zip(found.rows.tolist(), found.scores.round(2).tolist()))   # ... meets u1 and u2
-{0: 1.0, 1: 1.0, 2: 0.5, 3: 0.5}
+>>> found = users.scores_batch([[1, 0]])[0]      # someone who took items 0, then 1 ...
+>>> scores = dict(zip(found.rows.tolist(), found.scores.round(2).tolist()))
+>>> scores[2], scores[3], 5 in scores     # ... meets u1 and u2, who went on to 2 and 3
+(0.5, 0.5, False)
+>>> scores[1], scores[0]   # held by both, at half weight: where (1) or before (0) they met the user
+(0.5, 0.45)
 """
 
 from __future__ import annotations
@@ -48,6 +53,8 @@ class SimilarUsersConfig:
     users_per_item: int = 100  # latest users remembered per item
     neighbours: int = 100  # most similar users whose items are scored
     recency_decay: float = 0.9  # weight of a query seed one step further back
+    step_decay: float = 0.9  # weight of a neighbour's item one step further from where they met the user
+    before_weight: float = 0.5  # items a neighbour took before (or at) the meeting point count this much
     max_users: int = 200_000
 
 
@@ -177,13 +184,14 @@ class SimilarUsers:
         starts = np.searchsorted(pair_owner[order], pair_owner[order], side="left")
         best = order[np.arange(len(order)) - starts < cfg.neighbours]  # (T,) each owner's best
         owner_of, similar = pair_owner[best], similarity[best]
-        items = self._items[neighbour[best]]  # (T, W)
+        items = self._items[neighbour[best]]  # (T, W) oldest first
         held = items >= 0
         n_items = len(self._users)
-        item_keys = (owner_of[:, None] * n_items + items)[held]
-        found, item_at = np.unique(item_keys, return_inverse=True)
-        summed = np.bincount(item_at, weights=np.broadcast_to(similar[:, None], items.shape)[held])
-        totals = np.bincount(owner_of, weights=similar, minlength=n_sets)  # (sets,)
+        item_keys = owner_of[:, None] * n_items + items  # (T, W)
+        weights = similar[:, None] * self._step_weights(item_keys, held, owners * n_items + all_seeds)  # (T, W)
+        found, item_at = np.unique(item_keys[held], return_inverse=True)
+        summed = np.bincount(item_at, weights=weights[held])
+        totals = np.bincount(owner_of, weights=similar, minlength=n_sets) + 1e-12  # (sets,)
         found_owner, found_row = np.divmod(found, n_items)
         scores = summed / totals[found_owner]
         bounds = np.searchsorted(found_owner, np.arange(n_sets + 1)).tolist()
@@ -191,6 +199,21 @@ class SimilarUsers:
             PeerScores(found_row[start:end], scores[start:end]) if end > start else empty
             for start, end in zip(bounds[:-1], bounds[1:])
         ]
+
+    def _step_weights(self, item_keys: np.ndarray, held: np.ndarray, seed_keys: np.ndarray) -> np.ndarray:
+        """(T, W) weight of each neighbour's item by where it sits from the neighbour's newest
+        item shared with the user (`seed_keys`: owner * items + seed): what they took *after*
+        meeting the user's taste counts most (`step_decay` per step), what they took before
+        `before_weight` times less (sequence-aware neighbours)."""
+        cfg = self.config
+        shared = np.isin(item_keys, seed_keys) & held  # (T, W)
+        width = item_keys.shape[1]
+        steps = np.arange(width)  # (W,)
+        met = np.where(shared, steps, -1).max(axis=1, keepdims=True)  # (T, 1) newest shared place
+        distance = steps[None, :] - met  # (T, W) > 0: after the meeting point
+        after = cfg.step_decay ** np.maximum(distance - 1, 0)
+        before = cfg.before_weight * cfg.step_decay ** np.maximum(-distance, 0)
+        return np.where(distance > 0, after, before)
 
 
 def _grown(array: np.ndarray, size: int, fill: int = EMPTY) -> np.ndarray:
