@@ -14,9 +14,10 @@ so it is how it is judged: no train/test split, no peeking, models that adapt ge
 - **Warm-up**: the first `warmup` share of events is learned, not measured.
 - **Served lists**: a worker serves every user a list after each micro-batch, and the full
   system learns from those lists (its blend steps on what the user took next from the list
-  they were shown). A system that says so (`serves_every_event = True`) is therefore asked for
-  every event's list, warm-up included; only the sampled ones are measured. Other systems are
-  asked for the measured events' lists only (they learn from events alone).
+  they were shown). With `serve_all`, a system that says so (`serves_every_event = True`) is
+  asked for every event's list, warm-up included, as a worker would be; only the sampled ones
+  are measured. By default every system is asked for the measured events' lists only (faster;
+  the blend then learns from fewer lists).
 - **Cold events**: a user's first event cannot be personalised; it is counted apart
   (`cold`), where each system shows its fallback (the full system: trending items).
 - **Candidates**: a system ranks the items it has seen so far, minus the user's consumed ones;
@@ -79,7 +80,7 @@ class PrequentialConfig:
     k: int = 10  # list length
     warmup: float = 0.0  # share of the stream learned before measuring starts, in [0, 1)
     sample_every: int = 1  # measure every n-th event after warm-up (all are learned)
-    serve_all: bool = True  # systems that learn from what they serve get every event's list
+    serve_all: bool = False  # True: systems that learn from what they serve get every event's list
     batch_size: int = 256  # most events per micro-batch (users never repeat inside one)
     windows: int = 50  # points on each curve
     progress: bool = False  # a progress bar with events/s

@@ -86,6 +86,25 @@ def test_warmup_and_sampling_measure_only_what_they_say_and_learn_everything() -
     assert result.systems["oracle"].warm.hr == 1.0
 
 
+class ServesEveryEvent(Oracle):
+    """An oracle that says, like the full system, that it learns from the lists it serves."""
+
+    serves_every_event = True
+
+
+@pytest.mark.parametrize("serve_all", [True, False])
+def test_a_system_that_learns_from_its_lists_is_served_at_every_event_only_when_asked(serve_all: bool) -> None:
+    stream = stream_of([(f"u{n % 3}", f"i{n}") for n in range(30)])
+    config = PrequentialConfig(k=3, warmup=0.5, sample_every=4, serve_all=serve_all)
+    system = ServesEveryEvent("serves", stream, {f"i{n}": 1 for n in range(30)})
+    result = prequential(stream, [system], config)
+    measured = result.systems["serves"].warm.n + result.systems["serves"].cold.n
+    assert measured == len(range(15, 30, 4))  # what is measured does not change
+    assert result.systems["serves"].warm.hr == 1.0  # the measured lists are the right users'
+    expected = [event.user_id for event in stream] if serve_all else [stream[p].user_id for p in range(15, 30, 4)]
+    assert [user for call in system.calls for user in call] == expected  # warm-up included when serving all
+
+
 def test_micro_batches_never_hold_a_user_twice_and_keep_order() -> None:
     stream = stream_of([("a", "1"), ("b", "2"), ("a", "3"), ("c", "4"), ("c", "5"), ("d", "6")])
     batches = list(micro_batches(stream, batch_size=2))
