@@ -8,7 +8,9 @@ transitions and popularity from them: every worker's counts reflect all users, a
 two after an event is produced. The agent that ranks a worker's own users' events (ingest in
 one hop, recommend in two) hands them to the same feed before ranking
 (`Recommender.signal_feed`); an event learned by one path is skipped by the other, and so is
-an event produced twice (the feed remembers event ids).
+an event produced twice (the feed remembers the last `signals_dedup_events` event ids; a
+repeat older than that, which ingest's larger `dedup_capacity` would still drop, is counted
+again here).
 
 Why `events` and not `events.by-user`: with one hop (`agents.py`) events keyed by user never
 reach `events.by-user`, while `events` carries every event, whichever hop serves it; what
