@@ -31,7 +31,7 @@ class Topics:
     recommendations: str
     dlq: str
     model_updates: str
-    events_by_user: str  # internal: valid events re-keyed by user id
+    events_by_user: str  # internal: valid events not keyed by user id, re-keyed (the second hop)
 
     @classmethod
     def with_prefix(cls, prefix: str) -> Topics:
@@ -82,6 +82,7 @@ class Settings(BaseSettings):
     max_message_bytes: int = Field(65_536, ge=256)  # larger events go to the DLQ (bytes)
     dedup_capacity: int = Field(200_000, ge=1)  # event ids remembered for de-duplication
     ingest_wait_s: float = Field(0.005, gt=0, le=10)  # ingest micro-batch: at most this long (s)
+    one_hop: bool = True  # events keyed by user id are served by the agent that reads them (no re-keying hop)
     producer_linger_ms: int = Field(5, ge=0, le=1_000)  # worker's producer: gather a micro-batch's records into few batches
     min_event_ts: float = 631_152_000.0  # events older than this (1990-01-01, unix s) are absurd
     max_future_skew_s: float = Field(3_600.0, ge=0)  # events further ahead of now are absurd (s)
@@ -97,8 +98,8 @@ class Settings(BaseSettings):
     recency_half_life_s: float = Field(86_400.0, gt=0)  # weight decay of a user's past events (s)
     collaborative: bool = True  # co-visitation / transition / popularity candidates and features
     diversity: float = Field(0.0, ge=0.0, le=1.0)  # MMR trade-off: 0 = by score only, 1 = most unlike
-    signals_feed: bool = True  # learn those counts from every worker's users (a broadcast read of events.by-user)
-    signals_lookback_events: int = Field(200_000, ge=0)  # at start, read this many events.by-user messages back (all partitions)
+    signals_feed: bool = True  # learn those counts from every worker's users (a broadcast read of events)
+    signals_lookback_events: int = Field(200_000, ge=0)  # at start, read this many events messages back (all partitions)
     signals_max_users: int = Field(100_000, ge=1)  # users whose recent items the feed remembers (~0.4 KB each)
     signals_dedup_events: int = Field(100_000, ge=1)  # event ids the feed remembers, to count each once (~90 B each)
 

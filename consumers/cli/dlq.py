@@ -155,7 +155,7 @@ def add_dlq_parser(sub: Any) -> None:
         "replay",
         help="send dead letters back to events (idempotent: each event id once, earlier replays skipped)",
         description="Send dead letters back to the topic they were read from: events, or "
-                    "events.by-user for processing_failed. Each replayed message carries a "
+                    "events.by-user for processing_failed (read on events or events.by-user). Each replayed message carries a "
                     f"{MARK_HEADER} header, so running the command again sends nothing twice.",
     )
     p.add_argument("--reason", action="append", default=[],

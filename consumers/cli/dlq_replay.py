@@ -3,8 +3,10 @@
 Once the cause of a rejection is gone (a limit raised, a bug in the worker fixed, a clock
 set right), an operator replays the dead letters it produced: each one's original bytes go
 back to `events` (the ingest stage reads them again) or, for a `processing_failed` letter,
-whose event ingest already accepted (and remembers by id), to `events.by-user`. Letters of
-other topics (`items`) are not events and are left alone.
+whose event ingest already accepted (and remembers by id), to `events.by-user`, keyed by
+user, where the recommend agent serves it: whether the worker failed on it there (two hops)
+or on `events` (one hop, `consumers/worker/agents.py`). Letters of other topics (`items`)
+are not events and are left alone.
 
 Idempotent through the event ids: a run replays each event id at most once (the newest of
 its letters), and every replayed message carries a header naming each dead letter it stands
@@ -21,6 +23,9 @@ fail again the same way: it is skipped and counted.
 ([('events', b'u1', 'e1')], {})
 >>> plan_replay([(Mark("events.dlq", 0, 7), letter)], ReplayFilter(), topics, {"events.dlq:0:7"}).skipped
 Counter({'already_replayed': 1})
+>>> failed = letter.model_copy(update={"reason": PROCESSING_FAILED})  # read on events, one hop
+>>> [r.topic for r in plan_replay([(Mark("events.dlq", 0, 8), failed)], ReplayFilter(), topics, set()).replays]
+['events.by-user']
 """
 
 from __future__ import annotations
@@ -37,6 +42,7 @@ from typing import Any, NamedTuple
 from streamrec.stream.messages import DeadLetter
 from streamrec.stream.settings import Topics
 
+PROCESSING_FAILED = "processing_failed"  # the worker's reason for a valid event it failed on (handlers.py)
 MARK_HEADER = "streamrec-dlq"  # on every replayed message: the dead letter it came from
 _DURATION = re.compile(r"^(\d+(?:\.\d+)?)([smhd])$")
 _UNIT_S = {"s": 1, "m": 60, "h": 3600, "d": 86400}
@@ -158,6 +164,8 @@ def plan_replay(
             continue
         plan.selected[letter.reason] += 1
         target = targets.get(letter.topic)
+        if target is not None and letter.reason == PROCESSING_FAILED:
+            target = topics.events_by_user  # accepted by ingest already: past its de-duplication
         if target is None:
             plan.skipped["not_an_event_topic"] += 1
             continue

@@ -7,7 +7,8 @@ worth at a time (the driver's own memory stays flat too). Every `sample_s` it sa
 
 - the worker's resident memory (and the broker's and its own: Tansu's memory storage keeps every
   message, so the broker's grows with the log by design), the worker's CPU;
-- the worker's consumer lag (`streamrec_consumer_lag`, ingest and recommend topics), its
+- the worker's consumer lag (`streamrec_consumer_lag` of `events` and `events.by-user`: with one
+  hop, the events the load generator keys by user are served straight from `events`), its
   de-duplication set (`streamrec_dedup_ids`), the events it counted and the dead letters;
 - events sent, lists received, events those lists answer (a list answers its trigger and the
   user's earlier events not yet answered) and the backlog (sent - answered);
@@ -139,6 +140,8 @@ def _worker_figures(scraped: dict[str, float] | None, settings: Settings) -> dic
     if scraped is None:
         return dict.fromkeys(names)
     topics = settings.topics
+    # lag_ingest: events (one hop: the whole path of events keyed by user); lag_recommend:
+    # events.by-user (the second hop: re-keyed events only, or all with STREAMREC_ONE_HOP=false)
     ingest = sample_total(scraped, "streamrec_consumer_lag", topic=topics.events)
     recommend = sample_total(scraped, "streamrec_consumer_lag", topic=topics.events_by_user)
     return {

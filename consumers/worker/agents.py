@@ -5,12 +5,20 @@ registers, in this order:
 
 =================  ==========================================================================
 model_updates      task: follow `model-updates` (a broadcast) and hot-swap model versions
-signal_feed        task: `events.by-user` (a broadcast) -> every user's collaborative signals
+signal_feed        task: `events` and `events.by-user` (broadcasts) -> every user's collaborative signals
 sample_gauges      timer: consumer lag of the input partitions and the catalogue size
-ingest             agent: `events` -> validated, de-duplicated, keyed by user -> `events.by-user`
+ingest             agent: `events` -> validated, de-duplicated; keyed by user: user state ->
+                   `recommendations` (one hop); otherwise re-keyed by user -> `events.by-user`
 recommend          agent: `events.by-user` micro-batches -> user state -> `recommendations`
 catalog            task (edge index) or agent (server index): `items` -> the item index
 =================  ==========================================================================
+
+One hop or two: an event keyed by its user id, on the partition Kafka's default partitioner
+gives that key (the producer SDK, `POST /events`), is served by the ingest agent itself, with
+the same `serve` as the recommend agent's; any other event takes the second hop through
+`events.by-user` (`routing.py` decides, `streamrec_rekeyed_events_total` counts). The worker
+runs two hops for every event when `STREAMREC_ONE_HOP=false` or when `events` has another
+partition count than the tables (`hops_of`, decided once, logged, `streamrec_one_hop`).
 
 and the HTTP API (`views.py`). What goes wrong at the edges is handled by the named callbacks
 of `edges.py`; waits after a failure by `retry.py`.
@@ -39,6 +47,7 @@ from streamrec.consumers.worker.handlers import dead_letter
 from streamrec.consumers.worker.metrics import SAMPLE_S, WorkerMetrics, sample_consumer_lag
 from streamrec.consumers.worker.model_updates import follow_model_updates
 from streamrec.consumers.worker.retry import LeavingBatch, retry_forever
+from streamrec.consumers.worker.routing import ONE_HOP_OFF, HopMode, hop_mode, rekey_reason
 from streamrec.consumers.worker.signal_feed import attach_signal_feed, follow_signal_feed
 from streamrec.consumers.worker.views import register_views
 from streamrec.models.core.pipeline import Pipeline
@@ -55,6 +64,8 @@ __all__ = [  # the table names and the size of the latest-events buffer: for too
 ]
 
 log = logging.getLogger(__name__)
+
+METADATA_TIMEOUT_S = 30.0  # asking the broker for the partition count of events, at most (s)
 
 Read = list[tuple[Event, Any]]  # valid events of a batch: (parsed, the Faust event as read)
 
@@ -127,24 +138,74 @@ async def sample(context: WorkerContext) -> None:
 
 
 async def ingest(context: WorkerContext, stream: faust.StreamT) -> None:
-    """events -> validated, de-duplicated, re-keyed by user -> events.by-user (or the DLQ)."""
-    settings, handler = context.settings, context.ingest
-    async for batch in stream.take_events(settings.batch_size, within=settings.ingest_wait_s):
+    """events -> validated, de-duplicated -> served here when keyed by user (one hop), else
+    re-keyed by user -> events.by-user; bad input -> the DLQ. Everything a batch causes is
+    delivered before it is acked, and its ids count as seen only then."""
+    settings, handler, metrics = context.settings, context.ingest, context.metrics
+    mode = await hops_of(context)
+    # One hop: this batch is the recommend micro-batch, so it waits as long as that one.
+    wait_s = settings.batch_wait_s if mode.one_hop else settings.ingest_wait_s
+    async for batch in stream.take_events(settings.batch_size, within=wait_s):
         accepted: dict[str, Event] = {}
-        deliveries = []
+        here: Read = []  # keyed by user: served in this agent
+        letters: list[DeadLetter] = []
+        forwards: list[tuple[Event, str]] = []  # (event, why it is re-keyed)
         now = time.time()
         for event in batch:
             outcome = handler.handle(event.value, origin_of(event), now, accepted)
             if isinstance(outcome, DeadLetter):
-                deliveries.append(await on_bad_input(context, outcome))
+                letters.append(outcome)
             elif outcome is not None:
                 accepted[outcome.event_id] = outcome
-                deliveries.append(
-                    await context.topics.events_by_user.send(key=outcome.user_id.encode(), value=outcome.to_bytes())
-                )
+                reason = _rekey_reason(event, outcome, settings.partitions) if mode.one_hop else ONE_HOP_OFF
+                if reason is None:
+                    here.append((outcome, event))
+                else:
+                    forwards.append((outcome, reason))
+        if here:  # first: if it fails, nothing else of the batch was sent (it is read again)
+            await serve(context, here)
+            metrics.one_hop_events.inc(len(here))
+        deliveries = [await on_bad_input(context, letter) for letter in letters]
+        for outcome, reason in forwards:
+            metrics.rekeyed_events.labels(reason=reason).inc()
+            deliveries.append(
+                await context.topics.events_by_user.send(key=outcome.user_id.encode(), value=outcome.to_bytes())
+            )
         # Acked (and so committed) only after this returns: wait until all are delivered.
         await asyncio.gather(*deliveries)
         handler.confirm(accepted)
+
+
+def _rekey_reason(event: Any, parsed: Event, partitions: int) -> str | None:
+    message = event.message
+    return rekey_reason(message.key, message.partition, parsed.user_id, partitions)
+
+
+async def hops_of(context: WorkerContext) -> HopMode:
+    """One hop or two for this worker, decided once (the first time ingest starts): one hop
+    needs `events` to have the tables' partition count, else a worker reading events
+    partition p would write state of a table partition it does not own."""
+    if context.hops is not None:
+        return context.hops
+    settings = context.settings
+    topic = settings.topics.events
+    partitions = None
+    if settings.one_hop:
+        try:
+            producer = context.app.producer._ensure_producer()  # Faust's aiokafka producer
+            found = await asyncio.wait_for(producer.partitions_for(topic), METADATA_TIMEOUT_S)
+            partitions = len(found) if found else None
+        except Exception as exc:  # a broker away at start: two hops, always correct
+            log.warning("could not read the partition count of %s: %r", topic, exc)
+    mode = hop_mode(settings.one_hop, partitions, settings.partitions, topic)
+    if settings.one_hop and not mode.one_hop:
+        log.warning("one hop is off, every event is re-keyed through %s: %s",
+                    settings.topics.events_by_user, mode.why)
+    else:
+        log.info("ingest runs %s: %s", mode.name, mode.why)
+    context.metrics.one_hop.set(1 if mode.one_hop else 0)
+    context.hops = mode
+    return mode
 
 
 async def recommend(context: WorkerContext, stream: faust.StreamT) -> None:
@@ -152,15 +213,20 @@ async def recommend(context: WorkerContext, stream: faust.StreamT) -> None:
     settings = context.settings
     async for batch in stream.take_events(settings.batch_size, within=settings.batch_wait_s):
         read = await _decode(context, batch)
-        if not read:
-            continue
-        try:
-            await publish_recommendations(context, read)
-            context.recommend_backoff.succeeded()
-        except Exception as error:
-            # Faust's supervisor restarts the agent; unacked offsets are read again.
-            await on_produce_error(context, error, len(read))
-            raise
+        if read:
+            await serve(context, read)
+
+
+async def serve(context: WorkerContext, read: Read) -> None:
+    """`publish_recommendations`, with the failure handling both agents share: a failed
+    batch is counted, waited after, and raised (Faust's supervisor restarts the agent and
+    its unacked offsets are read again)."""
+    try:
+        await publish_recommendations(context, read)
+        context.recommend_backoff.succeeded()
+    except Exception as error:
+        await on_produce_error(context, error, len(read))
+        raise
 
 
 async def _decode(context: WorkerContext, batch: list[Any]) -> Read:

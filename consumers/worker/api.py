@@ -195,6 +195,8 @@ class WorkerApi:
     def _check_group(self) -> dict[str, Any]:
         if not self.joined:
             return {"ok": False, "detail": "consumer group not joined (or tables not recovered) yet"}
+        # The partitions of events.by-user a worker owns are those of the tables (co-partitioned),
+        # and, with one hop, of events too; with two hops events may be partitioned otherwise.
         assigned = sorted(
             tp.partition
             for tp in self.app.consumer.assignment()

@@ -23,6 +23,7 @@ from streamrec.consumers.worker.handlers import (
 from streamrec.consumers.worker.metrics import WorkerMetrics
 from streamrec.consumers.worker.model_updates import ModelSwapper
 from streamrec.consumers.worker.retry import Backoff
+from streamrec.consumers.worker.routing import HopMode
 from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.state import UserState
 from streamrec.stream.messages import Event, ModelUpdate
@@ -78,6 +79,7 @@ class WorkerContext:
     swapper: ModelSwapper
     recent_events: deque[Event] = field(default_factory=lambda: deque(maxlen=RECENT_EVENTS))
     recommend_backoff: Backoff = field(default_factory=Backoff)  # failures in a row, across restarts
+    hops: HopMode | None = None  # one hop or two, decided when ingest first starts (agents.hops_of)
 
     @classmethod
     def build(cls, app: faust.App, settings: Settings, pipeline: Pipeline, metrics: WorkerMetrics) -> WorkerContext:
@@ -94,7 +96,8 @@ class WorkerContext:
             metrics=metrics,
             topics=topics,
             # use_partitioner=True: writes inside stream.take() go to the key's partition
-            # (faust-streaming issue 497); keys are user ids, as on events.by-user; values
+            # (faust-streaming issue 497); keys are user ids, as on events.by-user and on
+            # the events served in one hop (routing.py); values
             # are plain data (JSON, in the changelog too).
             user_states=_user_table(app, USER_STATE_TABLE, settings),
             # For GET /users/{id}/recommendations; co-partitioned with user-state, so one

@@ -57,8 +57,10 @@ def dead_letter(rejection: Rejection, raw: bytes | None, origin: Origin) -> Dead
 class IngestHandler:
     """bytes -> a valid, first-seen `Event`, a `DeadLetter`, or None for a duplicate.
 
-    An event id counts as seen only once its forward is acknowledged (`confirm`): an event
-    whose forward was lost is processed again when it is re-read, not dropped as a duplicate.
+    An event id counts as seen only once what it causes is delivered (`confirm`): its list and
+    state when the ingest agent serves it (one hop), or its forward to `events.by-user`. An
+    event whose handling was lost is processed again when it is re-read, not dropped as a
+    duplicate.
     """
 
     def __init__(self, settings: Settings, metrics: WorkerMetrics) -> None:
@@ -86,7 +88,7 @@ class IngestHandler:
         return result
 
     def confirm(self, event_ids: Iterable[str]) -> None:
-        """Remember ids whose events are safely forwarded."""
+        """Remember ids whose events are safely served or forwarded."""
         for event_id in event_ids:
             self.seen.add(event_id)
         self.metrics.dedup_size.set(len(self.seen))

@@ -128,6 +128,27 @@ class WorkerMetrics:
             ["model_version", "arm"],
             registry=r,
         )
+        self.one_hop = Gauge(
+            "streamrec_one_hop",
+            "1 while events keyed by user id are served by the agent that reads them (one hop);"
+            " 0 while every event is re-keyed through events.by-user first (STREAMREC_ONE_HOP=false,"
+            " or events has another partition count than the tables).",
+            registry=r,
+        )
+        self.one_hop_events = Counter(
+            "streamrec_one_hop_events_total",
+            "Valid, first-seen events served where they were read (keyed by user id, on that"
+            " key's partition of events): one hop, no re-keying.",
+            registry=r,
+        )
+        self.rekeyed_events = Counter(
+            "streamrec_rekeyed_events_total",
+            "Valid, first-seen events re-keyed by user id to events.by-user (the second hop), by"
+            " reason: no_key, other_key (the key is not the user id), other_partition (keyed by"
+            " user, placed by another partitioner than Kafka's default murmur2), one_hop_off.",
+            ["reason"],
+            registry=r,
+        )
         self.dedup_size = Gauge(
             "streamrec_dedup_ids", "Event ids remembered for de-duplication.", registry=r
         )
@@ -157,16 +178,16 @@ class WorkerMetrics:
         )
         self.signal_feed_events = Counter(
             "streamrec_signal_feed_events_total",
-            "Events handed to the collaborative-signal feed (every partition's, by its broadcast"
-            " reader; this worker's own, by the recommend agent too), by outcome (learned,"
-            " duplicate: learned already by the other path, unreadable, failed: skipped after an"
-            " error).",
+            "Events handed to the collaborative-signal feed (every partition's of events, by its"
+            " broadcast reader; this worker's own, by the agent that ranks them too), by outcome"
+            " (learned, duplicate: learned already by the other path, or produced twice, invalid:"
+            " refused by the contract, as ingest does, failed: skipped after an error).",
             ["outcome"],
             registry=r,
         )
         self.signal_feed_lag = Gauge(
             "streamrec_signal_feed_lag",
-            "events.by-user messages (all partitions) not yet learned by this worker's"
+            "events messages (all partitions) not yet learned by this worker's"
             " collaborative-signal feed, as of its last fetch.",
             registry=r,
         )

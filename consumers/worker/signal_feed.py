@@ -1,12 +1,24 @@
-"""The collaborative signals of every worker's users: `events.by-user` read whole, as a broadcast.
+"""The collaborative signals of every worker's users: `events` read whole, as a broadcast.
 
-Each worker reads every partition of `events.by-user` (validated and de-duplicated by ingest)
-without a consumer group and hands the events to its `SignalFeed`
+Each worker reads every partition of `events` without a consumer group, keeps the events the
+contract accepts (the ingest agent's validator; what it refuses is skipped, counted as
+`invalid`: ingest dead-letters it) and hands them to its `SignalFeed`
 (`streamrec.models.core.signal_feed`), which learns the recommender's co-visitation,
 transitions and popularity from them: every worker's counts reflect all users, a fetch or
-two after an event is forwarded. The recommend agent meanwhile hands its own users' events
-to the same feed before ranking (`Recommender.signal_feed`); an event learned by one path is
-skipped by the other.
+two after an event is produced. The agent that ranks a worker's own users' events (ingest in
+one hop, recommend in two) hands them to the same feed before ranking
+(`Recommender.signal_feed`); an event learned by one path is skipped by the other, and so is
+an event produced twice (the feed remembers the last `signals_dedup_events` event ids; a
+repeat older than that, which ingest's larger `dedup_capacity` would still drop, is counted
+again here).
+
+Why `events` and not `events.by-user`: with one hop (`agents.py`) events keyed by user never
+reach `events.by-user`, while `events` carries every event, whichever hop serves it; what
+`events.by-user` holds are copies (re-keyed events, and `processing_failed` letters replayed
+there, whose originals were on `events`). Reading one topic, not both, reads each event once
+in two-hop mode too and keeps `signals_lookback_events` a count of events. Per-user order
+holds for events keyed by user (one partition each); events of one user produced unkeyed
+are spread over partitions, and learned in the order the reader gets them.
 
 At start the reader begins `signals_lookback_events` messages before the end (all partitions
 together), so a restarted worker rebuilds its counts from the recent past; its own users'
@@ -23,8 +35,6 @@ import logging
 import time
 from typing import Any
 
-from pydantic import ValidationError
-
 from streamrec.consumers.worker.metrics import WorkerMetrics
 from streamrec.consumers.worker.retry import retry_forever
 from streamrec.models.core.recommender import Recommender
@@ -32,6 +42,7 @@ from streamrec.models.core.signal_feed import SignalFeed, SignalFeedConfig
 from streamrec.stream.messages import Event
 from streamrec.stream.readers import open_broadcast_reader, seek_back
 from streamrec.stream.settings import Settings
+from streamrec.stream.validation import EventValidator, Rejection
 
 log = logging.getLogger(__name__)
 
@@ -55,12 +66,17 @@ def attach_signal_feed(settings: Settings, recommender: Recommender) -> SignalFe
 
 
 class FeedReader:
-    """Reads `events.by-user` whole into a `SignalFeed`; `run` again after a failure resumes."""
+    """Reads `events` whole into a `SignalFeed`; `run` again after a failure resumes."""
 
     def __init__(self, settings: Settings, feed: SignalFeed, metrics: WorkerMetrics) -> None:
         self.settings = settings
         self.feed = feed
         self.metrics = metrics
+        self.validator = EventValidator(  # the ingest agent's rules: what it accepts, learned here
+            max_bytes=settings.max_message_bytes,
+            min_ts=settings.min_event_ts,
+            max_future_skew_s=settings.max_future_skew_s,
+        )
         self.positions: dict[Any, int] = {}  # partition -> next offset to learn (kept across retries)
         self._catch_up_to: dict[Any, int] | None = None  # the end offsets seen at the first start
         self._started_at = time.monotonic()
@@ -69,7 +85,7 @@ class FeedReader:
     async def run(self) -> None:
         """Learn every message, forever."""
         settings = self.settings
-        consumer, tps = await open_broadcast_reader(settings, [settings.topics.events_by_user])
+        consumer, tps = await open_broadcast_reader(settings, [settings.topics.events])
         try:
             await self._seek(consumer, tps)
             while True:
@@ -98,12 +114,14 @@ class FeedReader:
                 consumer.seek(tp, self.positions[tp])
 
     def _learn(self, records: list[Any]) -> None:
-        events = []
+        events: list[Event] = []
+        now = time.time()
         for record in records:
-            try:
-                events.append(Event.model_validate_json(record.value or b""))
-            except ValidationError:  # ingest wrote it: not expected; counted, never learned
-                self.metrics.signal_feed_events.labels(outcome="unreadable").inc()
+            parsed = self.validator.parse(record.value, now)
+            if isinstance(parsed, Rejection):  # dead-lettered by ingest: counted, never learned
+                self.metrics.signal_feed_events.labels(outcome="invalid").inc()
+            else:
+                events.append(parsed)
         for event in events:
             try:
                 self.feed.learn(event)
@@ -138,6 +156,6 @@ class FeedReader:
 
 
 async def follow_signal_feed(settings: Settings, feed: SignalFeed, metrics: WorkerMetrics) -> None:
-    """Feed `feed` from `events.by-user`, forever; a broker away is tried again, from where it was."""
+    """Feed `feed` from `events`, forever; a broker away is tried again, from where it was."""
     reader = FeedReader(settings, feed, metrics)
-    await retry_forever(reader.run, "reading events.by-user for the collaborative signals failed")
+    await retry_forever(reader.run, "reading events for the collaborative signals failed")

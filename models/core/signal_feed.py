@@ -2,13 +2,14 @@
 
 A worker owns some partitions' users, so counts learned from its own users' states are a
 sample. A `SignalFeed` learns `CollaborativeSignals` from a stream of events of *all* users
-(the worker reads `events.by-user` whole, as a broadcast). It keeps its own compact memory
+(the worker reads `events` whole, as a broadcast). It keeps its own compact memory
 of each user: just what `CollaborativeSignals.learn` reads of a user state (the last `window`
 distinct items with where each last occurred, and how many events the user had), so every
 co-visitation pair and transition comes out as it would from the user's `UserState` of
-`history_length` events. Per-user order holds because a user's events share one partition.
+`history_length` events. Per-user order holds because a user's events share one partition
+(events keyed by user id, as the producer SDK sends them).
 
-The worker's own events reach the feed twice (its recommend agent learns them before ranking,
+The worker's own events reach the feed twice (the agent that ranks them learns them first,
 `learn_local`; its broadcast reader reads them again): an event id seen before is skipped,
 so each event counts once, whichever path comes first.
 

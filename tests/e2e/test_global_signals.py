@@ -4,7 +4,7 @@ Real Tansu broker, two real worker processes in one group on a 2-partition topic
 co-visitation pattern is planted only through users whose partition worker A owns; a
 newcomer whose partition worker B owns takes the pattern's first item and must be offered
 the second with its reason: B learned A's users' events through its broadcast read of
-`events.by-user` (`consumers/worker/signal_feed.py`), though its recommend agent never
+`events` (`consumers/worker/signal_feed.py`), though its agents never
 handled one of them.
 """
 

@@ -3,7 +3,8 @@
 A real worker process with a fault planted for one user (`tests/e2e/poisoned_worker.py`:
 ranking raises whenever that user is in the batch), a real Tansu broker. The user's events
 arrive mixed with everyone else's, then alone in a quiet stream. Both ways they must end in
-`events.dlq` with reason `processing_failed`, the error and the bytes as read, while every
+`events.dlq` with reason `processing_failed`, the error and the bytes as read (on `events`:
+keyed by user, they are served by the ingest agent in one hop), while every
 other user is served and the group's offsets reach the end (no crash loop on the batch).
 """
 
@@ -55,7 +56,7 @@ def test_a_poison_event_is_dead_lettered_and_the_stream_goes_on(run: Run) -> Non
 
     letters = dead_letters(run)
     assert all(letter.reason == PROCESSING_FAILED for letter in letters), {letter.reason for letter in letters}
-    assert all("planted fault" in letter.error and letter.topic == run.settings.topics.events_by_user
+    assert all("planted fault" in letter.error and letter.topic == run.settings.topics.events
                for letter in letters), letters[0]
     set_aside = [Event.model_validate_json(letter.raw_bytes()) for letter in letters]
     assert {e.user_id for e in set_aside} == {poison_user}

@@ -68,8 +68,12 @@ async def test_lag_catalogue_size_and_faust_sensor_on_the_workers_metrics(
 
     await wait_until(settled, OUTPUT_WAIT_S + SAMPLE_WAIT_S, "lag 0 on every owned partition and the catalogue size")
     metrics = scrape(settings.metrics_port)
-    # Faust's sensor, on the same page: every event was read twice (events, events.by-user)
-    assert metrics["faust_messages_received_total"] >= 2 * len(events)
+    # Faust's sensor, on the same page: every event was read (keyed by user by the SDK: served
+    # in one hop, never re-keyed to events.by-user)
+    assert metrics["faust_messages_received_total"] >= len(events)
+    assert metrics["streamrec_one_hop"] == 1
+    assert metrics["streamrec_one_hop_events_total"] == len(events)
+    assert metric_sum(metrics, "streamrec_rekeyed_events_total") == 0
     assert metric_sum(metrics, "faust_topic_partition_end_offset", settings.topics.events) >= len(events)
     assert metrics["streamrec_model_info{version=\"content-v1\"}"] == 1
     assert metrics["streamrec_model_created_timestamp_seconds"] == 0  # the content scorer has no age

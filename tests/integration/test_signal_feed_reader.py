@@ -1,10 +1,12 @@
-"""The worker's broadcast reader of `events.by-user` on a real broker: it starts some events back
+"""The worker's broadcast reader of `events` on a real broker: it starts some events back
 (`STREAMREC_SIGNALS_LOOKBACK_EVENTS`), goes live once caught up, follows new events (past one
-that fails), and a read broken off resumes where it was (nothing learned twice)."""
+that fails, and past input the contract refuses), and a read broken off resumes where it was
+(nothing learned twice)."""
 
 from __future__ import annotations
 
 import asyncio
+import json
 import time
 
 from streamrec.consumers.worker.metrics import WorkerMetrics
@@ -15,7 +17,7 @@ from streamrec.stream.messages import Event
 from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
-from tests.support.events import event
+from tests.support.events import event, event_fields
 from tests.support.waiting import wait_until
 
 WAIT_S = 30.0
@@ -30,11 +32,13 @@ class PoisonedFeed(SignalFeed):
         return super().learn(event)
 
 
-async def _forward(settings: Settings, events: list[Event]) -> None:
-    """Write events to `events.by-user` keyed by user, as the ingest agent does."""
+async def _forward(settings: Settings, events: list[Event], raw: tuple[bytes, ...] = ()) -> None:
+    """Produce events to `events` keyed by user, as the SDK does, and `raw` values unkeyed."""
     async with EventProducer(settings) as producer:
         for e in events:
-            await producer.send_raw(settings.topics.events_by_user, e.to_bytes(), key=e.user_id.encode())
+            await producer.send_event(e)
+        for value in raw:
+            await producer.send_raw(settings.topics.events, value)
         await producer.flush()
 
 
@@ -55,9 +59,13 @@ async def test_the_reader_starts_back_goes_live_follows_and_resumes(settings: Se
         assert back == 100, "the last 50 events of each partition (the lookback, split evenly)"
 
         new = [event("u-new", "i1", 1_000), event("u-bad", "poison", 1_001), event("u-new", "i2", 1_002)]
-        await _forward(settings, new)
+        invalid = (b'{"event_id": "broken', json.dumps(event_fields("u-new", "i9", 1_001, kind="like")).encode())
+        await _forward(settings, new, raw=invalid)
         await wait_until(lambda: feed.learned == back + 2, WAIT_S, "new events to be learned, past a failing one")
-        assert metrics.registry.get_sample_value("streamrec_signal_feed_events_total", {"outcome": "failed"}) == 1
+        sample = metrics.registry.get_sample_value
+        await wait_until(lambda: sample("streamrec_signal_feed_events_total", {"outcome": "invalid"}) == 2,
+                         WAIT_S, "input the contract refuses to be skipped and counted")
+        assert sample("streamrec_signal_feed_events_total", {"outcome": "failed"}) == 1
         assert feed.user_items("u-new") == ["i1", "i2"]
         assert feed.learn(event("u-new", "i2", 1_002)) is False  # the agent's path: counted once
     finally:
