@@ -5,7 +5,7 @@ registers, in this order:
 
 =================  ==========================================================================
 model_updates      task: follow `model-updates` (a broadcast) and hot-swap model versions
-signal_feed        task: `events` and `events.by-user` (broadcasts) -> every user's collaborative signals
+signal_feed        task: `events` (a broadcast) -> every user's collaborative signals
 sample_gauges      timer: consumer lag of the input partitions and the catalogue size
 ingest             agent: `events` -> validated, de-duplicated; keyed by user: user state ->
                    `recommendations` (one hop); otherwise re-keyed by user -> `events.by-user`
