@@ -144,7 +144,8 @@ def render_markdown(results: dict[str, Any]) -> str:
     if e2e:
         parts += ["", "## End to end through the broker", "",
                   "Tansu dev broker + one `streamrec worker` subprocess; event sent -> its list received by a "
-                  "plain consumer.", "", e2e_table(e2e)]
+                  "plain consumer. Changes to the worker's path are measured side by side: "
+                  "docs/worker-speed.md.", "", e2e_table(e2e)]
         for key in ("highest_rate_held", "p99_ms_at_1000", "note"):
             if e2e.get(key) is not None:
                 parts.append(f"\n- `{key}`: {e2e[key]}")
