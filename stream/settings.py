@@ -100,7 +100,7 @@ class Settings(BaseSettings):
     diversity: float = Field(0.0, ge=0.0, le=1.0)  # MMR trade-off: 0 = by score only, 1 = most unlike
     signals_feed: bool = True  # learn those counts from every worker's users (a broadcast read of events)
     signals_lookback_events: int = Field(200_000, ge=0)  # at start, read this many events messages back (all partitions)
-    signals_max_users: int = Field(100_000, ge=1)  # users whose recent items the feed remembers (~0.4 KB each)
+    signals_max_users: int = Field(100_000, ge=1)  # users whose recent items the feed and the similar-users signal remember (~0.4 KB each, each)
     signals_dedup_events: int = Field(100_000, ge=1)  # event ids the feed remembers, to count each once (~90 B each)
 
     # --- index, model, storage ---------------------------------------------------------

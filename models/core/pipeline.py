@@ -11,6 +11,7 @@ from collections.abc import Sequence
 from dataclasses import dataclass, field
 
 from streamrec.models.core.catalog import CatalogIndexer
+from streamrec.models.core.collaborative import CollaborativeConfig
 from streamrec.models.core.device import select_device
 from streamrec.models.core.encoder import TextEncoder
 from streamrec.models.core.popularity import TrendingItems
@@ -85,6 +86,7 @@ class Pipeline:
             trending=TrendingItems(half_life_s=settings.trending_half_life_s),
             config=RecommenderConfig.from_settings(settings),
             index_health=IndexHealth(retry_s=settings.index_retry_s),
+            collaborative=CollaborativeConfig(max_users=settings.signals_max_users),
         )
         return cls(index=index, catalog=CatalogIndexer(encoder, index), recommender=recommender, refused=refused)
 

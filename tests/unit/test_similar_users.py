@@ -6,15 +6,19 @@ Pure logic: the item index is the brute-force stand-in (tests/support/fakes.py).
 
 from __future__ import annotations
 
+from pathlib import Path
+
 import numpy as np
 
 from streamrec.models.core.collaborative import CollaborativeConfig, CollaborativeSignals
+from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.ranking import FEATURES, PEERS_REASON
 from streamrec.models.core.recommender import Recommender, RecommenderConfig
 from streamrec.models.core.scoring import ContentScorer
 from streamrec.models.core.similar_users import SimilarUsers, SimilarUsersConfig
 from streamrec.models.index.protocol import IndexedItem
+from streamrec.stream.settings import Settings
 from tests.support.events import event
 from tests.support.fakes import BruteForceIndex
 
@@ -116,3 +120,17 @@ def test_the_core_recommends_what_similar_users_took_with_its_reason() -> None:
     [ranked] = handled.lists
     assert ranked.items[0].item_id == "i60", [item.item_id for item in ranked.items]
     assert ranked.items[0].reason == PEERS_REASON
+
+
+def test_the_workers_pipeline_bounds_similar_users_by_the_signals_setting(tmp_path: Path) -> None:
+    settings = Settings(data_dir=tmp_path, index_mode="client", qdrant_url=":memory:", device="cpu",
+                        signals_max_users=7)
+    pipeline = Pipeline.from_settings(settings)
+    try:
+        signals = pipeline.recommender.collaborative
+        assert signals is not None
+        for n in range(20):
+            signals.learn([], "i1", user_id=f"u{n}")
+        assert len(signals.similar_users) == 7
+    finally:
+        pipeline.close()
