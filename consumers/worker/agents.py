@@ -247,7 +247,7 @@ async def publish_recommendations(context: WorkerContext, read: Read) -> None:
     user_states, latest_lists, handler = context.user_states, context.latest_lists, context.recommend
     events = [parsed for parsed, _ in read]
     states = {
-        user_id: context.restore(user_states.get(user_id.encode()))
+        user_id: context.restore(user_id, user_states.get(user_id.encode()))
         for user_id in {event.user_id for event in events}
     }
     messages, new_states, failed = handler.handle_isolating(events, states)
@@ -255,7 +255,7 @@ async def publish_recommendations(context: WorkerContext, read: Read) -> None:
         await on_processing_error(context, read, failed)
         events = [event for event in events if event.user_id not in failed]
     for user_id, state in new_states.items():
-        user_states[user_id.encode()] = state.to_dict()
+        user_states[user_id.encode()] = context.pack(state)
     started = time.perf_counter()
     pending = [
         await context.topics.recommendations.send(key=m.user_id.encode(), value=m.to_bytes())

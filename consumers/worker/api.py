@@ -49,12 +49,12 @@ class WorkerApi:
     app: faust.App
     settings: Settings
     pipeline: Pipeline
-    user_states: Mapping[bytes, Any]  # the user-state table: user id -> UserState.to_dict()
+    user_states: Mapping[bytes, Any]  # the user-state table: user id -> PackedUserState
     latest_lists: Mapping[bytes, Any]  # user id -> the last Recommendation published, as a dict
     events_topic: Any  # faust topic of `events` (raw bytes)
     validator: EventValidator
     recent_events: deque[Event]  # the latest events learned here, newest last
-    restore: Callable[[Any], UserState | None]  # table value -> UserState (None: none/unreadable)
+    restore: Callable[[str, Any], UserState | None]  # (user id, table value) -> UserState (None: none/unreadable)
     owner_table: str  # the table whose partitions decide which worker owns a user
     joined: bool = False  # the consumer group was joined and the tables recovered, once
     _metadata_known: set[str] = field(default_factory=set)
@@ -76,7 +76,7 @@ class WorkerApi:
             latest = Recommendation.model_validate(stored)
             source = "latest"
         else:
-            state = self.restore(self.user_states.get(key))
+            state = self.restore(user_id, self.user_states.get(key))
             source = "trending" if state is None or state.is_cold else "computed"
             state = state or UserState(user_id, max_history=self.settings.history_length)
             ranked = self.pipeline.recommender.recommend([state])[0]
@@ -103,7 +103,7 @@ class WorkerApi:
 
     def user(self, user_id: str) -> dict[str, Any]:
         """The user's state as this worker holds it: recent items (newest first) and counts."""
-        state = self.restore(self.user_states.get(user_id.encode()))
+        state = self.restore(user_id, self.user_states.get(user_id.encode()))
         if state is None:
             return {"user_id": user_id, "known": False, "n_events": 0, "recent": [], "served_by": self.url}
         recent = list(reversed(state.recent))

@@ -1,6 +1,9 @@
 """Per-user state, learned one event at a time: recent items, counts and River online statistics.
 
-Stored in a Faust table as versioned plain data (`to_dict` / `from_dict`), never pickled.
+Stored in the worker's Faust table packed (`packed_state.py`: int32 item codes, 2-bit types,
+float16 time gaps, 4-byte event-id digests), never pickled; `to_dict` / `from_dict` are the
+plain-data format of version 1 (JSON: what changelogs written before the packed state hold,
+read back by `packed_state.from_record`, and what tools and tests use).
 
 >>> from streamrec.stream.messages import Event
 >>> state = UserState("u1", max_history=2)
@@ -24,9 +27,9 @@ import math
 import sys
 from array import array
 from collections import OrderedDict, deque
-from collections.abc import KeysView, Sequence
+from collections.abc import Iterable, KeysView, Sequence
 from dataclasses import dataclass
-from typing import Any
+from typing import Any, NamedTuple
 
 from river import stats
 
@@ -34,9 +37,13 @@ from streamrec.stream.messages import EVENT_TYPES, Event
 
 #: How much each event type says about a user's taste (purchase > click > view).
 EVENT_WEIGHTS: dict[str, float] = {"view": 1.0, "click": 2.0, "purchase": 4.0}
-STATE_VERSION = 1
+DICT_VERSION = 1  # the plain-data (JSON) format of `to_dict`; the packed format is version 2
 RATE_HALF_LIFE_S = 3_600.0  # per-type event rates are exponentially decayed with this half-life
-EVENT_IDS_KEPT = 256  # event ids a state remembers (as 8-byte digests) to learn each once
+#: Event ids a state remembers (as 4-byte digests) to learn each once. It must cover the events
+#: of one user read again after a crash (those after the last committed offset: a few seconds'
+#: worth) and sent again by a producer; 64 is >20 events/s from one user over Faust's 2.8 s
+#: commit interval. docs/state.md gives the odds of a false "seen already" (64 / 2**32).
+EVENT_IDS_KEPT = 64
 
 
 def event_id_digest(event_id: str) -> int:
@@ -48,12 +55,23 @@ def event_id_digest(event_id: str) -> int:
     return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest(), "big")
 
 
-class EventIds:
-    """The digests of the last `capacity` event ids learned: a ring of 8-byte integers.
+def event_id_digest32(event_id: str) -> int:
+    """The top 32 bits of `event_id_digest`: what a user state remembers of an event id.
 
-    Bounded (8 bytes an id in memory, 11 in the changelog's JSON), kept in the user state so it
-    survives restarts and moves with the user's partition: an event sent again after a worker
-    restart, or read again after a crash, is not learned twice.
+    The top half, so that the 8-byte digests of version 1 states map onto the same values.
+
+    >>> event_id_digest32("e1") == event_id_digest("e1") >> 32
+    True
+    """
+    return int.from_bytes(hashlib.blake2b(event_id.encode(), digest_size=8).digest()[:4], "big")
+
+
+class EventIds:
+    """The digests of the last `capacity` event ids learned: a ring of 4-byte integers.
+
+    Bounded (4 bytes an id), kept in the user state so it survives restarts and moves with the
+    user's partition: an event sent again after a worker restart, or read again after a crash,
+    is not learned twice.
 
     >>> ids = EventIds(capacity=2)
     >>> for event_id in ("a", "b", "c"): ids.add(event_id)
@@ -61,17 +79,19 @@ class EventIds:
     (False, True, True)
     >>> EventIds.decode(ids.encode(), capacity=2).newest_first() == ids.newest_first()
     True
-    >>> base64.b64decode(ids.encode()) == b"".join(event_id_digest(e).to_bytes(8, "big") for e in "bc")
+    >>> EventIds.from_digests(ids.oldest_first(), capacity=2).newest_first() == ids.newest_first()
     True
     """
 
+    __slots__ = ("_next", "_ring", "capacity")
+
     def __init__(self, capacity: int = EVENT_IDS_KEPT) -> None:
         self.capacity = capacity
-        self._ring = array("Q")
+        self._ring = array("I")
         self._next = 0  # where the next digest goes once the ring is full
 
     def add(self, event_id: str) -> None:
-        digest = event_id_digest(event_id)
+        digest = event_id_digest32(event_id)
         if len(self._ring) < self.capacity:
             self._ring.append(digest)
         elif self.capacity:
@@ -79,23 +99,34 @@ class EventIds:
             self._next = (self._next + 1) % self.capacity
 
     def __contains__(self, event_id: object) -> bool:
-        return isinstance(event_id, str) and event_id_digest(event_id) in self._ring
+        return isinstance(event_id, str) and event_id_digest32(event_id) in self._ring
 
     def newest_first(self) -> list[int]:
-        return list(reversed(self._oldest_first()))
+        return list(reversed(self.oldest_first()))
 
-    def _oldest_first(self) -> array:
+    def oldest_first(self) -> array:
+        """The digests, oldest first (a copy: `array('I')`)."""
         return self._ring[self._next:] + self._ring[: self._next]
 
+    @classmethod
+    def from_digests(cls, digests: Iterable[int], capacity: int = EVENT_IDS_KEPT) -> EventIds:
+        """A ring holding `digests` (32-bit, oldest first; only the newest `capacity` kept)."""
+        ids = cls(capacity)
+        if capacity:
+            ids._ring = array("I", digests)[-capacity:]
+        return ids
+
     def encode(self) -> str:
-        """Oldest first, big-endian 8-byte digests, base64."""
-        ordered = self._oldest_first()
+        """Version 1's form: oldest first, big-endian 8-byte digests, base64 (the 4-byte digest
+        in the top half, as `event_id_digest32` reads an 8-byte one)."""
+        ordered = array("Q", (digest << 32 for digest in self.oldest_first()))
         if sys.byteorder == "little":
             ordered.byteswap()
         return base64.b64encode(ordered.tobytes()).decode("ascii")
 
     @classmethod
     def decode(cls, text: str, capacity: int = EVENT_IDS_KEPT) -> EventIds:
+        """Read `encode`'s form, or version 1's 8-byte digests (kept: their top 4 bytes)."""
         raw = base64.b64decode(text, validate=True)
         if len(raw) % 8:
             raise ValueError("event id digests must be 8 bytes each")
@@ -103,24 +134,40 @@ class EventIds:
         digests.frombytes(raw)
         if sys.byteorder == "little":
             digests.byteswap()
-        ids = cls(capacity)
-        if capacity:
-            ids._ring = digests[-capacity:]
-        return ids
+        return cls.from_digests((digest >> 32 for digest in digests), capacity)
 
 
-@dataclass(frozen=True, slots=True)
-class Interaction:
+class Interaction(NamedTuple):
     """One event as remembered in the user's recent sequence.
 
-    `slots`: a state holds `max_history` of these; without a per-object attribute dict each
-    takes 64 instead of ~115 bytes (streamrec.consumers.tools.bench_memory measures it).
+    A named tuple: a state holds `max_history` of these and a packed state makes them again for
+    every micro-batch (0.13 µs each against 0.73 µs for a frozen dataclass). `event_id` is
+    None once the state has been packed, except for the newest interaction: a packed state
+    keeps 4-byte digests of the ids (`EventIds`), enough to learn each event once.
     """
 
     item_id: str
     type: str
     ts: float
-    event_id: str
+    event_id: str | None
+
+
+@dataclass(slots=True)
+class StateParts:
+    """A `UserState`'s contents as plain values: what a storage format writes and reads back."""
+
+    recent: list[Interaction]  # oldest first
+    consumed: list[str]  # consumed item ids, least recently consumed first
+    event_digests: array  # `event_id_digest32` of the last ids learned, oldest first ('I')
+    counts: dict[str, int]  # events per type
+    gap_n: float  # River Mean / Var of the gaps between events: observations,
+    gap_mean: float  # mean (s)
+    gap_s: float  # and sum of squared deviations
+    rates: dict[str, tuple[float, float | None]]  # per type: decayed mass, as of event time
+    last_ts: float | None
+    out_of_order: int
+    served_version: str | None
+    served: tuple[str, ...]
 
 
 class _DecayedRate:
@@ -154,6 +201,7 @@ class UserState:
         self.user_id = user_id
         self.max_history = max_history
         self.max_consumed = max_consumed
+        self.max_ids = max_ids
         self._recent: deque[Interaction] = deque(maxlen=max_history)
         self._ids = EventIds(max_ids)  # the last `max_ids` event ids learned, past `recent` too
         self._consumed: OrderedDict[str, None] = OrderedDict()
@@ -170,7 +218,7 @@ class UserState:
     def learn(self, event: Event) -> bool:
         """Fold one event into the state; False (and no change) if it is in already.
 
-        Idempotent for any event among the last `max_history` (or `max_ids`) learned: an event
+        Idempotent for any event among the last `max_ids` learned: an event
         read again after a crash (its offset not yet committed, its state already in the
         changelog), forwarded twice or sent again by a producer does not count twice.
         """
@@ -194,8 +242,9 @@ class UserState:
         return True
 
     def has_learned(self, event_id: str) -> bool:
-        """Whether the event is among the last `max_history` or `max_ids` learned."""
-        return event_id in self._ids or any(i.event_id == event_id for i in reversed(self._recent))
+        """Whether the event is among the last `max_ids` learned (by a 4-byte digest of its id:
+        a new event is taken for one of those with odds `max_ids` / 2**32)."""
+        return event_id in self._ids
 
     def serve(self, model_version: str, item_ids: Sequence[str]) -> None:
         """Remember the list just served, to check the user's next events against it."""
@@ -255,10 +304,53 @@ class UserState:
         return features
 
     # --- persistence -------------------------------------------------------------------
+    def parts(self) -> StateParts:
+        """The state's contents as plain values (what `packed_state.pack` writes)."""
+        return StateParts(
+            recent=list(self._recent),
+            consumed=list(self._consumed),
+            event_digests=self._ids.oldest_first(),
+            counts=dict(self._counts),
+            gap_n=float(self._gap_mean.n),
+            gap_mean=float(self._gap_mean._mean),
+            gap_s=float(self._gap_var._S),
+            rates={kind: (rate.mass, rate.ts) for kind, rate in self._rates.items()},
+            last_ts=self._last_ts,
+            out_of_order=self.out_of_order,
+            served_version=self.served_version,
+            served=self.served,
+        )
+
+    @classmethod
+    def from_parts(
+        cls,
+        user_id: str,
+        parts: StateParts,
+        max_history: int = 50,
+        max_consumed: int = 1_000,
+        max_ids: int = EVENT_IDS_KEPT,
+    ) -> UserState:
+        """A state holding `parts`, cut to the limits given (the oldest go first)."""
+        state = cls(user_id, max_history=max_history, max_consumed=max_consumed, max_ids=max_ids)
+        state._recent.extend(parts.recent)
+        state._consumed = OrderedDict.fromkeys(parts.consumed[-max_consumed:] if max_consumed else ())
+        state._ids = EventIds.from_digests(parts.event_digests, max_ids)
+        state._counts.update(parts.counts)
+        state._gap_mean.n, state._gap_mean._mean = parts.gap_n, parts.gap_mean
+        state._gap_var.mean.n, state._gap_var.mean._mean, state._gap_var._S = parts.gap_n, parts.gap_mean, parts.gap_s
+        for kind, (mass, ts) in parts.rates.items():
+            state._rates[kind] = _DecayedRate(mass, ts)
+        state._last_ts = parts.last_ts
+        state.out_of_order = parts.out_of_order
+        if parts.served_version is not None:
+            state.serve(parts.served_version, parts.served)
+        return state
+
     def to_dict(self) -> dict[str, Any]:
-        """JSON-safe, versioned plain data (the Faust table value)."""
+        """JSON-safe, versioned plain data (version 1: what the changelog held before the packed
+        state; `from_dict` and `packed_state.from_record` read it)."""
         return {
-            "v": STATE_VERSION,
+            "v": DICT_VERSION,
             "user_id": self.user_id,
             "recent": [[i.item_id, i.type, i.ts, i.event_id] for i in self._recent],
             "consumed": list(self._consumed),
@@ -277,31 +369,39 @@ class UserState:
         cls, data: dict[str, Any], max_history: int = 50, max_consumed: int = 1_000, max_ids: int = EVENT_IDS_KEPT
     ) -> UserState:
         """Rebuild from `to_dict` output; ValueError on an unknown version or malformed data."""
-        if not isinstance(data, dict) or data.get("v") != STATE_VERSION:
+        if not isinstance(data, dict) or data.get("v") != DICT_VERSION:
             version = data.get("v") if isinstance(data, dict) else type(data).__name__
-            raise ValueError(f"unknown user state version {version!r} (expected {STATE_VERSION})")
+            raise ValueError(f"unknown user state version {version!r} (expected {DICT_VERSION})")
         try:
-            state = cls(str(data["user_id"]), max_history=max_history, max_consumed=max_consumed, max_ids=max_ids)
-            for item_id, kind, ts, event_id in data["recent"]:
-                state._recent.append(Interaction(str(item_id), str(kind), float(ts), str(event_id)))
-            for item_id in data["consumed"][-max_consumed:]:
-                state._consumed[str(item_id)] = None
-            state._counts.update({str(k): int(v) for k, v in data["counts"].items()})
-            state._gap_mean.n, state._gap_mean._mean = (float(x) for x in data["gap_mean"])
-            n, mean, s = (float(x) for x in data["gap_var"])
-            state._gap_var.mean.n, state._gap_var.mean._mean, state._gap_var._S = n, mean, s
-            for kind, (mass, ts) in data["rates"].items():
-                state._rates[str(kind)] = _DecayedRate(float(mass), None if ts is None else float(ts))
-            state._last_ts = None if data["last_ts"] is None else float(data["last_ts"])
-            state.out_of_order = int(data.get("out_of_order", 0))
-            if "ids" in data:  # (states written before it remember `recent` only)
-                state._ids = EventIds.decode(str(data["ids"]), max_ids)
-            else:
-                for interaction in state._recent:
-                    state._ids.add(interaction.event_id)
+            user_id = str(data["user_id"])
+            recent = [
+                Interaction(str(item_id), str(kind), float(ts), None if event_id is None else str(event_id))
+                for item_id, kind, ts, event_id in data["recent"]
+            ]
+            gap_n, gap_mean = (float(x) for x in data["gap_mean"])
+            _, _, gap_s = (float(x) for x in data["gap_var"])
+            if "ids" in data:
+                digests = EventIds.decode(str(data["ids"]), max_ids).oldest_first()
+            else:  # (states written before it remember `recent` only)
+                digests = array("I", (event_id_digest32(i.event_id) for i in recent if i.event_id is not None))
             served_version, served = data.get("served") or (None, [])
-            if served_version is not None:
-                state.serve(str(served_version), [str(item_id) for item_id in served])
+            parts = StateParts(
+                recent=recent,
+                consumed=[str(item_id) for item_id in data["consumed"]],
+                event_digests=digests,
+                counts={str(k): int(v) for k, v in data["counts"].items()},
+                gap_n=gap_n,
+                gap_mean=gap_mean,
+                gap_s=gap_s,
+                rates={
+                    str(kind): (float(mass), None if ts is None else float(ts))
+                    for kind, (mass, ts) in data["rates"].items()
+                },
+                last_ts=None if data["last_ts"] is None else float(data["last_ts"]),
+                out_of_order=int(data.get("out_of_order", 0)),
+                served_version=None if served_version is None else str(served_version),
+                served=tuple(str(item_id) for item_id in served),
+            )
         except (KeyError, TypeError, ValueError) as exc:
             raise ValueError(f"malformed user state: {exc!r}") from exc
-        return state
+        return cls.from_parts(user_id, parts, max_history, max_consumed, max_ids)

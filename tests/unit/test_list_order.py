@@ -17,6 +17,8 @@ import numpy as np
 from streamrec.consumers.cli.main import print_newest_lists
 from streamrec.consumers.worker.handlers import RecommendHandler
 from streamrec.consumers.worker.metrics import WorkerMetrics
+from streamrec.models.core.interner import Interner
+from streamrec.models.core.packed_state import from_record, pack, to_record, unpack
 from streamrec.models.core.pipeline import Pipeline
 from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.recommender import Recommender, RecommenderConfig
@@ -48,8 +50,11 @@ def event(n: int, user: str = "a") -> Event:
 
 
 def restarted(state: UserState) -> UserState:
-    """The state as a restarted worker reads it back from its table (plain JSON)."""
-    return UserState.from_dict(json.loads(json.dumps(state.to_dict())), max_history=HISTORY)
+    """The state as a restarted worker reads it back: packed, through its changelog record,
+    into another process's item codes."""
+    here, there = Interner(), Interner()
+    record = to_record(pack(state, here), here)
+    return unpack(from_record(record, there), state.user_id, there, max_history=HISTORY)
 
 
 def test_every_list_has_a_deterministic_id_and_a_growing_order_key() -> None:
@@ -76,7 +81,7 @@ def test_duplicates_past_the_history_are_dropped_after_a_restart() -> None:
     handler = recommend_handler()
     _, states = handler.handle([event(n) for n in range(6)], {"a": None})
     state = restarted(states["a"])
-    assert [i.event_id for i in state.recent] == ["e4", "e5"]  # e0..e3 only in the id memory
+    assert [i.event_id for i in state.recent] == [None, "e5"]  # the others only in the id memory
     (message,), states = handler.handle([event(1), event(3), event(6)], {"a": state})
     assert states["a"].n_events == 7 and states["a"].counts["view"] == 7
     assert (message.trigger_event_id, message.sequence) == ("e6", 7)
