@@ -5,9 +5,10 @@ Two parts, each measured in a fresh Python process (`python -m streamrec.consume
 
 - **users** (`bench_memory_users.py`): `users` `UserState`s, each having learned `recent` events (the synthetic world's
   id formats, event types mixed 75/20/5 %). Measured as RSS deltas: the live `UserState`
-  objects (what a micro-batch works on), their `to_dict()` plain data (what the worker's
-  `memory://` table holds for every user between batches), and the JSON bytes of that data
-  (what the changelog, and a `rocksdb://` store, hold). A tracemalloc pass over a small sample
+  objects (what a micro-batch works on), the packed states (what the worker's `memory://` table
+  holds for every user between batches) and their changelog records (what the changelog, and a
+  `rocksdb://` store, hold), beside the version 1 `to_dict()` plain data and its JSON (what they
+  held before the packed state); pack / unpack times per user beside to_dict / from_dict. A tracemalloc pass over a small sample
   says where the bytes of one `UserState` go, by allocation site.
 - **items** (`bench_memory_items.py`): a Qdrant Edge shard (`EdgeItemIndex`) behind `CachedItemIndex`, as the worker
   opens it, with `items` random clustered 384-d unit vectors: upserted, `optimize()`d (HNSW),
@@ -78,7 +79,8 @@ def run_memory_bench(
         "users": user_figures,
         "items": item_figures,
         "mib_per_100k_users": user_figures["mib_per_100k_users"]["user_state_objects"],
-        "mib_per_100k_users_table": user_figures["mib_per_100k_users"]["table_dicts"],
+        "mib_per_100k_users_table": user_figures["mib_per_100k_users"]["packed"],
+        "mib_per_100k_users_table_before": user_figures["mib_per_100k_users"]["table_dicts"],
         "mib_per_100k_items": item_figures["mib_per_100k_items"]["total"],
         "target_mib_per_100k_users": TARGET_MIB_PER_100K_USERS,
         "meets_target": user_figures["meets_target"],
@@ -98,10 +100,16 @@ def print_table(results: dict) -> None:
           f"(target <= {results['target_mib_per_100k_users']:.0f} MiB per 100k users)")
     print(f"{'form':<34} {'MiB/100k users':>15} {'bytes/user':>11}")
     rows = [("UserState objects (RSS)", "user_state_objects"), ("UserState objects (tracemalloc)", "user_state_traced"),
-            ("table values, to_dict() (RSS)", "table_dicts"), ("changelog, JSON bytes", "json")]
+            ("table values, packed (RSS)", "packed"), ("changelog, packed records", "packed_record"),
+            ("before: table values, to_dict() (RSS)", "table_dicts"), ("before: changelog, JSON bytes", "json")]
     for label, key in rows:
-        print(f"{label:<34} {per_u[key]:>15} {u['bytes_per_user'][key]:>11}")
-    print(f"target met: {'yes' if results['meets_target'] else 'no'}")
+        print(f"{label:<38} {per_u[key]:>11} {u['bytes_per_user'][key]:>11}")
+    print(f"(a packed state's bytes object holds {u['bytes_per_user']['packed_payload']} B; item dictionary: "
+          f"{u['item_dictionary']['items']} ids, ~{u['item_dictionary']['bytes_per_item']} B each, shared by all users)")
+    print(f"target met (packed table values): {'yes' if results['meets_target'] else 'no'}")
+    t = u["us_per_user"]
+    print(f"per user (µs): pack {t['pack']} / unpack {t['unpack']}  vs  to_dict {t['to_dict']} / from_dict "
+          f"{t['from_dict']};  changelog record out {t['to_record']} / in {t['from_record']} (JSON dumps {t['json_dumps']})")
     print("\nwhere one UserState's bytes go (tracemalloc, top sites):")
     for site in u["allocation_sites"]:
         print(f"  {site['bytes_per_user']:>7} B/user  {site['site']:<22} {site['code']}")

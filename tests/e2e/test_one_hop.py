@@ -120,8 +120,9 @@ async def test_keyed_events_take_one_hop_and_the_rest_are_re_keyed_and_counted(
         assert metric_sum(metrics, "streamrec_rekeyed_events_total", f'reason="{reason}"') == len(events), reason
     for user in users:  # each user's state learned every event once
         state = worker.get(f"/users/{user}")
-        assert sorted(r["event_id"] for r in state["recent"]) == sorted(e.event_id for e in everyone
-                                                                        if e.user_id == user), user
+        mine = [e for e in everyone if e.user_id == user]  # (by item and type: ids are digests but the newest's)
+        assert sorted((r["item_id"], r["type"]) for r in state["recent"]) == sorted((e.item_id, e.type) for e in mine), user
+        assert state["n_events"] == len(mine), user
     in_order = _last_per_user(keyed)  # keyed by user: one partition, served in send order
     assert in_order <= {json.loads(v)["trigger_event_id"] for v in recs.values}
     worker.alive()

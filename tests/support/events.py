@@ -56,3 +56,14 @@ def bad_messages(now: float) -> list[tuple[bytes, str]]:
         (json.dumps({**good, "event_id": "huge", "context": {"pad": "x" * MAX_MESSAGE_BYTES}}).encode(), "oversized"),
     ]
     return cases
+
+
+def assert_recent_items(state: dict[str, Any], events: list[Event]) -> None:
+    """`GET /users/{id}`'s recent items are `events`, newest first, each once: item and type
+    per item, and the newest's full event id (a packed state keeps only digests of the others,
+    so the API shows their `event_id` as null)."""
+    recent = state["recent"]
+    assert [(r["item_id"], r["type"]) for r in recent] == [(e.item_id, e.type) for e in reversed(events)], (
+        state.get("user_id"), recent)
+    assert [r["event_id"] for r in recent[:1]] == [e.event_id for e in events[-1:]], state.get("user_id")
+    assert all(r["event_id"] is None for r in recent[1:]), state.get("user_id")
