@@ -163,6 +163,8 @@ def unpack(
         served = tuple(strings[code] for code in _codes_at(data, layout.served, n_served))
         extra = [strings[code] for code in _codes_at(data, layout.extra, n_extra)]
         version_code = fields[20]
+        if version_code < NO_CODE:
+            raise IndexError(version_code)
         served_version = None if version_code == NO_CODE else strings[version_code]
     except IndexError:
         raise ValueError("packed user state refers to an item code this process never gave out") from None
