@@ -18,6 +18,7 @@ import pytest
 
 from streamrec.consumers.worker.handlers import MAX_ATTEMPTS, PROCESSING_FAILED
 from streamrec.stream.messages import DeadLetter, Event, Recommendation
+from tests.support.events import assert_recent_items
 from tests.support.group_run import SERVED_S, Run, Sender, lists_triggered_by_last_events
 from tests.support.metrics import metric_sum, scrape
 from tests.support.topics import read_topic
@@ -65,7 +66,7 @@ def test_a_poison_event_is_dead_lettered_and_the_stream_goes_on(run: Run) -> Non
 
     for user, events in others(history).items():  # everyone else: every event learned, served
         state = worker.get(f"/users/{user}")
-        assert sorted(r["event_id"] for r in state["recent"]) == sorted(e.event_id for e in events), user
+        assert_recent_items(state, events)
     lists = [Recommendation.model_validate_json(v) for v in read_topic(run.settings, run.settings.topics.recommendations)]
     assert poison_user not in {m.user_id for m in lists}
 
