@@ -168,6 +168,8 @@ class Retriever:
         owners = [row for row, profile in enumerate(profiles) if profile.items]
         collector.add(owners, [[item for item, _ in signals.next_after(profiles[row].items)] for row in owners],
                       Source.NEXT, skip_consumed=True)
+        followers = signals.followers_batch([profiles[row].items for row in owners])
+        collector.add(owners, [[item for item, _ in hits] for hits in followers], Source.NEXT, skip_consumed=True)
         covisited = signals.covisited_batch([profiles[row].items for row in owners])
         collector.add(owners, [[item for item, _ in hits] for hits in covisited], Source.COVISIT, skip_consumed=True)
         peers = signals.similar_users_batch([profiles[row].items for row in owners])

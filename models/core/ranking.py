@@ -6,8 +6,9 @@ Features per (user, candidate), each in 0..1 (`FEATURES`):
 - `model`: the serving scorer's score (the ranker's; 0 while the content scorer serves);
 - `covisit` (cosine, and `covisit_best` scaled per user), `covisit_seeds` (the share of the
   user's recent items it goes with), `covisit_last` (with the newest item alone), `next`, `next2`, `popular`, `popular_now`,
-  `peers` (the share of similar users' similarity behind the candidate) and `peers_best` (scaled
-  per user): the collaborative signals; `next_support` (how often the last item was followed at all) and
+  `peers` (the share of similar users' similarity behind the candidate), `peers_best` (scaled
+  per user) and `follows` (what followed the user's last few items within a few steps,
+  scaled per user): the collaborative signals; `next_support` (how often the last item was followed at all) and
   `history` (how many recent items the user has) describe the user, not the candidate
   (`CONTEXT_FEATURES`: they matter only through the blend's residual, never as a reason);
 - `trending`: decayed popularity on event time (the worker's trending counts).
@@ -46,7 +47,7 @@ CONTEXT_FEATURES = ("next_support", "history")
 # Where the learned blend starts: every signal counts, text and co-visitation most. Chosen
 # for any stream (not tuned on one); the online updates move them within a few thousand events.
 PRIOR = {"text": 1.0, "text_last": 0.0, "model": 0.5, "covisit": 1.0, "covisit_best": 1.0, "covisit_seeds": 0.0, "covisit_last": 0.0, "next": 1.0,
-         "next2": 0.5, "next_support": 0.0, "history": 0.0, "popular": 0.3, "popular_now": 0.3, "trending": 0.3, "peers": 0.5, "peers_best": 0.5}
+         "next2": 0.5, "next_support": 0.0, "history": 0.0, "popular": 0.3, "popular_now": 0.3, "trending": 0.3, "peers": 0.5, "peers_best": 0.5, "follows": 1.0}
 POPULARITY_FEATURES = ("popular", "popular_now", "trending")
 _CONTEXT_COLUMNS = [FEATURES.index(name) for name in CONTEXT_FEATURES]
 _NEIGHBOUR = Source.NEIGHBOUR.code
@@ -226,7 +227,7 @@ class ListRanker:
                 reasons.append(MODEL_REASON.format(title=last))
             elif feature in ("covisit", "covisit_best", "covisit_seeds", "covisit_last"):
                 reasons.append(COVISIT_REASON.format(title=self._covisit_seed(profile, item_id)))
-            elif feature in ("next", "next2"):
+            elif feature in ("next", "next2", "follows"):
                 reasons.append(NEXT_REASON.format(title=last))
             elif feature in ("peers", "peers_best"):
                 reasons.append(PEERS_REASON)

@@ -58,6 +58,27 @@ def test_second_order_transitions_tell_apart_what_follows_a_pair() -> None:
     assert features[0, next2] == 1.0 and features[1, next2] == 0.0  # after (x, m): only one
 
 
+def test_sequential_rules_follow_an_item_past_a_step_in_between_one_way_only() -> None:
+    signals = CollaborativeSignals()
+    # a is followed by b two steps on, with a different item in between each time
+    _learn(signals, [["a", f"noise{n}", "b"] for n in range(4)])
+    followers = [item for item, _ in signals.followers_batch([["a"]])[0]]
+    assert followers[0] == "b"  # each noise item followed a once, b four times (at gap 2)
+    assert "b" not in [item for item, _ in signals.next_after(["a"])]  # never *right* after a
+    assert signals.followers_batch([["b"]])[0] == []  # directed: nothing came after b
+    col = COLLABORATIVE_FEATURES.index("follows")
+    features = signals.features(["a"], ["b", "noise0", "a"])  # (3, F)
+    assert features[0, col] == 1.0 and 0 < features[1, col] < 1.0 and features[2, col] == 0.0
+
+
+def test_newest_seeds_lead_what_follows() -> None:
+    signals = CollaborativeSignals()
+    _learn(signals, [["old", "after-old"]] * 3 + [["new", "after-new"]] * 3)
+    found = signals.follows_scores_batch([["old", "new"]])[0]  # newest last: "new" leads
+    scores = dict(zip([signals.vocabulary.names[row] for row in found.rows.tolist()], found.scores.tolist()))
+    assert scores["after-new"] > scores["after-old"] > 0
+
+
 def test_co_visitation_is_cosine_so_a_popular_item_does_not_win_for_being_popular() -> None:
     signals = CollaborativeSignals()
     # "hit" goes with everything (40 users take it after something random); "pair" goes with
