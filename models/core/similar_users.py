@@ -145,11 +145,10 @@ class SimilarUsers:
         """Item rows renumbered (`new_row[old]`, -1: dropped) into `n_items` rows."""
         valid = self._items >= 0
         mapped = np.where(valid, new_row[np.where(valid, self._items, 0)], EMPTY)
-        for user in range(len(self._items)):  # kept items stay in order, newest last
-            kept = mapped[user][mapped[user] >= 0]
-            self._items[user] = EMPTY
-            self._items[user, : len(kept)] = kept
-            self._lengths[user] = len(kept)
+        kept = mapped >= 0  # (users, W)
+        order = np.argsort(~kept, axis=1, kind="stable")  # kept items first, in their order, newest last
+        self._items = np.where(np.sort(~kept, axis=1), EMPTY, np.take_along_axis(mapped, order, axis=1)).astype(self._items.dtype)
+        self._lengths = kept.sum(axis=1).astype(self._lengths.dtype)
         keep = np.flatnonzero(new_row[: len(self._users)] >= 0)
         users = np.full((max(64, n_items), self.config.users_per_item), EMPTY, dtype=np.int32)
         heads = np.zeros(len(users), dtype=np.int64)

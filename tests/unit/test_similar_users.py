@@ -16,7 +16,7 @@ from streamrec.models.core.popularity import TrendingItems
 from streamrec.models.core.ranking import FEATURES, PEERS_REASON
 from streamrec.models.core.recommender import Recommender, RecommenderConfig
 from streamrec.models.core.scoring import ContentScorer
-from streamrec.models.core.similar_users import SimilarUsers, SimilarUsersConfig
+from streamrec.models.core.similar_users import EMPTY, SimilarUsers, SimilarUsersConfig
 from streamrec.models.index.protocol import IndexedItem
 from streamrec.stream.settings import Settings
 from tests.support.events import event
@@ -82,6 +82,21 @@ def test_rows_stay_right_when_the_vocabulary_is_compacted() -> None:
     assert len(signals.vocabulary) < 40
     [best] = signals.similar_users_batch([["a", "b"]])
     assert {item for item, _ in best} == {"a", "b", "c"}  # the habit's items, by their names
+
+
+def test_a_remap_keeps_each_users_surviving_items_in_order_and_renumbers_the_rings() -> None:
+    users = SimilarUsers()
+    for item in (0, 1, 2, 3):
+        users.learn("u1", item)
+    for item in (3, 1):
+        users.learn("u2", item)
+    new_row = np.array([0, -1, 1, 2])  # item 1 dropped, 2 and 3 move down one row
+    users.remap(new_row, n_items=3)
+    u1, u2 = users._row_of["u1"], users._row_of["u2"]
+    assert users._items[u1, : users._lengths[u1]].tolist() == [0, 1, 2]  # was 0, 2, 3: newest last
+    assert users._items[u2, : users._lengths[u2]].tolist() == [2]
+    assert (users._items[u1, users._lengths[u1]:] == EMPTY).all()
+    assert sorted(users._users[2][users._users[2] >= 0].tolist()) == sorted([u1, u2])  # old item 3's ring
 
 
 def test_the_core_recommends_what_similar_users_took_with_its_reason() -> None:
