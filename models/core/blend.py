@@ -5,7 +5,8 @@ co-visitation, transitions, popularity at two scales, each scaled per user). A l
 candidates by `weights · features`. When the user's next event arrives, the list that was
 served is judged: if the consumed item was among the candidates, one step of softmax
 cross-entropy (the consumed item against the other candidates) moves the weights, with
-AdaGrad steps so features of any scale learn at the same pace. No dataset-specific tuning:
+AdaGrad steps (whose sums forget, so they keep following a drifting stream) so features of
+any scale learn at the same pace. No dataset-specific tuning:
 the weights follow whatever stream the worker sees, from a prior where every signal counts.
 
 >>> blend = OnlineBlend(("a", "b"), prior=(0.0, 0.0))
@@ -27,6 +28,10 @@ from dataclasses import dataclass
 import numpy as np
 
 LEARNING_RATE = 0.05
+# AdaGrad's sums of squared gradients keep this share per update (RMSProp-like): plain
+# AdaGrad's steps shrink as 1/sqrt(updates) and stop following a stream whose signals drift;
+# with forgetting they settle at the size of the last ~100 updates' gradients.
+SQUARES_KEPT = 0.99
 L2 = 1e-4  # pulls unused weights slowly back towards the prior
 HIDDEN_UNITS = 16  # the residual's width
 
@@ -89,6 +94,7 @@ class OnlineBlend:
         g = p.copy()
         g[consumed] -= 1.0  # (C,) d loss / d score
         gradient = x.T @ g + L2 * (self.weights - self.prior)  # (F,)
+        self._squares *= SQUARES_KEPT
         self._squares += gradient * gradient
         self.weights -= self.learning_rate * gradient / np.sqrt(self._squares)
         if len(self.hidden_out):
@@ -101,6 +107,7 @@ class OnlineBlend:
                 (self.hidden_in, grad_in, self._squares_in),
                 (self.hidden_bias, grad_bias, self._squares_bias),
             ):
+                squares *= SQUARES_KEPT
                 squares += grad * grad
                 value -= self.learning_rate * grad / np.sqrt(squares)
         self.updates += 1
