@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import numpy as np
 
-from streamrec.models.core.blend import OnlineBlend
+from streamrec.models.core.blend import LEARNING_RATE, OnlineBlend
 
 
 def _context_examples(n: int, seed: int) -> list[tuple[np.ndarray, int]]:
@@ -50,3 +50,16 @@ def test_batched_and_single_scores_agree_after_learning() -> None:
         blend.learn(features, taken)
     batch = np.stack([f for f, _ in _context_examples(5, seed=5)])  # (B=5, C=8, F=3)
     np.testing.assert_allclose(blend.score(batch), np.stack([blend.score(f) for f in batch]), rtol=1e-5)
+
+
+def test_steps_do_not_vanish_on_a_long_stream_so_the_blend_keeps_following_drift() -> None:
+    """Plain AdaGrad's steps shrink as 1/sqrt(updates): after 10,000 noisy updates a step would
+    be ~1/100 of the learning rate. The blend's squared-gradient sums forget, so it stays ~1/10."""
+    rng = np.random.default_rng(0)
+    blend = OnlineBlend(("a", "b"), prior=(0.0, 0.0), hidden=0)
+    for _ in range(10_000):  # features that never predict for sure: gradients never vanish
+        blend.learn(rng.random((5, 2)).astype(np.float32), consumed=int(rng.integers(5)))
+    before = blend.weights.copy()
+    blend.learn(np.array([[1.0, 0.0], [0.0, 1.0]], dtype=np.float32), consumed=1)
+    step = np.abs(blend.weights - before).max()
+    assert step > LEARNING_RATE / 30, step
