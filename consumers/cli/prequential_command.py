@@ -210,6 +210,13 @@ def results_table(totals: dict[str, Any]) -> str:
     lines.append(f"{warm_events} measured events of users with history (HR/NDCG/MRR), {cold_events} first "
                  f"events of users (cold); all = both. Ratios: to the best baseline "
                  f"({', '.join(baselines) or 'none run'}). ILS: mean text cosine within a list (1 = all alike).")
+    for name, row in systems.items():
+        recall = row.get("system", {}).get("candidate_recall")
+        if recall and recall["judged"]:
+            sources = ", ".join(f"{source} {share:.3f}" for source, share in recall["by_source"].items())
+            lines.append(f"{name}: the next item was among the candidates in {recall['recall']:.3f} of "
+                         f"{recall['judged']} lists judged (by the source that found it first: {sources}); "
+                         f"HR@{k} / that = the share the top {k} kept.")
     return "\n".join(lines)
 
 

@@ -116,6 +116,7 @@ class WorkerContext:
         )
         context.recommend.on_outcomes = context.swapper.observe  # the canary judge listens
         metrics.watch_index(pipeline.recommender)  # streamrec_index_available, fallback lists
+        metrics.watch_candidate_recall(pipeline.recommender)  # streamrec_candidate_next_items_total
         return context
 
     def restore(self, user_id: str, stored: Any) -> UserState | None:

@@ -14,7 +14,9 @@ from typing import TYPE_CHECKING, Any, Protocol
 from faust.sensors.prometheus import FaustMetrics, PrometheusMonitor
 from faust.types import TP
 from prometheus_client import CollectorRegistry, Counter, Gauge, Histogram, generate_latest
+from prometheus_client.core import CounterMetricFamily
 from prometheus_client.exposition import CONTENT_TYPE_LATEST
+from prometheus_client.registry import Collector
 
 if TYPE_CHECKING:
     from streamrec.models.core.recommender import Recommender
@@ -209,6 +211,11 @@ class WorkerMetrics:
         self.index_available.set_function(lambda: float(health.available))
         recommender.on_fallback = lambda reason, lists: self.fallback_lists.labels(reason=reason).inc(lists)
 
+    def watch_candidate_recall(self, recommender: Recommender) -> None:
+        """Export whether each user's next item was among the candidates of their last list
+        (`streamrec_candidate_next_items_total`), read from the core's counts at scrape time."""
+        self.registry.register(_CandidateRecallCollector(recommender))
+
     def record_consumer_lag(self, lags: Mapping[TP, int]) -> None:
         """Replace the lag series: partitions no longer assigned here disappear."""
         self.consumer_lag.clear()
@@ -276,3 +283,32 @@ async def sample_consumer_lag(
     never = [tp for tp, offset in committed.items() if offset is None]
     earliest = await consumer.earliest_offsets(*never) if never else {}
     metrics.record_consumer_lag(partition_lags(ends, committed, earliest))
+
+
+class _CandidateRecallCollector(Collector):
+    """`streamrec_candidate_next_items_total{outcome, source}` from `Recommender.candidate_recall`:
+    held (by the source that found the item first) or missed. Recall over a window is
+    `sum(rate(...{outcome="held"}[5m])) / sum(rate(...[5m]))`."""
+
+    def __init__(self, recommender: Recommender) -> None:
+        self.recommender = recommender
+
+    def describe(self) -> list[CounterMetricFamily]:
+        return [self._family()]
+
+    def collect(self) -> list[CounterMetricFamily]:
+        family = self._family()
+        recall = self.recommender.candidate_recall
+        for source, n in sorted(recall.held_by_source.items()):
+            family.add_metric(["held", source], n)
+        family.add_metric(["missed", "none"], recall.judged - recall.held)
+        return [family]
+
+    @staticmethod
+    def _family() -> CounterMetricFamily:
+        return CounterMetricFamily(
+            "streamrec_candidate_next_items",
+            "Users' next items judged against the candidates of their last list (warm users): "
+            "held, by the source that found the item first, or missed.",
+            labels=["outcome", "source"],
+        )

@@ -123,6 +123,7 @@ class ServedCandidates:
     ids: list[str]
     features: np.ndarray
     warm: bool = True  # ranked by the blend for users with a history (else the cold one)
+    sources: np.ndarray | None = None  # (C,) each candidate's `Source.code`, when known
 
 
 class ServedMemory:

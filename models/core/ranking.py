@@ -180,7 +180,7 @@ class ListRanker:
                 RecommendedItem(item_id=ids[c], score=round(float(scores[b, c]), 6), reason=reason)
                 for c, reason in zip(chosen, reasons)
             ]
-            served = ServedCandidates(ids, features[b, : len(ids)].copy())
+            served = ServedCandidates(ids, features[b, : len(ids)].copy(), sources=candidates.sources[b, : len(ids)].copy())
             results.append(RankedCandidates(items, served))
         return results
 

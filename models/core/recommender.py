@@ -19,6 +19,7 @@ from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass
 
 from streamrec.models.core.blend import OnlineBlend, ServedMemory
+from streamrec.models.core.candidate_recall import CandidateRecall
 from streamrec.models.core.candidates import Profile, RetrievalConfig, Retriever, build_profiles
 from streamrec.models.core.collaborative import CollaborativeConfig, CollaborativeSignals
 from streamrec.models.core.popularity import TrendingItems
@@ -187,6 +188,8 @@ class Recommender:
         self.blend: OnlineBlend = new_blend()
         self.cold_blend: OnlineBlend = new_cold_blend()
         self.served = ServedMemory()  # what each user's last list was chosen from (the blend learns)
+        self.candidate_recall = CandidateRecall()  # next items among the candidates, users with a history
+        self.cold_recall = CandidateRecall()  # the same for lists of the cold blend
         self.retriever = Retriever(index, trending, self.collaborative, cfg.retrieval())
         self.ranker = ListRanker(trending, self.collaborative, self.blend, self.cold_blend, cfg.k, cfg.diversity)
 
@@ -259,9 +262,8 @@ class Recommender:
         served = self.served.take(state.user_id)
         if served is None:
             return
-        try:
-            row = served.ids.index(consumed)
-        except ValueError:
+        row = (self.candidate_recall if served.warm else self.cold_recall).observe(served, consumed)
+        if row is None:
             return  # not among the candidates: nothing to say about their order
         blend = self.blend if served.warm else self.cold_blend
         blend.learn(served.features, row)

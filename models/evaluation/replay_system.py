@@ -136,6 +136,7 @@ class CoreSystem:
             "serving": self.pipeline.recommender.model_version,
             "blend": self.pipeline.recommender.blend.as_dict(),
             "cold_blend": self.pipeline.recommender.cold_blend.as_dict(),
+            "candidate_recall": self.pipeline.recommender.candidate_recall.as_dict(),
             "versions": [vars(change) for change in self.timeline],
             "cycles": len(self.cycles),
             "cycles_published": accepted,

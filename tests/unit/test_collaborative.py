@@ -162,6 +162,23 @@ def test_the_worker_core_recommends_a_planted_co_visitation_pattern_with_its_rea
     assert again.items[0].reason in {"often viewed with item 7", "often next after item 7"}
 
 
+def test_candidate_recall_counts_next_items_among_the_candidates_and_their_source() -> None:
+    index = _random_catalogue()
+    rec = Recommender(index=index, scorer=ContentScorer(), trending=TrendingItems(half_life_s=3600.0),
+                      config=RecommenderConfig(k=5, seed_items=3, neighbours_per_item=5, profile_items=10))
+    states: dict = {}
+    for n in range(30):  # everyone goes i7 -> i42
+        states.update(rec.handle([event(f"u{n}", "i7", 10 * n)], states).states)
+        states.update(rec.handle([event(f"u{n}", "i42", 10 * n + 1)], states).states)
+    recall = rec.candidate_recall.as_dict()
+    assert recall["judged"] == 30  # every user's second event, against the list after their first
+    assert recall["held"] >= 25 and recall["recall"] == round(recall["held"] / 30, 4)
+    assert set(recall["by_source"]) <= {"next", "covisit", "peers", "neighbour", "trending"}
+    assert max(recall["by_source"], key=recall["by_source"].get) in {"next", "covisit"}  # found by the counts
+    states.update(rec.handle([event("u0", "nowhere", 1_000)], states).states)  # not a catalogue item
+    assert rec.candidate_recall.judged == 31 and rec.candidate_recall.held == recall["held"]
+
+
 def test_cold_users_get_the_popular_items_of_the_catalogue_only() -> None:
     index = _random_catalogue(n=20)
     rec = Recommender(index, ContentScorer(), TrendingItems(3600.0), RecommenderConfig(k=5))

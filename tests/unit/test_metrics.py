@@ -110,3 +110,24 @@ def test_trainer_records_a_refused_and_a_failed_cycle() -> None:
     metrics.record_failure()
     assert sample("streamrec_trainer_cycles_total", outcome="failed") == 1
     assert sample("streamrec_trainer_last_cycle_timestamp_seconds") >= refused_at
+
+
+def test_candidate_recall_is_exported_from_the_cores_counts_at_scrape_time() -> None:
+    from types import SimpleNamespace
+
+    import numpy as np
+
+    from streamrec.models.core.blend import ServedCandidates
+    from streamrec.models.core.candidate_batch import Source
+    from streamrec.models.core.candidate_recall import CandidateRecall
+
+    recall = CandidateRecall()
+    metrics = WorkerMetrics()
+    metrics.watch_candidate_recall(SimpleNamespace(candidate_recall=recall))  # type: ignore[arg-type]
+    served = ServedCandidates(["a", "b"], np.zeros((2, 1)), sources=np.array([Source.NEXT.code, Source.COVISIT.code]))
+    for consumed in ("a", "a", "b", "z"):
+        recall.observe(served, consumed)
+    text = metrics.exposition().decode()
+    assert 'streamrec_candidate_next_items_total{outcome="held",source="next"} 2.0' in text
+    assert 'streamrec_candidate_next_items_total{outcome="held",source="covisit"} 1.0' in text
+    assert 'streamrec_candidate_next_items_total{outcome="missed",source="none"} 1.0' in text
