@@ -166,6 +166,8 @@ class WorkerMetrics:
             "Items in the text index this worker recommends from (sampled).",
             registry=r,
         )
+        self._candidate_recall = _CandidateRecallCollector(None)  # counts once a recommender is watched
+        r.register(self._candidate_recall)
         self.index_available = Gauge(
             "streamrec_index_available",
             "1 while the item index (Qdrant) answers; 0 from a failed call until one succeeds.",
@@ -214,7 +216,7 @@ class WorkerMetrics:
     def watch_candidate_recall(self, recommender: Recommender) -> None:
         """Export whether each user's next item was among the candidates of their last list
         (`streamrec_candidate_next_items_total`), read from the core's counts at scrape time."""
-        self.registry.register(_CandidateRecallCollector(recommender))
+        self._candidate_recall.recommender = recommender
 
     def record_consumer_lag(self, lags: Mapping[TP, int]) -> None:
         """Replace the lag series: partitions no longer assigned here disappear."""
@@ -290,7 +292,7 @@ class _CandidateRecallCollector(Collector):
     held (by the source that found the item first) or missed. Recall over a window is
     `sum(rate(...{outcome="held"}[5m])) / sum(rate(...[5m]))`."""
 
-    def __init__(self, recommender: Recommender) -> None:
+    def __init__(self, recommender: Recommender | None) -> None:
         self.recommender = recommender
 
     def describe(self) -> list[CounterMetricFamily]:
@@ -298,6 +300,8 @@ class _CandidateRecallCollector(Collector):
 
     def collect(self) -> list[CounterMetricFamily]:
         family = self._family()
+        if self.recommender is None:
+            return [family]
         recall = self.recommender.candidate_recall
         for source, n in sorted(recall.held_by_source.items()):
             family.add_metric(["held", source], n)
