@@ -45,6 +45,11 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
       a slope by over a short run; its slope is reported beside.
     - **rate held**: events answered per second over the last half at least `HELD_SHARE` of the
       rate offered, with the lag not growing.
+    - **broker fetches in time**: a fetch at the tail of `events` and of `recommendations` (the
+      driver's probe, one request for every partition, as a consumer sends it) answered within
+      the consumers' `fetch_max_wait_ms` all along the last half. On the embedded Tansu a
+      longer one comes back empty for a consumer that may wait only that long, whatever it
+      retries: the broker, not the worker, then bounds the run (docs/soak.md).
     """
     plan = results["settings"]
     half = plan["duration_s"] / 2
@@ -77,6 +82,13 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     }
 
     verdicts["progress"] = find_stall(results.get("samples", []))
+
+    fetches = [value for key in ("events_fetch_ms", "lists_fetch_ms") for _, value in series(key)]
+    wait = plan.get("fetch_max_wait_ms")
+    verdicts["broker"] = {
+        "max_fetch_ms": max(fetches) if fetches else None, "limit_ms": wait,
+        "ok": None if not fetches or wait is None else max(fetches) < wait,
+    }
 
     answered = series("answered")
     answered_per_s = slope_per_s(answered)
