@@ -195,6 +195,25 @@ async def measure(client: AIOKafkaClient, node: int, topic: str, filled: Filled,
     return figures
 
 
+async def idle_answer_ms(client: AIOKafkaClient, node: int, producer: AIOKafkaProducer, topic: str,
+                         filled: Filled, wait_ms: int, records: int) -> float:
+    """A fetch from partition 0's end (nothing new) that may wait `wait_ms`, and a batch produced
+    a tenth of the wait later: ms from that batch's acknowledgement to the fetch's answer.
+    Kafka answers as soon as the data is there (~0); Tansu 0.6 looks again after half the wait
+    left, then half the rest, ... (so up to half the wait)."""
+    pending = asyncio.create_task(fetch(client, node, topic, {0: filled.end[0]}, wait_ms))
+    await asyncio.sleep(wait_ms / 10_000)
+    batch = producer.create_batch()
+    for _ in range(records):
+        batch.append(key=None, value=b"x" * RECORD_BYTES, timestamp=None)
+    batch.close()
+    meta = await (await producer.send_batch(batch, topic, partition=0))
+    acked = time.perf_counter()
+    _settle([meta], filled, 0, records)
+    await pending
+    return round((time.perf_counter() - acked) * 1000, 1)
+
+
 # --- a running system's topics (the soak) -------------------------------------------------------
 class TopicProbe:
     """Times a fetch of the last record of every partition of `topics`, one request per topic
@@ -293,10 +312,14 @@ async def probe(settings: Settings, batches: Sequence[int], records: int, partit
         await client.force_metadata_update()
         node = client.cluster.leader_for_partition(TopicPartition(topic, 0))
         filled = Filled(partitions)
+        await fill(producer, topic, filled, 1, records)
+        idle = {str(wait): await idle_answer_ms(client, node, producer, topic, filled, wait, records)
+                for wait in waits_ms}
+        _say(f"new data reaching an empty fetch a tenth into its wait was answered after {idle} ms (by wait)", quiet)
         for count in sorted(batches):
             produce_rate = await fill(producer, topic, filled, count, records)
             row = {"records_per_batch": records, "batches_per_partition": count, "partitions": partitions,
-                   "produce_batches_per_s": round(produce_rate, 1),
+                   "produce_batches_per_s": round(produce_rate, 1), "idle_answer_ms": idle,
                    **await measure(client, node, topic, filled, waits_ms, broker_pid)}
             rows.append(row)
             _say(f"{records} record(s) a batch, {count:,} batches a partition: tail fetch {row['tail_ms']} ms "
@@ -344,6 +367,10 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{answered} | {row['produce_batches_per_s']:,.0f} |")
     for records, slope in results.get("ms_per_1k_batches", {}).items():
         lines.append(f"\n{records} record(s) a batch: a tail fetch takes {slope} ms more per 1,000 batches stored.")
+    if results["rows"]:
+        idle = results["rows"][0]["idle_answer_ms"]
+        lines.append("\nAn empty fetch (nothing new) that data reaches a tenth into its wait answers "
+                     + ", ".join(f"{ms} ms after the data at a {wait} ms wait" for wait, ms in idle.items()) + ".")
     return "\n".join(lines) + "\n"
 
 

@@ -29,6 +29,8 @@ def test_the_probe_times_tail_fetches_at_each_count_of_batches(broker: DevBroker
         assert row["tail_ms"] > 0 and row["all_tails_ms"] > 0 and row["produce_batches_per_s"] > 0
         assert row["answered_within_ms"]["2000"] == {"one_partition": 1.0, "all_partitions": 1.0}
         assert row["tail_cpu_ms"] is None  # a broker given by URL: its CPU is not ours to read
+        # data reaching an empty fetch is answered within the fetch's wait (Tansu: by half of it)
+        assert set(row["idle_answer_ms"]) == {"10", "2000"} and row["idle_answer_ms"]["2000"] < 2_000
     assert set(results["ms_per_1k_batches"]) == {"1", "3"}
     assert json.loads(out.read_text())["rows"] == rows
     assert "| records a batch | batches a partition | tail fetch ms |" in markdown.read_text()
