@@ -257,11 +257,16 @@ def _broker_notes(results: dict[str, Any]) -> list[str]:
         return [f"{where} a fetch at the tail took {wait} ms or more, the consumers' fetch wait"
                 + (": Tansu 0.6's memory storage lists every stored record batch of a partition on each fetch "
                    "and stops when the wait runs out, so such a fetch comes back empty and the consumer "
-                   "behind it stops (README, \"The embedded broker's limit\")" if embedded else "")]
+                   "behind it stops (README, \"The embedded broker's limit\"). What would close it: fewer, "
+                   "larger batches (STREAMREC_SDK_LINGER_MS), a longer fetch wait (STREAMREC_FETCH_MAX_WAIT_MS), "
+                   "Tansu listing only the batches from the fetch offset on, or a real Kafka (--broker)"
+                   if embedded else "")]
     if broker.get("ok") and rate.get("ok") is False and verdicts.get("progress", {}).get("ok"):
         half = [s for s in load if s["t_s"] >= plan["duration_s"] / 2]
         worker = np.mean([s["worker_cores"] for s in half if s.get("worker_cores") is not None]) if half else None
         cores = "" if worker is None else f" (the worker used {worker:.2f} cores in the last half)"
         return [f"every fetch came back in time (slowest {broker['max_fetch_ms']:.1f} ms of {wait} ms): the "
-                f"worker's own speed on this machine bounds the rate, not the broker{cores}"]
+                f"worker's own speed on this machine bounds the rate, not the broker{cores}. What would close it: "
+                "a faster worker (docs/worker-speed.md: overlap publishing with ranking, the core at small "
+                "batches) or more workers and cores (one per partition)"]
     return []
