@@ -180,9 +180,11 @@ def progress_line(sample: dict[str, Any], duration_s: float) -> str:
     dedup = "-" if sample["dedup_ids"] is None else f"{sample['dedup_ids']:.0f}"
     p99 = "-" if sample["p99_ms"] is None else f"{sample['p99_ms'] / 1000:.1f}s"
     rss = "-" if sample["worker_rss_mib"] is None else f"{sample['worker_rss_mib']:.0f} MiB"
+    fetch = "-" if sample.get("events_fetch_ms") is None else f"{sample['events_fetch_ms']:.0f} ms"
     return (f"{sample['t_s']:5.0f}/{duration_s:.0f}s {sample['phase']}: sent {sample['sent']} "
             f"({sample['sent_per_s']:.0f}/s), answered {sample['answered']} ({sample['answered_per_s']:.0f}/s), "
-            f"backlog {sample['backlog']}, lag {lag}, worker {rss}, dedup {dedup}, p99 {p99}")
+            f"backlog {sample['backlog']}, lag {lag}, worker {rss}, dedup {dedup}, p99 {p99}, "
+            f"tail fetch {fetch}, cores worker/broker {sample.get('worker_cores', '-')}/{sample.get('broker_cores', '-')}")
 
 
 # --- the run ----------------------------------------------------------------------------------
