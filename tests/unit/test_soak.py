@@ -134,9 +134,13 @@ def test_a_tail_fetch_slower_than_the_fetch_wait_blames_the_broker() -> None:
     results = _results(samples, rate=1000.0)
     results["settings"].update({"broker": "embedded", "cpu_count": 2, "fetch_max_wait_ms": 100})
     results["verdicts"] = verdicts = judge(results)
-    assert verdicts["broker"] == {"max_fetch_ms": 20.0, "limit_ms": 100, "ok": True}
+    assert verdicts["broker"] == {"max_fetch_ms": 20.0, "median_fetch_ms": 5.5, "late": 0, "fetches": 12,
+                                  "limit_ms": 100, "late_share_limit": 0.1, "ok": True}
     [note] = [note for note in notes_on(results) if "fetch" in note]
     assert "the worker's own speed on this machine bounds the rate, not the broker" in note
+
+    results["settings"]["fetch_max_wait_ms"] = 20  # one spike of 12 samples: a retry, not a stop
+    assert judge(results)["broker"]["late"] == 1 and judge(results)["broker"]["ok"]
 
     results["settings"]["fetch_max_wait_ms"] = 10
     results["verdicts"] = verdicts = judge(results)
@@ -162,6 +166,7 @@ def test_the_report_shows_the_broker_side() -> None:
     results["verdicts"] = judge(results)
     text = render_markdown(results)
     assert "fetch wait 100 ms, linger: SDK (this driver) 50 ms, worker 5 ms, record batches up to 256 KB" in text
-    assert "| broker fetches in time | slowest tail fetch 3.5 ms (events, recommendations) | < 100 ms" in text
+    assert ("| broker fetches in time | tail fetches (events, recommendations): median 1.5 ms, slowest 3.5 ms, "
+            "0 of 4 at the wait or over | under 100 ms") in text
     assert "`events` 40 batches (20 a partition, 5.0 records a batch); `recommendations` 4 batches" in text
     assert "| 1.5 / 0.5 |" in text
