@@ -64,7 +64,7 @@ class Settings(BaseSettings):
     broker: str = "kafka://127.0.0.1:9092"  # Kafka bootstrap URL(s), `kafka://h1:9092;h2:9092`
     app_id: str = "streamrec"  # Faust app id = consumer group id of the workers
     topic_prefix: str = ""  # prepended to every topic name (e.g. `staging.`)
-    partitions: int = Field(4, ge=1, le=1024)  # partitions of topics the worker creates
+    partitions: int = Field(2, ge=1, le=1024)  # partitions of topics the worker creates (each adds record batches: see docs/settings.md)
     replication: int = Field(1, ge=1, le=16)  # replication factor of created topics
     session_timeout_s: float = Field(10.0, ge=1, le=300)  # a silent worker leaves the group after this
     fetch_max_wait_ms: int = Field(100, ge=0, le=10_000)  # consumer fetch wait (ms): Tansu's idle answer time and its listing budget
