@@ -245,31 +245,66 @@ def notes_on(results: dict[str, Any]) -> list[str]:
 
 
 def _broker_notes(results: dict[str, Any]) -> list[str]:
-    """Whether the broker or the worker bounded the run: the first fetch slower than the fetch
-    wait (the embedded broker), or, when every fetch came in time, the worker's own speed."""
+    """The broker's part and the worker's: tail fetches that took the fetch wait or longer (on
+    the embedded broker such a fetch comes back empty), and, when the broker answered in time
+    as a rule, that the worker's own speed bounded the rate."""
     plan, verdicts = results["settings"], results.get("verdicts", {})
     broker, rate = verdicts.get("broker", {}), verdicts.get("rate", {})
+    progress = verdicts.get("progress", {})
     wait = plan.get("fetch_max_wait_ms")
     load = [s for s in results.get("samples", []) if s["phase"] == "load"]
-    if broker.get("ok") is False:
+    embedded = plan.get("broker", "embedded") == "embedded"
+    notes = []
+    if broker.get("late"):
         late = next((s for s in load if max(s.get("events_fetch_ms") or 0, s.get("lists_fetch_ms") or 0) >= wait),
                     None)
-        where = f"from t = {late['t_s']:.0f} s ({late['sent']:,} events sent)" if late else "in the drain"
-        embedded = plan.get("broker", "embedded") == "embedded"
-        return [f"{where} a fetch at the tail took {wait} ms or more, the consumers' fetch wait"
-                + (": Tansu 0.6's memory storage lists every stored record batch of a partition on each fetch "
-                   "and stops when the wait runs out, so such a fetch comes back empty and the consumer "
-                   "behind it stops (README, \"The embedded broker's limit\"). What would close it: fewer, "
-                   "larger batches (STREAMREC_SDK_LINGER_MS), a longer fetch wait (STREAMREC_FETCH_MAX_WAIT_MS), "
-                   "Tansu listing only the batches from the fetch offset on, or a real Kafka (--broker)"
-                   if embedded else "")]
-    if broker.get("ok") and rate.get("ok") is False and verdicts.get("progress", {}).get("ok"):
+        where = f"the first at t = {late['t_s']:.0f} s ({late['sent']:,} events sent)" if late else "in the drain"
+        note = (f"{broker['late']} of the last half's {broker['fetches']} tail fetches took the fetch wait "
+                f"({wait} ms) or longer, {where}; the median was {broker['median_fetch_ms']:.1f} ms")
+        if embedded:
+            note += (": Tansu 0.6's memory storage lists every stored record batch of a partition on each fetch "
+                     "(~0.9 ms per 1,000) and stops when the wait runs out, so such a fetch comes back empty and is "
+                     "asked again" + ("; once every fetch does, the consumer stops" if progress.get("ok") else
+                                      ", and here the consumer stopped")
+                     + " (README, \"The embedded broker's limit\"). What would close it: fewer batches (a longer "
+                     "STREAMREC_SDK_LINGER_MS, fewer STREAMREC_PARTITIONS), a longer STREAMREC_FETCH_MAX_WAIT_MS, "
+                     "Tansu listing only the batches from the fetch offset on, or a real Kafka (--broker)")
+        notes.append(note)
+    in_time = broker.get("median_fetch_ms") is not None and wait is not None and broker["median_fetch_ms"] < wait
+    if in_time and rate.get("ok") is False and progress.get("ok"):
         half = [s for s in load if s["t_s"] >= plan["duration_s"] / 2]
-        worker = np.mean([s["worker_cores"] for s in half if s.get("worker_cores") is not None]) if half else None
-        cores = "" if worker is None else f" (the worker used {worker:.2f} cores in the last half)"
-        return [f"the broker answered the tail fetches in time (median {broker['median_fetch_ms']:.1f} ms, "
-                f"slowest {broker['max_fetch_ms']:.1f} ms, wait {wait} ms): the "
-                f"worker's own speed on this machine bounds the rate, not the broker{cores}. What would close it: "
-                "a faster worker (docs/worker-speed.md: overlap publishing with ranking, the core at small "
-                "batches) or more workers and cores (one per partition)"]
-    return []
+        worker = [s["worker_cores"] for s in half if s.get("worker_cores") is not None]
+        brokers = [s["broker_cores"] for s in half if s.get("broker_cores") is not None]
+        cores = "" if not worker or not brokers else (
+            f" (in the last half the worker used {np.mean(worker):.2f} cores, the broker {np.mean(brokers):.2f})")
+        notes.append(f"the broker answered the tail fetches in time as a rule (median {broker['median_fetch_ms']:.1f} "
+                     f"ms, wait {wait} ms) and the worker never stopped: the worker's own speed on this machine "
+                     f"bounds the rate, not the broker{cores}. What would close it: a faster worker "
+                     "(docs/worker-speed.md: overlap publishing with ranking, the core at small batches) or more "
+                     "workers and cores (one per partition)")
+    return notes
+
+
+def main(argv: list[str] | None = None) -> int:
+    """`python -m streamrec.consumers.tools.soak_report SOAK.json REPORT.md`: the report of a soak's
+    JSON again, its verdicts and notes judged anew (a run's figures, today's rendering)."""
+    import argparse
+    import json
+    from pathlib import Path
+
+    from streamrec.consumers.tools.soak_verdicts import judge
+
+    parser = argparse.ArgumentParser(description=main.__doc__)
+    parser.add_argument("json", type=Path)
+    parser.add_argument("markdown", type=Path)
+    args = parser.parse_args(argv)
+    results = json.loads(args.json.read_text())
+    results["verdicts"] = judge(results)
+    results["notes"] = notes_on(results)
+    args.json.write_text(json.dumps(results, indent=2) + "\n")
+    args.markdown.write_text(render_markdown(results))
+    return 0
+
+
+if __name__ == "__main__":
+    raise SystemExit(main())
