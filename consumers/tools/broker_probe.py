@@ -21,9 +21,10 @@ protocol classes, no consumer in between), `FETCHES` of each, medians:
 Why: Tansu 0.6's memory storage (`DynoStore::fetch`) lists every batch object of a partition
 on each fetch that starts before its high watermark, and stops listing when the fetch's wait
 runs out, the deadline shared by every partition of the request: a listing longer than the
-wait returns no batch at all, however often the consumer asks (docs/soak.md, "The embedded
-broker's limit"). A fetch that starts at the high watermark (nothing new) lists nothing. Real
-Kafka finds a batch through its offset index: the figures stay flat there.
+wait returns no batch at all, however often the consumer asks (README, "The embedded
+broker's limit"; the figures: docs/worker-speed.md). A fetch that starts at the high
+watermark (nothing new) lists nothing. Real Kafka finds a batch through its offset index: the
+figures stay flat there.
 
 `hold_seconds` turns the figures into how long a load holds before fetches come back empty.
 """
