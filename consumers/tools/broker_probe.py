@@ -81,19 +81,6 @@ def hold_seconds(batches_per_s: float, wait_ms: float, ms_per_1k_batches: float)
     return wait_ms / ms_per_1k_batches * 1_000 / max(batches_per_s, 1e-9)
 
 
-def topic_batches_per_s(rate: float, partitions: int, linger_ms: float) -> float:
-    """Record batches a second a steady producer writes into a topic: one per partition per
-    linger when records are dense, one per record when they are sparse (a record alone in its
-    linger window is a batch of one).
-
-    >>> topic_batches_per_s(1000, 4, 5)     # 250/s a partition, 200 linger windows a second
-    800.0
-    >>> topic_batches_per_s(1000, 4, 100)   # 10 windows a second a partition
-    40.0
-    """
-    return min(rate, partitions * 1_000 / max(linger_ms, 1e-9))
-
-
 # --- filling -------------------------------------------------------------------------------------
 class Filled:
     """What has been produced: per partition, the base offset of its last batch and its end."""
@@ -368,6 +355,13 @@ def render_markdown(results: dict[str, Any]) -> str:
             f"{answered} | {row['produce_batches_per_s']:,.0f} |")
     for records, slope in results.get("ms_per_1k_batches", {}).items():
         lines.append(f"\n{records} record(s) a batch: a tail fetch takes {slope} ms more per 1,000 batches stored.")
+    slopes = [slope for slope in results.get("ms_per_1k_batches", {}).values() if slope]
+    if slopes:
+        slope = max(slopes)
+        lines.append("\nSo a fetch request lists within its wait at most "
+                     + ", ".join(f"~{wait / slope:,.0f}k batches at {wait} ms" for wait in waits)
+                     + "; at 60 batches a second into the partitions a consumer reads, that is "
+                     + ", ".join(f"{hold_seconds(60, wait, slope) / 60:,.0f} min" for wait in waits) + ".")
     if results["rows"]:
         idle = results["rows"][0]["idle_answer_ms"]
         lines.append("\nAn empty fetch (nothing new) that data reaches a tenth into its wait answers "
