@@ -20,7 +20,10 @@ Example, from any asyncio service (runnable as pasted, with a broker at STREAMRE
     asyncio.run(main())
 
 Sends are pipelined: `send_*` returns once the message is queued; `flush()` (and leaving the
-context) waits until the broker has acknowledged everything (acks=all). A producer that runs
+context) waits until the broker has acknowledged everything (acks=all). Queued events wait up
+to `STREAMREC_SDK_LINGER_MS` to travel together in one record batch per partition (up to
+`STREAMREC_PRODUCER_BATCH_BYTES`): fewer, larger batches cost any broker less, and the embedded
+Tansu's fetches slow with every batch a partition stores (docs/settings.md). A producer that runs
 for hours without a flush holds only the deliveries still in flight: acknowledged ones are
 dropped as it goes (and a failed one raises from the next send, as it would from `flush`).
 """
@@ -36,7 +39,6 @@ from aiokafka import AIOKafkaProducer
 from streamrec.stream.messages import Event, Item
 from streamrec.stream.settings import Settings
 
-LINGER_MS = 5  # small batching delay; latency matters more than throughput here
 SETTLE_EVERY = 10_000  # deliveries queued between two sweeps of the acknowledged ones
 
 
@@ -49,7 +51,8 @@ class EventProducer:
         self._producer = AIOKafkaProducer(
             bootstrap_servers=settings.bootstrap_servers,
             acks="all",
-            linger_ms=LINGER_MS,
+            linger_ms=settings.sdk_linger_ms,
+            max_batch_size=settings.producer_batch_bytes,
             **settings.kafka_client_options(),
         )
         self._pending: list[asyncio.Future] = []

@@ -64,10 +64,10 @@ class Settings(BaseSettings):
     broker: str = "kafka://127.0.0.1:9092"  # Kafka bootstrap URL(s), `kafka://h1:9092;h2:9092`
     app_id: str = "streamrec"  # Faust app id = consumer group id of the workers
     topic_prefix: str = ""  # prepended to every topic name (e.g. `staging.`)
-    partitions: int = Field(4, ge=1, le=1024)  # partitions of topics the worker creates
+    partitions: int = Field(2, ge=1, le=1024)  # partitions of topics the worker creates (each adds record batches: see docs/settings.md)
     replication: int = Field(1, ge=1, le=16)  # replication factor of created topics
     session_timeout_s: float = Field(10.0, ge=1, le=300)  # a silent worker leaves the group after this
-    fetch_max_wait_ms: int = Field(10, ge=0, le=10_000)  # consumer fetch wait (ms); low for Tansu
+    fetch_max_wait_ms: int = Field(100, ge=0, le=10_000)  # consumer fetch wait (ms): Tansu's idle answer time and its listing budget
     broker_wait_s: float = Field(30.0, ge=0, le=3_600)  # CLI and worker start: how long to wait for the broker (s)
     stop_timeout_s: float = Field(20.0, gt=0, le=600)  # a worker's stop (SIGTERM) longer than this ends the process (s)
     security_protocol: Literal["PLAINTEXT", "SSL", "SASL_PLAINTEXT", "SASL_SSL"] = "PLAINTEXT"
@@ -84,6 +84,8 @@ class Settings(BaseSettings):
     ingest_wait_s: float = Field(0.005, gt=0, le=10)  # ingest micro-batch: at most this long (s)
     one_hop: bool = True  # events keyed by user id are served by the agent that reads them (no re-keying hop)
     producer_linger_ms: int = Field(5, ge=0, le=1_000)  # worker's producer: gather a micro-batch's records into few batches
+    sdk_linger_ms: int = Field(50, ge=0, le=1_000)  # the producer SDK (EventProducer, the load tools): gather events into few batches
+    producer_batch_bytes: int = Field(262_144, ge=1_024, le=1_048_576)  # largest record batch of our producers (bytes)
     min_event_ts: float = 631_152_000.0  # events older than this (1990-01-01, unix s) are absurd
     max_future_skew_s: float = Field(3_600.0, ge=0)  # events further ahead of now are absurd (s)
 

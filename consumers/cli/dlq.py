@@ -82,7 +82,8 @@ async def send(settings: Settings, plan: ReplayPlan) -> None:
     from aiokafka import AIOKafkaProducer
 
     producer = AIOKafkaProducer(
-        bootstrap_servers=settings.bootstrap_servers, acks="all", **settings.kafka_client_options()
+        bootstrap_servers=settings.bootstrap_servers, acks="all", linger_ms=settings.sdk_linger_ms,
+        max_batch_size=settings.producer_batch_bytes, **settings.kafka_client_options(),
     )
     await producer.start()
     try:

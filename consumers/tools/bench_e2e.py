@@ -42,7 +42,6 @@ from typing import Any
 from streamrec.consumers.tools.bench_e2e_phases import Arrivals, Phase, phase_figures
 from streamrec.consumers.tools.bench_report import write_figures
 from streamrec.consumers.tools.load_rig import (
-    FETCH_MAX_WAIT_MS,
     TICK_S,
     Rig,
     cores_used,
@@ -55,7 +54,7 @@ from streamrec.consumers.tools.load_rig import (
 from streamrec.consumers.tools.processes import log_tail
 from streamrec.models.data.synthetic import SyntheticWorld
 from streamrec.stream.messages import Event
-from streamrec.stream.producer import LINGER_MS, EventProducer
+from streamrec.stream.producer import EventProducer
 from streamrec.stream.settings import Settings
 
 DEFAULT_RATES = (250, 500, 1000, 2000)  # events per second
@@ -261,7 +260,8 @@ def run_e2e_bench(
             "rates": sorted(set(int(r) for r in rates)), "duration_s": duration_s, "users": users,
             "items": items, "warmup_events": warmup_events, "seed": seed,
             "partitions": base.partitions, "batch_size": base.batch_size, "batch_wait_s": base.batch_wait_s,
-            "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "producer_linger_ms": LINGER_MS,
+            "fetch_max_wait_ms": base.fetch_max_wait_ms, "producer_linger_ms": base.producer_linger_ms,
+            "sdk_linger_ms": base.sdk_linger_ms,
             "producer_tick_ms": TICK_S * 1000, "held_drain_s": HELD_DRAIN_S, "drain_max_s": drain_max_s,
             "latency_slo_ms": LATENCY_SLO_MS, **machine(),
         },

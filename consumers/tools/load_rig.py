@@ -37,7 +37,6 @@ from streamrec.stream.settings import Settings
 from streamrec.stream.topics import ensure_topics
 
 TICK_S = 0.005  # the producer sends a burst of what is due every this many seconds
-FETCH_MAX_WAIT_MS = 10  # Tansu answers a fetch only when this runs out: keep it low
 WORKER_READY_TIMEOUT_S = 300.0  # worker start: model load, group join, catalogue embedding
 PROGRESS_EVERY_S = 5.0
 STOP_GRACE_S = 20.0  # SIGTERM, then SIGKILL after this long
@@ -110,7 +109,8 @@ def running_rig(
 ) -> Iterator[Rig]:
     """A Tansu dev broker and a worker on free ports, in a temp dir removed at the end.
 
-    `base`: every setting but the broker, data dir, metrics port and app id (`name-<uuid>`).
+    `base`: every setting but the broker, data dir, metrics port and app id (`name-<uuid>`): the
+    worker's and the driver's clients (fetch wait, lingers) follow it, e.g. from STREAMREC_* env.
     `broker_url`: use this running broker instead (any Kafka; topics get the prefix
     `<name>-<uuid>.`, so a run never reads another's). On the way out the worker gets SIGTERM
     (SIGKILL after `STOP_GRACE_S`); its exit code is left in `rig.exit_code`; with `logs_to`,
@@ -122,8 +122,7 @@ def running_rig(
     rig: Rig | None = None
     tag = f"{name}-{uuid.uuid4().hex[:8]}"
     try:
-        update: dict[str, object] = {"data_dir": work / "data", "metrics_port": free_port(),
-                                     "fetch_max_wait_ms": FETCH_MAX_WAIT_MS, "app_id": tag}
+        update: dict[str, object] = {"data_dir": work / "data", "metrics_port": free_port(), "app_id": tag}
         if broker is None:
             say(f"using the broker at {broker_url}, topics {base.topic_prefix}{tag}.* (temp dir {work}) ...")
             update.update(broker=broker_url, topic_prefix=f"{base.topic_prefix}{tag}.")
@@ -221,7 +220,7 @@ async def send_at_rate(
     on_progress: Callable[[float, int], None] | None = None,
 ) -> dict[str, Any]:
     """Send `total` of `events` at `rate` per second: every `TICK_S`, whatever is due (aiokafka
-    batches a burst under its linger). Each event's ts becomes its send time; `on_sent(event,
+    gathers what is due within `STREAMREC_SDK_LINGER_MS` into one batch per partition). Each event's ts becomes its send time; `on_sent(event,
     perf_counter at send)` hears of each, `on_progress(elapsed_s, sent)` is called every
     `PROGRESS_EVERY_S` (it may raise to stop). Returns the send figures; on a small machine
     the producer itself may fall short of the rate, which `sent_per_s` then says."""

@@ -36,6 +36,7 @@ from typing import Any
 import numpy as np
 
 from streamrec.consumers.tools.bench_report import write_figures
+from streamrec.consumers.tools.broker_probe import TopicProbe
 from streamrec.consumers.tools.load_rig import (
     MIB,
     Rig,
@@ -65,6 +66,7 @@ DEFAULT_ITEMS = 2_000  # catalogue (embedded by the worker with MiniLM, ~300 ite
 DEFAULT_DRAIN_MAX_S = 60.0  # after the last event, wait at most this long for the backlog
 LAG_SETTLE_S = 3 * SAMPLE_S  # ... then at most this long for the lag gauge to read 0
 POLL_S = 0.1
+COUNT_BATCHES_TIMEOUT_S = 120.0  # at the end, reading the topics whole to count their record batches
 
 
 def _say(text: str, quiet: bool = False) -> None:
@@ -82,6 +84,7 @@ class Sampler:
     started: float  # perf_counter when the load started
     duration_s: float
     phase: str = "load"
+    probe: TopicProbe | None = None  # times a fetch at the tail of `events` and `recommendations`
     samples: list[dict[str, Any]] = field(default_factory=list)
     _last: tuple[float, dict[str, float], int, int] = field(init=False)
     # perf_counter, CPU seconds (`Rig.cpu_seconds`), sent, answered
@@ -97,6 +100,7 @@ class Sampler:
         wall = max(now - last[0], 1e-9)
         cores = cores_used(last[1], cpu, wall)
         driver, worker = ledger.take_window()
+        fetch_ms = await self._fetch_ms()
         sample: dict[str, Any] = {
             "t_s": round(now - self.started, 1),
             "phase": self.phase,
@@ -116,10 +120,26 @@ class Sampler:
             "p99_ms": driver["p99"],
             "worker_p99_ms": worker["p99"],
             **_worker_figures(scraped, rig.settings),
+            **fetch_ms,
         }
         self._last = (now, cpu, ledger.sent, ledger.covered)
         self.samples.append(sample)
         return sample
+
+    async def _fetch_ms(self) -> dict[str, float | None]:
+        """ms of one fetch at the tail of every partition of `events` / `recommendations` (one
+        request each, as a consumer that keeps up sends): on Tansu's memory storage, the time
+        it lists the topic's stored batches in; None without a probe or when it failed."""
+        figures: dict[str, float | None] = {"events_fetch_ms": None, "lists_fetch_ms": None}
+        if self.probe is None:
+            return figures
+        topics = self.rig.settings.topics
+        try:
+            measured = await self.probe.tail_fetch_ms()
+        except Exception:  # noqa: BLE001 - a probe that fails must not end the soak
+            return figures
+        return {"events_fetch_ms": measured.get(topics.events),
+                "lists_fetch_ms": measured.get(topics.recommendations)}
 
     async def every(self, sample_s: float, quiet: bool) -> None:
         """Forever: a sample every `sample_s` (after the previous one) and its progress line."""
@@ -160,9 +180,11 @@ def progress_line(sample: dict[str, Any], duration_s: float) -> str:
     dedup = "-" if sample["dedup_ids"] is None else f"{sample['dedup_ids']:.0f}"
     p99 = "-" if sample["p99_ms"] is None else f"{sample['p99_ms'] / 1000:.1f}s"
     rss = "-" if sample["worker_rss_mib"] is None else f"{sample['worker_rss_mib']:.0f} MiB"
+    fetch = "-" if sample.get("events_fetch_ms") is None else f"{sample['events_fetch_ms']:.0f} ms"
     return (f"{sample['t_s']:5.0f}/{duration_s:.0f}s {sample['phase']}: sent {sample['sent']} "
             f"({sample['sent_per_s']:.0f}/s), answered {sample['answered']} ({sample['answered_per_s']:.0f}/s), "
-            f"backlog {sample['backlog']}, lag {lag}, worker {rss}, dedup {dedup}, p99 {p99}")
+            f"backlog {sample['backlog']}, lag {lag}, worker {rss}, dedup {dedup}, p99 {p99}, "
+            f"tail fetch {fetch}, cores worker/broker {sample.get('worker_cores', '-')}/{sample.get('broker_cores', '-')}")
 
 
 # --- the run ----------------------------------------------------------------------------------
@@ -195,12 +217,14 @@ async def _soak(rig: Rig, world: SyntheticWorld, plan: dict[str, Any], results: 
     total = int(round(plan["rate"] * plan["duration_s"]))
     ledger = Ledger(total, {user: n for n, user in enumerate(world.user_ids())}, plan["history_length"])
     say = lambda text: _say(text, quiet)  # noqa: E731
-    async with reading_lists(rig, ledger.on_list), EventProducer(rig.settings) as producer:
+    topics = rig.settings.topics
+    async with reading_lists(rig, ledger.on_list), EventProducer(rig.settings) as producer, \
+            TopicProbe(rig.settings, [topics.events, topics.recommendations]) as probe:
         results["worker"].update(await index_catalogue(rig, producer, world.items(time.time()),
                                                        results["_started"], say))
         say(f"load: {total} events of {len(ledger.user_index)} users at {plan['rate']:.0f}/s "
             f"for {plan['duration_s']:.0f}s, a sample every {plan['sample_s']:.0f}s ...")
-        sampler = Sampler(rig, ledger, time.perf_counter(), plan["duration_s"])
+        sampler = Sampler(rig, ledger, time.perf_counter(), plan["duration_s"], probe=probe)
         results["samples"] = sampler.samples
         sampling = asyncio.create_task(sampler.every(plan["sample_s"], quiet))
         try:
@@ -224,6 +248,19 @@ async def _soak(rig: Rig, world: SyntheticWorld, plan: dict[str, Any], results: 
                 "users_seen": ledger.users_seen(),
             }
             results["latency"] = _latency(ledger, sampler.started, plan["duration_s"])
+            results["broker_batches"] = await _count_batches(
+                probe, {"events": topics.events, "recommendations": topics.recommendations})
+
+
+async def _count_batches(probe: TopicProbe, topics: dict[str, str]) -> dict[str, Any]:
+    """Record batches and records per partition of each topic (read whole), or the error."""
+    counts: dict[str, Any] = {}
+    try:
+        for name, topic in topics.items():
+            counts[name] = await asyncio.wait_for(probe.count_batches(topic), COUNT_BATCHES_TIMEOUT_S)
+    except Exception as exc:  # noqa: BLE001 - a count that fails must not hide the soak's figures
+        counts["error"] = repr(exc)
+    return counts
 
 
 def _check(rig: Rig, sampling: asyncio.Task) -> None:
@@ -271,7 +308,9 @@ def run_soak(
         "settings": {
             "rate": rate, "users": users, "duration_s": duration_s, "sample_s": sample_s, "items": items,
             "drain_max_s": drain_max_s, "seed": seed, "broker": broker_url or "embedded",
-            "partitions": base.partitions,
+            "partitions": base.partitions, "fetch_max_wait_ms": base.fetch_max_wait_ms,
+            "sdk_linger_ms": base.sdk_linger_ms, "producer_linger_ms": base.producer_linger_ms,
+            "producer_batch_bytes": base.producer_batch_bytes,
             "batch_size": base.batch_size, "dedup_capacity": base.dedup_capacity,
             "history_length": base.history_length, **machine(),
         },

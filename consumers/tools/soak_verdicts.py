@@ -16,6 +16,7 @@ LAG_FLAT_SHARE = 0.02  # "lag not growing": slope at most this share of the rate
 HELD_SHARE = 0.95  # "rate held": answered at least this share of the rate offered
 FILLING_SHARE = 0.01  # a bounded structure that grew by more than this share is still filling
 STALL_S = 30.0  # no event counted and none answered for this long, with a backlog: a stall
+LATE_FETCH_SHARE = 0.1  # "broker fetches in time": at most this share of the tail fetches over the wait
 
 
 def slope_per_s(points: Sequence[tuple[float, float]]) -> float | None:
@@ -45,6 +46,13 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
       a slope by over a short run; its slope is reported beside.
     - **rate held**: events answered per second over the last half at least `HELD_SHARE` of the
       rate offered, with the lag not growing.
+    - **broker fetches in time**: a fetch at the tail of `events` and of `recommendations` (the
+      driver's probe, one request for every partition, as a consumer sends it) answered within
+      the consumers' `fetch_max_wait_ms` in all but `LATE_FETCH_SHARE` of the last half's
+      samples. On the embedded Tansu a longer one comes back empty for a consumer that may wait
+      only that long: a spike (the cores busy) is asked again and passes, but once the stored
+      batches take longer than the wait to list, every fetch does, the consumer stops, and the
+      broker, not the worker, bounds the run (README, "The embedded broker's limit").
     """
     plan = results["settings"]
     half = plan["duration_s"] / 2
@@ -77,6 +85,16 @@ def judge(results: dict[str, Any]) -> dict[str, Any]:
     }
 
     verdicts["progress"] = find_stall(results.get("samples", []))
+
+    fetches = [value for key in ("events_fetch_ms", "lists_fetch_ms") for _, value in series(key)]
+    wait = plan.get("fetch_max_wait_ms")
+    late = None if wait is None else sum(value >= wait for value in fetches)
+    verdicts["broker"] = {
+        "max_fetch_ms": max(fetches) if fetches else None,
+        "median_fetch_ms": round(float(np.median(fetches)), 1) if fetches else None,
+        "late": late, "fetches": len(fetches), "limit_ms": wait, "late_share_limit": LATE_FETCH_SHARE,
+        "ok": None if not fetches or late is None else late <= LATE_FETCH_SHARE * len(fetches),
+    }
 
     answered = series("answered")
     answered_per_s = slope_per_s(answered)

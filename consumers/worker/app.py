@@ -100,7 +100,7 @@ def create_app(settings: Settings, pipeline: Pipeline | None = None) -> faust.Ap
         # Faust lingers 0 ms by default: one record batch per list, and the broker (Tansu's
         # memory storage lists every stored batch on each fetch) slows as they pile up.
         producer_linger=settings.producer_linger_ms / 1000,
-        producer_max_batch_size=256 * 1024,
+        producer_max_batch_size=settings.producer_batch_bytes,
         broker_session_timeout=settings.session_timeout_s,
         broker_heartbeat_interval=settings.session_timeout_s / 4,
         loghandlers=[],

@@ -48,6 +48,9 @@ log = logging.getLogger(__name__)
 
 FEED_BATCH = 256  # events learned at most between two yields to the agents (~15 ms of work)
 FETCH_WAIT_MS = 1_000  # longest wait of one fetch when nothing new comes
+CAUGHT_UP_PAUSE_S = 0.25  # once caught up, read at most this often: each fetch costs the broker
+# (the embedded Tansu lists every stored record batch of a partition on each one), and the
+# counts need no fresher events than a quarter of a second
 
 
 def attach_signal_feed(settings: Settings, recommender: Recommender) -> SignalFeed | None:
@@ -96,7 +99,9 @@ class FeedReader:
                 self._record_counts()
                 self._record_lag(consumer, tps)
                 self._go_live_when_caught_up()
-                await asyncio.sleep(0)  # the agents' turn
+                caught_up = sum(len(records) for records in fetched.values()) < FEED_BATCH
+                # the agents' turn; once caught up, a pause: what comes meanwhile is one fetch
+                await asyncio.sleep(CAUGHT_UP_PAUSE_S if caught_up else 0)
         finally:
             await consumer.stop()
 

@@ -123,3 +123,52 @@ def test_a_worker_that_stops_is_a_stall_and_a_busy_dev_broker_is_named() -> None
     for sample in samples:  # slow but moving: no stall
         sample["events_counted"] = sample["answered"] = sample["t_s"]
     assert judge(results)["progress"] == {"ok": True, "stalled_from_t_s": None}
+
+
+def test_a_tail_fetch_slower_than_the_fetch_wait_blames_the_broker() -> None:
+    n = 11
+    samples = _samples([500.0] * n, [750.0 * 10 * k for k in range(n)], 250.0, [1000] * n)
+    for k, sample in enumerate(samples):
+        sample.update({"sent": 1000 * 10 * k, "events_fetch_ms": 2.0 * k, "lists_fetch_ms": 1.0,
+                       "worker_cores": 0.9, "broker_cores": 0.3})
+    results = _results(samples, rate=1000.0)
+    results["settings"].update({"broker": "embedded", "cpu_count": 2, "fetch_max_wait_ms": 100})
+    results["verdicts"] = verdicts = judge(results)
+    assert verdicts["broker"] == {"max_fetch_ms": 20.0, "median_fetch_ms": 5.5, "late": 0, "fetches": 12,
+                                  "limit_ms": 100, "late_share_limit": 0.1, "ok": True}
+    [note] = [note for note in notes_on(results) if "fetch" in note]
+    assert "the worker's own speed on this machine bounds the rate, not the broker" in note
+
+    results["settings"]["fetch_max_wait_ms"] = 20  # one spike of 12 samples: a retry, not a stop
+    assert judge(results)["broker"]["late"] == 1 and judge(results)["broker"]["ok"]
+
+    results["settings"]["fetch_max_wait_ms"] = 10
+    results["verdicts"] = verdicts = judge(results)
+    assert verdicts["broker"]["ok"] is False
+    late, worker = [note for note in notes_on(results) if "fetch" in note]
+    assert late.startswith("6 of the last half's 12 tail fetches took the fetch wait (10 ms) or longer, the "
+                           "first at t = 50 s (50,000 events sent); the median was 5.5 ms")
+    assert "Tansu 0.6's memory storage lists every stored record batch" in late and "is asked again" in late
+    assert "the worker's own speed on this machine bounds the rate" in worker
+
+
+def test_the_report_shows_the_broker_side() -> None:
+    samples = _samples([500.0] * 3, [0.0] * 3, 100.0, [1, 2, 3])
+    for k, sample in enumerate(samples):
+        sample.update({"sent": 100 * k, "answered_per_s": 100.0, "broker_rss_mib": 50.0, "p50_ms": 5.0,
+                       "p99_ms": 9.0, "worker_cores": 0.5, "broker_cores": 0.2, "driver_cores": 0.1,
+                       "events_fetch_ms": 1.5 + k, "lists_fetch_ms": 0.5})
+    results = _results(samples)
+    results["settings"].update({"seed": 7, "cpu_count": 2, "load_average": [1.0, 1.0, 1.0], "users": 3,
+                                "items": 10, "sample_s": 10.0, "partitions": 4, "batch_size": 256,
+                                "history_length": 50, "drain_max_s": 60.0, "fetch_max_wait_ms": 100,
+                                "sdk_linger_ms": 50, "producer_linger_ms": 5, "producer_batch_bytes": 262_144})
+    results["broker_batches"] = {"events": {"0": {"batches": 10, "records": 150}, "1": {"batches": 30, "records": 50}},
+                                 "recommendations": {"0": {"batches": 4, "records": 8}}}
+    results["verdicts"] = judge(results)
+    text = render_markdown(results)
+    assert "fetch wait 100 ms, linger: SDK (this driver) 50 ms, worker 5 ms, record batches up to 256 KB" in text
+    assert ("| broker fetches in time | tail fetches (events, recommendations): median 1.5 ms, slowest 3.5 ms, "
+            "0 of 4 at the wait or over | under 100 ms") in text
+    assert "`events` 40 batches (20 a partition, 5.0 records a batch); `recommendations` 4 batches" in text
+    assert "| 1.5 / 0.5 |" in text
