@@ -292,6 +292,8 @@ class _CandidateRecallCollector(Collector):
     held (by the source that found the item first) or missed. Recall over a window is
     `sum(rate(...{outcome="held"}[5m])) / sum(rate(...[5m]))`."""
 
+    _labelnames = ("outcome", "source")  # as a labelled Counter names them
+
     def __init__(self, recommender: Recommender | None) -> None:
         self.recommender = recommender
 
@@ -314,5 +316,5 @@ class _CandidateRecallCollector(Collector):
             "streamrec_candidate_next_items",
             "Users' next items judged against the candidates of their last list (warm users): "
             "held, by the source that found the item first, or missed.",
-            labels=["outcome", "source"],
+            labels=list(_CandidateRecallCollector._labelnames),
         )

@@ -32,6 +32,7 @@ BOUNDED_LABELS = {
     "version": "the serving model version (one series, cleared on a swap)",
     "model_version": "a version that ranked a list: grows with the versions served, not with traffic",
     "arm": "main or canary",
+    "source": "a candidate source (neighbour, model, next, covisit, peers, trending) or none",
 }
 
 
