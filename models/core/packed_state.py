@@ -152,11 +152,8 @@ def unpack(
 ) -> UserState:
     """The `UserState` of a packed one (cut to the limits given); ValueError if malformed."""
     data = packed.data
-    fields = _read_header(data)
+    fields, layout = _read_layout(data)
     n, n_ids, n_served, n_extra, id_length = fields[1:6]
-    layout = _Layout(n, n_ids, n_served, n_extra, id_length)
-    if len(data) != layout.end:
-        raise ValueError(f"packed user state of {len(data)} bytes, expected {layout.end}")
     strings = codes.strings
     try:
         items = [strings[code] for code in _codes_at(data, layout.items, n)]
@@ -210,11 +207,8 @@ def unpack(
 def to_record(packed: PackedUserState, codes: Interner) -> bytes:
     """The changelog record of a packed state: readable by any process (strings, not codes)."""
     data = packed.data
-    fields = _read_header(data)
+    fields, layout = _read_layout(data)
     n, n_ids, n_served, n_extra, id_length = fields[1:6]
-    layout = _Layout(n, n_ids, n_served, n_extra, id_length)
-    if len(data) != layout.end:
-        raise ValueError(f"packed user state of {len(data)} bytes, expected {layout.end}")
     pool: dict[int, int] = {}  # code -> index in the record's pool
     index = pool.setdefault
     items = [index(code, len(pool)) for code in _codes_at(data, layout.items, n)]
@@ -314,6 +308,15 @@ class _Layout:
         self.extra = self.served + 4 * n_served
         self.newest_id = self.extra + 4 * n_extra
         self.end = self.newest_id + (0 if id_length == NO_ID else id_length)
+
+
+def _read_layout(data: bytes) -> tuple[tuple, _Layout]:
+    """The header's fields and the layout they give; ValueError unless `data` is exactly that long."""
+    fields = _read_header(data)
+    layout = _Layout(*fields[1:6])
+    if len(data) != layout.end:
+        raise ValueError(f"packed user state of {len(data)} bytes, expected {layout.end}")
+    return fields, layout
 
 
 def _read_header(data: bytes) -> tuple:
